@@ -1,0 +1,133 @@
+"""The daemon's settings: every default lives here, read from argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvplugin import __version__
+from nvplugin.errors import ConfigError
+
+DEFAULT_LISTEN = "localhost:3476"
+DEFAULT_SOCKET_DIR = "/run/docker/plugins"
+DEFAULT_VOLUMES_DIR = "/var/lib/nvidia-docker/volumes"
+DEFAULT_DRIVER_ROOT = "/"
+PLUGIN_NAME = "nvidia-docker"
+SPEC_DIR = "/etc/docker/plugins"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Where the daemon listens, keeps volumes and finds the driver."""
+
+    listen: str = DEFAULT_LISTEN
+    socket_dir: Path = Path(DEFAULT_SOCKET_DIR)
+    volumes_dir: Path = Path(DEFAULT_VOLUMES_DIR)
+    driver_root: Path = Path(DEFAULT_DRIVER_ROOT)
+    dev_root: Path = Path(DEFAULT_DRIVER_ROOT)
+    log_level: str = "info"
+    # Where Docker looks for plugin spec files; only used when socket_dir is not Docker's default.
+    spec_dir: Path = Path(SPEC_DIR)
+    plugin_name: str = PLUGIN_NAME
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / f"{self.plugin_name}.sock"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.spec_dir / f"{self.plugin_name}.spec"
+
+    @property
+    def needs_spec_file(self) -> bool:
+        return self.socket_dir != Path(DEFAULT_SOCKET_DIR)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int] | None:
+        """The REST API's address, or None when `-l ''` disabled it."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """`host:port`, `:port` (all interfaces, as 1.0's wiki documents) or '' (disabled)."""
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"invalid listen address {value!r}: expected HOST:PORT, :PORT or '' to disable"
+        )
+    host = host.strip("[]")
+    return (host or "0.0.0.0", int(port))
+
+
+# Each flag: (short, long, env var, default, help). 1.0's short forms are kept.
+_FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
+    ("-l", "--listen", "NVP_LISTEN", DEFAULT_LISTEN,
+     "REST API listen address (HOST:PORT, :PORT for all interfaces, '' to disable)"),
+    ("-s", "--socket-dir", "NVP_SOCKET_DIR", DEFAULT_SOCKET_DIR,
+     "directory of the plugin socket nvidia-docker.sock"),
+    ("-d", "--volumes-dir", "NVP_VOLUMES_DIR", DEFAULT_VOLUMES_DIR,
+     "path where to store the volumes"),
+    (None, "--driver-root", "NVP_DRIVER_ROOT", DEFAULT_DRIVER_ROOT,
+     "root under which the driver's files are found (ld.so.cache, libraries, binaries, /proc)"),
+    (None, "--dev-root", "NVP_DEV_ROOT", "",
+     "root under which the device nodes are found (default: the driver root)"),
+    (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
+)
+
+ENVIRONMENT = {long: env for _short, long, env, _default, _help in _FLAGS}
+
+
+def build_parser(prog: str = "nvidia-docker-plugin", environ: Mapping[str, str] | None = None,
+                 ) -> argparse.ArgumentParser:
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="NVIDIA Docker plugin: serves nvidia_driver_<version> volumes to Docker "
+        "and GPU information and docker arguments over a REST API.",
+        epilog="Every flag can also be set with the environment variable shown in brackets. "
+        "Commands: 'list [--json]' prints the driver files a volume would hold; "
+        "'doctor [--json]' checks this host.",
+    )
+    for short, long, env, default, help_text in _FLAGS:
+        names = [n for n in (short, long) if n]
+        parser.add_argument(*names, default=environ.get(env, default),
+                            help=f"{help_text} [{env}] (default: {default or 'driver root'!s})")
+    parser.add_argument("-v", "--version", action="version",
+                        version=f"NVIDIA Docker plugin: {__version__}",
+                        help="show the plugin version information")
+    return parser
+
+
+def config_from_namespace(ns: argparse.Namespace) -> Config:
+    level = str(ns.log_level).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"invalid log level {ns.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    parse_listen(ns.listen)
+    for flag in ("socket_dir", "volumes_dir", "driver_root"):
+        if not getattr(ns, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
+    driver_root = Path(ns.driver_root)
+    return Config(
+        listen=ns.listen,
+        socket_dir=Path(ns.socket_dir),
+        volumes_dir=Path(ns.volumes_dir),
+        driver_root=driver_root,
+        dev_root=Path(ns.dev_root) if ns.dev_root else driver_root,
+        log_level=level,
+    )
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    ns = build_parser(environ=environ).parse_args(list(argv))
+    return config_from_namespace(ns)
+
+
+def log_level_number(name: str) -> int:
+    return int(getattr(logging, name.upper()))
