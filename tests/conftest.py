@@ -1,0 +1,13 @@
+"""Shared fixtures: the fake driver host, the fake NVML and the real Docker Engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_HERE = Path(__file__).parent
+# Fixture modules are registered as plugins so every test directory can use them.
+pytest_plugins = [
+    module
+    for module in ("tests.fakehost.fixtures", "tests.fakenvml.fixtures", "tests.dockerenv")
+    if (_HERE.parent / (module.replace(".", "/") + ".py")).exists()
+]
