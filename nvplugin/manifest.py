@@ -1,4 +1,4 @@
-"""What a driver volume holds: the records driver discovery produces and the volume builder consumes.
+"""What a driver volume holds: the records discovery produces and the volume builder consumes.
 
 Pure data; no I/O. Paths in `dest` and `Link.path` are relative to the volume's root
 (`bin/nvidia-smi`, `lib64/libcuda.so.580.159.04`, `lib64/libcuda.so.1`).

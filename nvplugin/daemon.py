@@ -1,0 +1,190 @@
+"""`nvidia-docker-plugin`: wires the services together and runs both APIs in one asyncio process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from nvplugin import config as configuration
+from nvplugin import discovery, logs
+from nvplugin.config import Config
+from nvplugin.driver import DriverState
+from nvplugin.errors import NvpluginError
+from nvplugin.gpus import GpuService
+from nvplugin.plugin_api import make_app as make_plugin_app
+from nvplugin.plugin_socket import start_plugin_site
+from nvplugin.rest_api import make_app as make_rest_app
+from nvplugin.volumes import VolumeStore
+
+log = logging.getLogger("nvplugin")
+
+PROGRAM = "nvidia-docker-plugin"
+DRIVER_WATCH_INTERVAL_S = 5.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class Daemon:
+    """One running plugin: the services, both APIs, and their orderly shutdown."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = asyncio.Event()
+        self._cleanups: list[object] = []
+
+    async def run(self) -> int:
+        try:
+            await self._start()
+        except NvpluginError as err:
+            log.error("Error: %s", err)
+            await self._shutdown()
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.rediscover()))
+        await self.stopping.wait()
+        await self._shutdown()
+        log.info("Successfully terminated")
+        return 0
+
+    async def _start(self) -> None:
+        cfg = self.config
+        log.info("Loading NVIDIA management library")
+        nvml_library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
+        self.gpus = await GpuService.start(
+            driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library
+        )
+        self._cleanups.append(self.gpus.close)
+        if not self.gpus.available:
+            log.warning(
+                "NVIDIA driver not found: %s; GPU endpoints will answer 503", self.gpus.reason
+            )
+        else:
+            log.info("Loading NVIDIA unified memory")
+            await self.gpus.control_nodes()
+            log.info("Discovering GPU devices")
+            inventory = await self.gpus.inventory()
+            log.info("Found %d GPU(s), driver %s", len(inventory.gpus), inventory.versions.driver)
+
+        log.info("Provisioning volumes at %s", cfg.volumes_dir)
+        self.driver = DriverState(cfg.driver_root, self._nvml_driver_version)
+        await self.driver.refresh()
+        if self.driver.error is not None:
+            log.warning("Driver volume unavailable: %s", self.driver.error)
+        self._cleanups.append(self.driver.close)
+        self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest)
+        await self.store.start()
+        self._cleanups.append(self.store.close)
+        self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
+
+        plugin_runner = web.AppRunner(make_plugin_app(self.store), access_log=None,
+                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await plugin_runner.setup()
+        self._cleanups.append(plugin_runner.cleanup)
+        self.plugin_site = await start_plugin_site(plugin_runner, cfg)
+        self._cleanups.append(self.plugin_site.close)
+        log.info("Serving plugin API at %s", cfg.socket_dir)
+
+        address = cfg.listen_host_port
+        if address is None:
+            log.info("Remote API disabled (empty listen address)")
+            return
+        rest_runner = web.AppRunner(make_rest_app(self.gpus, self.driver.manifest, cfg),
+                                    access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await rest_runner.setup()
+        self._cleanups.append(rest_runner.cleanup)
+        site = web.TCPSite(rest_runner, address[0], address[1])
+        try:
+            await site.start()
+        except OSError as err:
+            raise NvpluginError(
+                f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
+                "choose another address with -l, or -l '' to disable it"
+            ) from err
+        log.info("Serving remote API at %s", cfg.listen)
+
+    async def _nvml_driver_version(self) -> str | None:
+        if not self.gpus.available:
+            return None
+        return await self.gpus.driver_version()
+
+    async def rediscover(self) -> None:
+        """SIGHUP, or the driver changed on disk: read GPUs and driver files again."""
+        log.info("Discovering NVIDIA driver again")
+        with contextlib.suppress(AttributeError):
+            await self.gpus.refresh()
+        before = self.driver.version
+        changed = await self.driver.refresh()
+        after = self.driver.version
+        if self.driver.error is not None:
+            log.warning("Driver volume unavailable: %s", self.driver.error)
+        elif changed:
+            log.info("Driver files changed (version %s -> %s)", before, after)
+        else:
+            log.info("Driver unchanged (version %s)", after)
+
+    async def _shutdown(self) -> None:
+        # Reverse order: stop accepting requests first, then release what they used.
+        for cleanup in reversed(self._cleanups):
+            try:
+                await cleanup()  # type: ignore[operator]
+            except Exception:  # shutdown must run every step, whatever one of them does
+                log.exception("Error during shutdown")
+        self._cleanups.clear()
+
+
+def _subcommand(argv: Sequence[str]) -> int | None:
+    if not argv or argv[0] not in ("list", "doctor"):
+        return None
+    command, rest = argv[0], list(argv[1:])
+    as_json = "--json" in rest
+    rest = [a for a in rest if a != "--json"]
+    cfg = configuration.load(rest)
+    logs.setup(PROGRAM, cfg.log_level if cfg.log_level != "info" else "warning")
+    if command == "list":
+        from nvplugin.listing import run_list
+
+        return run_list(cfg, as_json=as_json, out=sys.stdout, version=_nvml_version(cfg))
+    from nvplugin.doctor import run_doctor
+
+    return run_doctor(cfg, as_json=as_json, out=sys.stdout)
+
+
+def _nvml_version(cfg: Config) -> str | None:
+    """The driver version from NVML, the authority when it loads (as in 1.0)."""
+
+    async def read() -> str | None:
+        library = discovery.find_nvml_library(cfg.driver_root)
+        gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
+                                      nvml_library=library)
+        try:
+            return await gpus.driver_version() if gpus.available else None
+        finally:
+            await gpus.close()
+
+    return asyncio.run(read())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        handled = _subcommand(args)
+        if handled is not None:
+            return handled
+        cfg = configuration.load(args)
+    except NvpluginError as err:
+        print(f"{PROGRAM}: error: {err}", file=sys.stderr)
+        return 2
+    logs.setup(PROGRAM, cfg.log_level)
+    return asyncio.run(Daemon(cfg).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
