@@ -1,0 +1,280 @@
+"""The real Docker Engine for end-to-end tests, test images made with `docker import`, and a
+running plugin daemon on a fake driver host.
+
+There is no registry: images are a static busybox in a tarball, imported with labels and
+environment. Containers run with `--net=none`: the engine runs without a bridge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.requirements import in_ci, need, need_root
+
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+BUSYBOX_APPLETS = (
+    "sh", "ls", "cat", "true", "false", "sleep", "echo", "readlink", "find", "stat", "grep",
+    "test", "wc", "env", "id", "head", "tail", "sort", "uname", "mount", "sed",
+)
+# 1.0's images found the driver volume through these; ours do the same.
+GPU_IMAGE_ENV = {
+    "PATH": "/usr/local/nvidia/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LD_LIBRARY_PATH": "/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
+}
+PLUGIN_SOCKET_DIR = Path("/run/docker/plugins")
+DOCKERD_FLAGS = (
+    "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
+    "--ip-masq=false",
+)
+
+
+@dataclass
+class DockerEngine:
+    client: docker.DockerClient
+    started_here: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+
+def _engine_answers() -> docker.DockerClient | None:
+    try:
+        client = docker.from_env(timeout=30)
+        client.ping()
+        return client
+    except Exception:  # any failure means "no engine here yet"
+        return None
+
+
+def _start_dockerd() -> subprocess.Popen[bytes]:
+    dockerd = shutil.which("dockerd")
+    need(dockerd is not None, "a Docker Engine (dockerd; apt-get install docker.io)")
+    need_root()
+    log = open("/var/log/nvplugin-test-dockerd.log", "ab")  # noqa: SIM115 - lives with dockerd
+    return subprocess.Popen([str(dockerd), *DOCKERD_FLAGS], stdout=log, stderr=log,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    """A Docker Engine that answers: the running one, or one started for this session."""
+    client = _engine_answers()
+    proc = None
+    if client is None:
+        proc = _start_dockerd()
+        deadline = time.monotonic() + 60
+        while client is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            client = _engine_answers()
+        need(client is not None, "a running Docker Engine (dockerd did not answer)")
+    assert client is not None
+    engine = DockerEngine(client=client, started_here=proc)
+    yield engine
+    client.close()
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _busybox() -> Path:
+    for candidate in BUSYBOX_CANDIDATES:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    need(False, "a static busybox (apt-get install busybox-static)")
+    raise AssertionError("unreachable")
+
+
+def _rootfs_tar(busybox: Path, extra_files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in ("bin", "dev", "etc", "proc", "sys", "tmp", "usr", "usr/local"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
+            tar.addfile(info)
+        tar.add(str(busybox), arcname="bin/busybox")
+        for applet in BUSYBOX_APPLETS:
+            link = tarfile.TarInfo(f"bin/{applet}")
+            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(link)
+        for name, data in extra_files.items():
+            info = tarfile.TarInfo(name.lstrip("/"))
+            info.size, info.mode = len(data), 0o755
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@dataclass
+class ImageFactory:
+    engine: DockerEngine
+    made: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, labels: Mapping[str, str] | None = None,
+                 env: Mapping[str, str] | None = None,
+                 extra_files: Mapping[str, bytes] | None = None) -> str:
+        """A busybox image with these labels and environment; returns its tag."""
+        labels, env = dict(labels or {}), {**GPU_IMAGE_ENV, **(env or {})}
+        extra_files = dict(extra_files or {})
+        key = repr((sorted(labels.items()), sorted(env.items()),
+                    sorted((k, hashlib.sha256(v).hexdigest()) for k, v in extra_files.items())))
+        if key in self.made:
+            return self.made[key]
+        tag = "nvplugin-test/busybox:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+        changes = [f"ENV {name}={value}" for name, value in env.items()]
+        changes += [f"LABEL {name}={value}" for name, value in labels.items()]
+        changes.append('CMD ["/bin/sh"]')
+        data = _rootfs_tar(_busybox(), extra_files)
+        repository, _, version = tag.partition(":")
+        self.engine.api.import_image_from_data(data, repository=repository, tag=version,
+                                               changes=changes)
+        self.made[key] = tag
+        return tag
+
+
+@pytest.fixture(scope="session")
+def make_image(docker_engine: DockerEngine) -> ImageFactory:
+    return ImageFactory(docker_engine)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class PluginDaemon:
+    """`nvidia-docker-plugin` running as a real process on a fake driver host."""
+
+    driver_root: Path
+    dev_root: Path
+    volumes_dir: Path
+    env: dict[str, str]
+    socket_dir: Path = PLUGIN_SOCKET_DIR
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / "nvidia-docker.sock"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable, "-m", "nvplugin.daemon",
+            "--driver-root", str(self.driver_root), "--dev-root", str(self.dev_root),
+            "-s", str(self.socket_dir), "-d", str(self.volumes_dir),
+            "-l", f"127.0.0.1:{self.port}", "--log-level", "debug", *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 30.0) -> None:
+        log_path = self.log_path or self.volumes_dir.parent / "daemon.log"
+        self.log_path = log_path
+        log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        repo = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, **self.env, "PYTHONPATH": repo}
+        self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=log, env=env, cwd=repo)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plugin daemon exited {self.proc.returncode}:\n{self.log()}")
+            if self.ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"plugin daemon did not become ready:\n{self.log()}")
+
+    def ready(self) -> bool:
+        return _unix_post(self.socket_path, "/Plugin.Activate") is not None and _tcp_ok(self.port)
+
+    def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+def _unix_post(path: Path, route: str) -> bytes | None:
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(2)
+            sock.connect(str(path))
+            sock.sendall(f"POST {route} HTTP/1.0\r\nContent-Length: 0\r\n\r\n".encode())
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+            return data if data.startswith(b"HTTP/1.") else None
+    except OSError:
+        return None
+
+
+def _tcp_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def remove_plugin_volumes(engine: DockerEngine) -> None:
+    """Forget every nvidia-docker volume, so the next test starts from a clean engine."""
+    for volume in engine.client.volumes.list(filters={"driver": "nvidia-docker"}):
+        for container in engine.client.containers.list(all=True, filters={"volume": volume.name}):
+            container.remove(force=True)
+        try:
+            volume.remove(force=True)
+        except docker.errors.APIError:
+            pass  # the plugin may already be gone; force also drops Docker's record
+
+
+@pytest.fixture
+def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
+                          ) -> Iterator[type[PluginDaemon]]:
+    """Start plugin daemons on fake hosts; all are stopped and their volumes removed after."""
+    need_root()
+    started: list[PluginDaemon] = []
+
+    class _Tracked(PluginDaemon):
+        def start(self, timeout: float = 30.0) -> None:
+            if self not in started:
+                started.append(self)
+            super().start(timeout)
+
+    yield _Tracked
+    for daemon in started:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            remove_plugin_volumes(docker_engine)
+        daemon.stop()
+    if in_ci():
+        for daemon in started:
+            print(f"--- plugin daemon log ({daemon.log_path}) ---\n{daemon.log()[-4000:]}")
