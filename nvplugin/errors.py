@@ -92,3 +92,17 @@ class VolumeBuildError(VolumeError):
 
 class DockerError(NvpluginError):
     pass
+
+
+class CudaRequirementError(DockerError):
+    """The image needs a newer CUDA than the driver offers (label or NVIDIA_REQUIRE_*)."""
+
+
+class PluginDaemonError(DockerError):
+    """The nvidia-docker-plugin daemon is unreachable or refused the wrapper's request."""
+
+
+class ImagePullError(DockerError):
+    """A missing image could not be pulled; the wrapper exits 125 like `docker run`."""
+
+    exit_code = 125
