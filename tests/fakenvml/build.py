@@ -1,0 +1,150 @@
+"""Build the fake `libnvidia-ml.so.1` (fakenvml.c) and write the JSON config it reads.
+
+Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is replaced):
+
+    top level   driver_version "580.159.04", cuda_version 13000, init_error "DRIVER_NOT_LOADED"|…,
+                missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
+                pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
+                process_names {"<pid>": "name"} (nvmlSystemGetProcessName), gpus [...]
+    per GPU     name, uuid, minor, bus_id, handle_error, memory_total/memory_used (bytes),
+                bar1_total/bar1_used (bytes), power_limit_mw, power_usage_mw,
+                max_clock_{graphics,sm,mem,video}, clock_{graphics,sm,mem,video} (MHz),
+                max_pcie_gen, max_pcie_width, pcie_rx_kbs, pcie_tx_kbs, util_gpu, util_memory,
+                util_encoder, util_decoder, temperature, compute_capability [9, 0], cores,
+                multiprocessors, memory_bus_width, numa_node, ecc, persistence, mig_mode,
+                ecc_l1, ecc_l2, ecc_device_memory (uncorrected volatile counts),
+                topology [NVML level per peer index], p2p [NVML P2P status per peer index],
+                nvlinks [remote bus id or null per link], processes [{pid, used_memory}],
+                mig_devices [{uuid, gpu_instance_id, compute_instance_id} or null per slot]
+
+A missing key or `null` answers NVML_ERROR_NOT_SUPPORTED; a string naming an NVML error
+("NOT_SUPPORTED", "GPU_IS_LOST", "NO_PERMISSION", …) makes that call return it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+SOURCE = Path(__file__).with_name("fakenvml.c")
+SONAME = "libnvidia-ml.so.1"
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+# One H200 as the real host reports it (modern-anchors Appendix A), used as the default GPU.
+H200: dict[str, Any] = {
+    "name": "NVIDIA H200",
+    "uuid": "GPU-d10c7111-67d9-9e02-1f7a-53d331412b6f",
+    "minor": 0,
+    "bus_id": "00000000:00:06.0",
+    "memory_total": 143771 * MIB,
+    "memory_used": 1 * MIB,
+    "bar1_total": 256 * GIB,
+    "bar1_used": 3 * MIB,
+    "power_limit_mw": 700000,
+    "power_usage_mw": 74321,
+    "max_clock_graphics": 1980,
+    "max_clock_sm": 1980,
+    "max_clock_mem": 3201,
+    "max_clock_video": 1545,
+    "clock_graphics": 345,
+    "clock_sm": 345,
+    "clock_mem": 3201,
+    "clock_video": 765,
+    "max_pcie_gen": 5,
+    "max_pcie_width": 16,
+    "pcie_rx_kbs": 2345,
+    "pcie_tx_kbs": 1234,
+    "util_gpu": 0,
+    "util_memory": 0,
+    "util_encoder": 0,
+    "util_decoder": 0,
+    "temperature": 31,
+    "compute_capability": [9, 0],
+    "cores": 16896,
+    "multiprocessors": "NOT_SUPPORTED",
+    "memory_bus_width": 5120,
+    "numa_node": "NOT_SUPPORTED",
+    "ecc": True,
+    "persistence": True,
+    "mig_mode": False,
+    "ecc_l1": 0,
+    "ecc_l2": 0,
+    "ecc_device_memory": 0,
+    "nvlinks": [None] * 18,
+    "processes": [],
+}
+
+
+def gpu(index: int, **overrides: Any) -> dict[str, Any]:
+    """An H200-like GPU for NVML index `index`: distinct UUID, minor and bus id."""
+    entry = copy.deepcopy(H200)
+    entry.update(
+        uuid=f"GPU-{index:08x}-67d9-9e02-1f7a-53d331412b6f",
+        minor=index,
+        bus_id=f"00000000:{0x18 + index * 0x10:02X}:00.0",
+    )
+    entry.update(overrides)
+    return entry
+
+
+def make_config(n_gpus: int = 1, *, gpus: list[dict[str, Any]] | None = None, **top: Any) -> dict:
+    """A whole config: `n_gpus` GPUs (or the given list) with a full P2P topology table."""
+    entries = gpus if gpus is not None else [gpu(i) for i in range(n_gpus)]
+    for i, entry in enumerate(entries):
+        # Two CPU sockets: GPUs 0-3 on one, 4-7 on the other (NVML levels: 10 single switch,
+        # 40 same NUMA node, 50 across sockets).
+        entry.setdefault(
+            "topology",
+            [0 if j == i else (10 if j // 2 == i // 2 else 40 if j // 4 == i // 4 else 50)
+             for j in range(len(entries))],
+        )
+        entry.setdefault("p2p", [0] * len(entries))
+    config: dict[str, Any] = {
+        "driver_version": "580.159.04",
+        "cuda_version": 13000,
+        "process_names": {},
+        "gpus": entries,
+    }
+    config.update(top)
+    return config
+
+
+def write_config(path: Path, config: Mapping[str, Any]) -> Path:
+    """Write atomically (temp + rename) so the fake never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fakenvml-", suffix=".json")
+    with os.fdopen(fd, "w") as out:
+        json.dump(config, out)
+    os.replace(tmp, path)
+    return path
+
+
+def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), gcc: str = "gcc") -> Path:
+    """Compile fakenvml.c into `out_dir/libnvidia-ml.so.1`; `omit` drops those entry points.
+
+    Reuses an existing build of the same source and options.
+    """
+    omitted = sorted(set(omit))
+    flags = [f"-DOMIT_{name}" for name in omitted]
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / SONAME
+    stamp = out_dir / ".fakenvml-build"
+    if target.exists() and stamp.exists() and stamp.read_text() == digest:
+        return target
+    tmp = out_dir / f".{SONAME}.tmp"
+    cmd = [gcc, "-O2", "-Wall", "-shared", "-fPIC", f"-Wl,-soname,{SONAME}", *flags,
+           "-o", str(tmp), str(SOURCE), "-lpthread"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    os.replace(tmp, target)
+    stamp.write_text(digest)
+    return target

@@ -1,0 +1,694 @@
+/*
+ * A fake libnvidia-ml.so.1 for tests: the real pynvml loads it and calls it exactly as it would
+ * call NVIDIA's library. The GPUs come from the JSON file named by $FAKE_NVML_CONFIG, re-read
+ * whenever that file is replaced (so a test can change live readings between calls).
+ *
+ * Self-contained on purpose (no headers of our own, no -D needed): tests/fakehost compiles this
+ * file as a fake driver host's libnvidia-ml.so.<version>.
+ *
+ * Conventions of the config (schema in tests/fakenvml/build.py):
+ *   - a missing key or null reads as NVML_ERROR_NOT_SUPPORTED;
+ *   - a string that names an NVML error ("NOT_SUPPORTED", "GPU_IS_LOST", ...) makes the call
+ *     return that error;
+ *   - "missing_functions": [names] makes those entry points answer NVML_ERROR_FUNCTION_NOT_FOUND;
+ *     building with -DOMIT_<function> removes the symbol itself (an older driver).
+ */
+#define _GNU_SOURCE
+#include <ctype.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+typedef int nvmlReturn_t;
+#define OK 0
+#define E_UNINITIALIZED 1
+#define E_INVALID_ARGUMENT 2
+#define E_NOT_SUPPORTED 3
+#define E_NOT_FOUND 6
+#define E_INSUFFICIENT_SIZE 7
+#define E_DRIVER_NOT_LOADED 9
+#define E_FUNCTION_NOT_FOUND 13
+#define E_UNKNOWN 999
+#define MAX_GPUS 64
+#define MAX_MIG 8
+
+static const struct { const char *name; int code; const char *text; } ERRORS[] = {
+    {"SUCCESS", 0, "Success"}, {"UNINITIALIZED", 1, "Uninitialized"},
+    {"INVALID_ARGUMENT", 2, "Invalid Argument"}, {"NOT_SUPPORTED", 3, "Not Supported"},
+    {"NO_PERMISSION", 4, "Insufficient Permissions"},
+    {"ALREADY_INITIALIZED", 5, "Already Initialized"}, {"NOT_FOUND", 6, "Not Found"},
+    {"INSUFFICIENT_SIZE", 7, "Insufficient Size"}, {"INSUFFICIENT_POWER", 8, "Insufficient Power"},
+    {"DRIVER_NOT_LOADED", 9, "Driver Not Loaded"}, {"TIMEOUT", 10, "Timeout"},
+    {"IRQ_ISSUE", 11, "Interrupt Request Issue"},
+    {"LIBRARY_NOT_FOUND", 12, "NVML Shared Library Not Found"},
+    {"FUNCTION_NOT_FOUND", 13, "Function Not Found"},
+    {"CORRUPTED_INFOROM", 14, "Corrupted infoROM"}, {"GPU_IS_LOST", 15, "GPU is lost"},
+    {"RESET_REQUIRED", 16, "GPU requires restart"},
+    {"OPERATING_SYSTEM", 17, "The operating system has blocked the request."},
+    {"LIB_RM_VERSION_MISMATCH", 18, "RM has detected an NVML/RM version mismatch."},
+    {"IN_USE", 19, "In use"}, {"MEMORY", 20, "Insufficient Memory"}, {"NO_DATA", 21, "No data"},
+    {"UNKNOWN", 999, "Unknown Error"},
+};
+
+/* ---- a small JSON reader ------------------------------------------------------------------ */
+enum { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ };
+typedef struct jv {
+    int type, n;
+    double num;
+    char *str;
+    char **keys;
+    struct jv **items;
+} jv;
+
+static void jfree(jv *v) {
+    if (!v) return;
+    for (int i = 0; i < v->n; i++) {
+        jfree(v->items[i]);
+        if (v->keys) free(v->keys[i]);
+    }
+    free(v->items); free(v->keys); free(v->str); free(v);
+}
+
+static void skip_ws(const char **p) { while (**p && isspace((unsigned char)**p)) (*p)++; }
+
+static char *parse_string(const char **p) {
+    size_t cap = 16, len = 0;
+    char *out = malloc(cap);
+    (*p)++;
+    while (**p && **p != '"') {
+        char c = *(*p)++;
+        if (c == '\\') {
+            c = *(*p)++;
+            switch (c) {
+            case 'n': c = '\n'; break;
+            case 't': c = '\t'; break;
+            case 'r': c = '\r'; break;
+            case 'b': c = '\b'; break;
+            case 'f': c = '\f'; break;
+            case 'u': { /* keep ASCII, replace the rest */
+                unsigned code = 0;
+                for (int i = 0; i < 4 && **p; i++) {
+                    char h = *(*p)++;
+                    code = code * 16 + (unsigned)(isdigit((unsigned char)h) ? h - '0' : (tolower(h) - 'a' + 10));
+                }
+                c = code < 128 ? (char)code : '?';
+                break;
+            }
+            default: break;
+            }
+        }
+        if (len + 2 > cap) out = realloc(out, cap *= 2);
+        out[len++] = c;
+    }
+    if (**p != '"') { free(out); return NULL; }
+    (*p)++;
+    out[len] = 0;
+    return out;
+}
+
+static jv *parse_value(const char **p);
+
+static int push(jv *v, char *key, jv *item) {
+    v->items = realloc(v->items, sizeof(jv *) * (size_t)(v->n + 1));
+    if (v->type == J_OBJ) { v->keys = realloc(v->keys, sizeof(char *) * (size_t)(v->n + 1)); v->keys[v->n] = key; }
+    v->items[v->n++] = item;
+    return 1;
+}
+
+static jv *parse_container(const char **p, int type) {
+    jv *v = calloc(1, sizeof(jv));
+    v->type = type;
+    char close = type == J_ARR ? ']' : '}';
+    (*p)++;
+    skip_ws(p);
+    if (**p == close) { (*p)++; return v; }
+    for (;;) {
+        char *key = NULL;
+        skip_ws(p);
+        if (type == J_OBJ) {
+            if (**p != '"' || !(key = parse_string(p))) goto fail;
+            skip_ws(p);
+            if (*(*p)++ != ':') { free(key); goto fail; }
+        }
+        jv *item = parse_value(p);
+        if (!item) { free(key); goto fail; }
+        push(v, key, item);
+        skip_ws(p);
+        if (**p == ',') { (*p)++; continue; }
+        if (**p == close) { (*p)++; return v; }
+        goto fail;
+    }
+fail:
+    jfree(v);
+    return NULL;
+}
+
+static jv *parse_value(const char **p) {
+    skip_ws(p);
+    jv *v;
+    if (**p == '{') return parse_container(p, J_OBJ);
+    if (**p == '[') return parse_container(p, J_ARR);
+    v = calloc(1, sizeof(jv));
+    if (**p == '"') {
+        v->type = J_STR;
+        if (!(v->str = parse_string(p))) { free(v); return NULL; }
+    } else if (!strncmp(*p, "true", 4) || !strncmp(*p, "false", 5)) {
+        v->type = J_BOOL;
+        v->num = **p == 't';
+        *p += v->num ? 4 : 5;
+    } else if (!strncmp(*p, "null", 4)) {
+        v->type = J_NULL;
+        *p += 4;
+    } else {
+        char *end;
+        v->type = J_NUM;
+        v->num = strtod(*p, &end);
+        if (end == *p) { free(v); return NULL; }
+        *p = end;
+    }
+    return v;
+}
+
+static jv *jget(const jv *o, const char *key) {
+    if (!o || o->type != J_OBJ) return NULL;
+    for (int i = 0; i < o->n; i++)
+        if (!strcmp(o->keys[i], key)) return o->items[i];
+    return NULL;
+}
+
+static jv *jat(const jv *a, int i) { return a && a->type == J_ARR && i >= 0 && i < a->n ? a->items[i] : NULL; }
+
+/* ---- config state ------------------------------------------------------------------------- */
+typedef struct nvmlDevice_st { int gpu, mig; } *nvmlDevice_t;
+static struct nvmlDevice_st gpu_handles[MAX_GPUS], mig_handles[MAX_GPUS][MAX_MIG];
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static jv *cfg;
+static struct stat cfg_stat;
+static int initialized;
+static unsigned long long pcie_calls;
+
+static int error_code(const char *name) {
+    for (size_t i = 0; i < sizeof ERRORS / sizeof *ERRORS; i++)
+        if (!strcmp(ERRORS[i].name, name)) return ERRORS[i].code;
+    return -1;
+}
+
+/* Re-read the config when the file was replaced or changed; called with `mu` held. */
+static int reload(void) {
+    const char *path = getenv("FAKE_NVML_CONFIG");
+    struct stat st;
+    if (!path || stat(path, &st) != 0) {
+        if (path) fprintf(stderr, "fakenvml: cannot stat FAKE_NVML_CONFIG=%s\n", path);
+        return E_DRIVER_NOT_LOADED;
+    }
+    if (cfg && st.st_ino == cfg_stat.st_ino && st.st_size == cfg_stat.st_size &&
+        st.st_mtim.tv_sec == cfg_stat.st_mtim.tv_sec && st.st_mtim.tv_nsec == cfg_stat.st_mtim.tv_nsec)
+        return OK;
+    FILE *f = fopen(path, "rb");
+    if (!f) return E_DRIVER_NOT_LOADED;
+    char *text = calloc(1, (size_t)st.st_size + 1);
+    size_t got = fread(text, 1, (size_t)st.st_size, f);
+    fclose(f);
+    text[got] = 0;
+    const char *p = text;
+    jv *parsed = parse_value(&p);
+    free(text);
+    if (!parsed || parsed->type != J_OBJ) {
+        fprintf(stderr, "fakenvml: %s is not a JSON object\n", path);
+        jfree(parsed);
+        return E_UNKNOWN;
+    }
+    jfree(cfg);
+    cfg = parsed;
+    cfg_stat = st;
+    return OK;
+}
+
+static int function_missing(const char *fn) {
+    jv *missing = jget(cfg, "missing_functions");
+    for (int i = 0; missing && i < missing->n; i++)
+        if (missing->items[i]->type == J_STR && !strcmp(missing->items[i]->str, fn)) return 1;
+    return 0;
+}
+
+/* Every entry point starts here: takes the lock, refreshes the config, applies "missing". */
+static int enter(const char *fn, int need_init) {
+    pthread_mutex_lock(&mu);
+    int rc = reload();
+    if (rc == OK && function_missing(fn)) rc = E_FUNCTION_NOT_FOUND;
+    if (rc == OK && need_init && !initialized) rc = E_UNINITIALIZED;
+    if (rc != OK) pthread_mutex_unlock(&mu);
+    return rc;
+}
+#define ENTER(need_init) do { int rc_ = enter(__func__, need_init); if (rc_) return rc_; } while (0)
+#define LEAVE(rc) do { int r_ = (rc); pthread_mutex_unlock(&mu); return r_; } while (0)
+
+static int gpu_count(void) {
+    jv *gpus = jget(cfg, "gpus");
+    return gpus && gpus->type == J_ARR ? (gpus->n < MAX_GPUS ? gpus->n : MAX_GPUS) : 0;
+}
+
+static jv *device(nvmlDevice_t d) {
+    if (!d || d->gpu < 0 || d->gpu >= gpu_count()) return NULL;
+    jv *gpu = jat(jget(cfg, "gpus"), d->gpu);
+    return d->mig < 0 ? gpu : jat(jget(gpu, "mig_devices"), d->mig);
+}
+
+/* The value of `key` on device `d` as a number, or the NVML error the config asks for. */
+static int value_of(jv *v, double *out) {
+    if (!v || v->type == J_NULL) return E_NOT_SUPPORTED;
+    if (v->type == J_STR) return error_code(v->str) < 0 ? E_UNKNOWN : error_code(v->str);
+    if (v->type != J_NUM && v->type != J_BOOL) return E_UNKNOWN;
+    *out = v->num;
+    return OK;
+}
+
+static int dev_num(nvmlDevice_t d, const char *key, double *out) {
+    jv *dev = device(d);
+    if (!dev) return E_INVALID_ARGUMENT;
+    return value_of(jget(dev, key), out);
+}
+
+static int dev_str(nvmlDevice_t d, const char *key, char *buf, unsigned len) {
+    jv *dev = device(d);
+    if (!dev) return E_INVALID_ARGUMENT;
+    jv *v = jget(dev, key);
+    if (!v || v->type == J_NULL) return E_NOT_SUPPORTED;
+    if (v->type != J_STR) return E_UNKNOWN;
+    if (error_code(v->str) < 0) {
+        if (strlen(v->str) + 1 > len) return E_INSUFFICIENT_SIZE;
+        strcpy(buf, v->str);
+        return OK;
+    }
+    return error_code(v->str);
+}
+
+#define UINT_GETTER(name, key)                                          \
+    nvmlReturn_t name(nvmlDevice_t d, unsigned *out) {                  \
+        ENTER(1);                                                       \
+        double v = 0;                                                   \
+        int rc = dev_num(d, key, &v);                                   \
+        if (rc == OK) *out = (unsigned)v;                               \
+        LEAVE(rc);                                                      \
+    }
+
+static int copy_out(const char *s, char *buf, unsigned len) {
+    if (strlen(s) + 1 > len) return E_INSUFFICIENT_SIZE;
+    strcpy(buf, s);
+    return OK;
+}
+
+/* ---- library lifecycle -------------------------------------------------------------------- */
+nvmlReturn_t nvmlInitWithFlags(unsigned flags) {
+    (void)flags;
+    ENTER(0);
+    jv *err = jget(cfg, "init_error");
+    if (err && err->type == J_STR) LEAVE(error_code(err->str) < 0 ? E_UNKNOWN : error_code(err->str));
+    for (int i = 0; i < MAX_GPUS; i++) {
+        gpu_handles[i].gpu = i; gpu_handles[i].mig = -1;
+        for (int m = 0; m < MAX_MIG; m++) { mig_handles[i][m].gpu = i; mig_handles[i][m].mig = m; }
+    }
+    initialized++;
+    LEAVE(OK);
+}
+nvmlReturn_t nvmlInit_v2(void) { return nvmlInitWithFlags(0); }
+nvmlReturn_t nvmlInit(void) { return nvmlInitWithFlags(0); }
+
+nvmlReturn_t nvmlShutdown(void) {
+    ENTER(1);
+    initialized--;
+    LEAVE(OK);
+}
+
+const char *nvmlErrorString(nvmlReturn_t result) {
+    for (size_t i = 0; i < sizeof ERRORS / sizeof *ERRORS; i++)
+        if (ERRORS[i].code == result) return ERRORS[i].text;
+    return "Unknown Error";
+}
+
+/* Test-only entry points, reached through the same handle pynvml uses. */
+unsigned long long fakeNvmlPcieCalls(void) { return __atomic_load_n(&pcie_calls, __ATOMIC_SEQ_CST); }
+const char *fakeNvmlLibraryPath(void) {
+    Dl_info info;
+    return dladdr((void *)fakeNvmlLibraryPath, &info) ? info.dli_fname : "";
+}
+
+/* ---- system ------------------------------------------------------------------------------- */
+nvmlReturn_t nvmlSystemGetDriverVersion(char *buf, unsigned len) {
+    ENTER(1);
+    jv *v = jget(cfg, "driver_version");
+    LEAVE(v && v->type == J_STR ? copy_out(v->str, buf, len) : E_UNKNOWN);
+}
+
+nvmlReturn_t nvmlSystemGetNVMLVersion(char *buf, unsigned len) {
+    ENTER(1);
+    jv *v = jget(cfg, "driver_version");
+    char text[96];
+    snprintf(text, sizeof text, "13.%s", v && v->type == J_STR ? v->str : "0");
+    LEAVE(copy_out(text, buf, len));
+}
+
+static int cuda_version(int *out) {
+    double v = 0;
+    int rc = value_of(jget(cfg, "cuda_version"), &v);
+    if (rc == OK) *out = (int)v;
+    return rc;
+}
+nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *out) { ENTER(1); LEAVE(cuda_version(out)); }
+#ifndef OMIT_nvmlSystemGetCudaDriverVersion_v2
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *out) { ENTER(1); LEAVE(cuda_version(out)); }
+#endif
+
+#ifndef OMIT_nvmlSystemGetProcessName
+nvmlReturn_t nvmlSystemGetProcessName(unsigned pid, char *buf, unsigned len) {
+    ENTER(1);
+    char key[32];
+    snprintf(key, sizeof key, "%u", pid);
+    jv *v = jget(jget(cfg, "process_names"), key);
+    LEAVE(v && v->type == J_STR ? copy_out(v->str, buf, len) : E_NOT_FOUND);
+}
+#endif
+
+/* ---- enumeration -------------------------------------------------------------------------- */
+static int count(unsigned *out) {
+    *out = (unsigned)gpu_count();
+    return OK;
+}
+nvmlReturn_t nvmlDeviceGetCount_v2(unsigned *out) { ENTER(1); LEAVE(count(out)); }
+nvmlReturn_t nvmlDeviceGetCount(unsigned *out) { ENTER(1); LEAVE(count(out)); }
+
+static int handle_by_index(unsigned index, nvmlDevice_t *out) {
+    if (index >= (unsigned)gpu_count()) return E_INVALID_ARGUMENT;
+    jv *err = jget(jat(jget(cfg, "gpus"), (int)index), "handle_error");
+    if (err && err->type == J_STR) return error_code(err->str) < 0 ? E_UNKNOWN : error_code(err->str);
+    *out = &gpu_handles[index];
+    return OK;
+}
+nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
+nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
+
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *buf, unsigned len) { ENTER(1); LEAVE(dev_str(d, "uuid", buf, len)); }
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *buf, unsigned len) { ENTER(1); LEAVE(dev_str(d, "name", buf, len)); }
+UINT_GETTER(nvmlDeviceGetMinorNumber, "minor")
+
+typedef struct {
+    char busIdLegacy[16];
+    unsigned domain, bus, device, pciDeviceId, pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+static int fill_pci(const char *bus_id, nvmlPciInfo_t *pci) {
+    unsigned domain = 0, bus = 0, dev = 0, fn = 0;
+    if (sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &dev, &fn) != 4) return E_UNKNOWN;
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busId, sizeof pci->busId, "%s", bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:%02X.%X", domain, bus, dev, fn);
+    pci->domain = domain; pci->bus = bus; pci->device = dev;
+    pci->pciDeviceId = 0x233510DE;
+    pci->pciSubSystemId = 0x18BE10DE;
+    return OK;
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) {
+    ENTER(1);
+    char bus_id[64];
+    int rc = dev_str(d, "bus_id", bus_id, sizeof bus_id);
+    LEAVE(rc == OK ? fill_pci(bus_id, pci) : rc);
+}
+nvmlReturn_t nvmlDeviceGetPciInfo_v2(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
+nvmlReturn_t nvmlDeviceGetPciInfo(nvmlDevice_t d, nvmlPciInfo_t *pci) { return nvmlDeviceGetPciInfo_v3(d, pci); }
+
+/* ---- static facts ------------------------------------------------------------------------- */
+typedef struct { unsigned long long total, free, used; } nvmlMemory_t;
+typedef struct { unsigned version; unsigned long long total, reserved, free, used; } nvmlMemory_v2_t;
+
+static int memory(nvmlDevice_t d, unsigned long long *total, unsigned long long *used) {
+    double t = 0, u = 0;
+    int rc = dev_num(d, "memory_total", &t);
+    if (rc == OK) rc = dev_num(d, "memory_used", &u);
+    *total = (unsigned long long)t; *used = (unsigned long long)u;
+    return rc;
+}
+nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
+    ENTER(1);
+    int rc = memory(d, &m->total, &m->used);
+    m->free = m->total - m->used;
+    LEAVE(rc);
+}
+#ifndef OMIT_nvmlDeviceGetMemoryInfo_v2
+nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
+    ENTER(1);
+    int rc = memory(d, &m->total, &m->used);
+    m->reserved = 0;
+    m->free = m->total - m->used;
+    LEAVE(rc);
+}
+#endif
+
+typedef struct { unsigned long long total, free, used; } nvmlBAR1Memory_t;
+nvmlReturn_t nvmlDeviceGetBAR1MemoryInfo(nvmlDevice_t d, nvmlBAR1Memory_t *m) {
+    ENTER(1);
+    double t = 0, u = 0;
+    int rc = dev_num(d, "bar1_total", &t);
+    if (rc == OK) rc = dev_num(d, "bar1_used", &u);
+    m->total = (unsigned long long)t; m->used = (unsigned long long)u; m->free = m->total - m->used;
+    LEAVE(rc);
+}
+
+UINT_GETTER(nvmlDeviceGetPowerManagementLimit, "power_limit_mw")
+UINT_GETTER(nvmlDeviceGetPowerUsage, "power_usage_mw")
+UINT_GETTER(nvmlDeviceGetMaxPcieLinkGeneration, "max_pcie_gen")
+UINT_GETTER(nvmlDeviceGetMaxPcieLinkWidth, "max_pcie_width")
+#ifndef OMIT_nvmlDeviceGetNumGpuCores
+UINT_GETTER(nvmlDeviceGetNumGpuCores, "cores")
+#endif
+#ifndef OMIT_nvmlDeviceGetMemoryBusWidth
+UINT_GETTER(nvmlDeviceGetMemoryBusWidth, "memory_bus_width")
+#endif
+UINT_GETTER(nvmlDeviceGetPersistenceMode, "persistence")
+
+#ifndef OMIT_nvmlDeviceGetNumaNodeId
+nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t d, int *out) {
+    ENTER(1);
+    double v = 0;
+    int rc = dev_num(d, "numa_node", &v);
+    if (rc == OK) *out = (int)v;
+    LEAVE(rc);
+}
+#endif
+
+static const char *CLOCK_NAMES[] = {"graphics", "sm", "mem", "video"};
+static int clock_value(nvmlDevice_t d, const char *prefix, unsigned type, unsigned *out) {
+    if (type > 3) return E_INVALID_ARGUMENT;
+    char key[32];
+    snprintf(key, sizeof key, "%s%s", prefix, CLOCK_NAMES[type]);
+    double v = 0;
+    int rc = dev_num(d, key, &v);
+    if (rc == OK) *out = (unsigned)v;
+    return rc;
+}
+nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER(1); LEAVE(clock_value(d, "max_clock_", type, out)); }
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER(1); LEAVE(clock_value(d, "clock_", type, out)); }
+
+nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
+    ENTER(1);
+    jv *dev = device(d);
+    if (!dev) LEAVE(E_INVALID_ARGUMENT);
+    jv *cc = jget(dev, "compute_capability");
+    double a = 0, b = 0;
+    if (cc && cc->type == J_ARR && cc->n == 2) {
+        int rc = value_of(cc->items[0], &a);
+        if (rc == OK) rc = value_of(cc->items[1], &b);
+        *major = (int)a; *minor = (int)b;
+        LEAVE(rc);
+    }
+    LEAVE(value_of(cc, &a));
+}
+
+static int enable_state(nvmlDevice_t d, const char *key, unsigned *current, unsigned *pending) {
+    double v = 0;
+    int rc = dev_num(d, key, &v);
+    if (rc == OK) *current = *pending = (unsigned)v;
+    return rc;
+}
+nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER(1); LEAVE(enable_state(d, "ecc", cur, pend)); }
+#ifndef OMIT_nvmlDeviceGetMigMode
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER(1); LEAVE(enable_state(d, "mig_mode", cur, pend)); }
+#endif
+
+typedef struct {
+    unsigned multiprocessorCount, sharedCopyEngineCount, sharedDecoderCount, sharedEncoderCount;
+    unsigned sharedJpegCount, sharedOfaCount, gpuInstanceSliceCount, computeInstanceSliceCount;
+    unsigned long long memorySizeMB;
+} nvmlDeviceAttributes_t;
+#ifndef OMIT_nvmlDeviceGetAttributes_v2
+nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *a) {
+    ENTER(1);
+    double v = 0;
+    int rc = dev_num(d, "multiprocessors", &v);
+    memset(a, 0, sizeof *a);
+    a->multiprocessorCount = (unsigned)v;
+    LEAVE(rc);
+}
+#endif
+
+/* Peer tables are arrays indexed by the peer's NVML index. */
+static int peer_value(nvmlDevice_t d1, nvmlDevice_t d2, const char *key, unsigned *out) {
+    jv *dev = device(d1);
+    if (!dev || !device(d2)) return E_INVALID_ARGUMENT;
+    jv *table = jget(dev, key);
+    if (!table || table->type != J_ARR) return value_of(table, &(double){0});
+    double v = 0;
+    int rc = value_of(jat(table, d2->gpu), &v);
+    if (rc == OK) *out = (unsigned)v;
+    return rc;
+}
+#ifndef OMIT_nvmlDeviceGetTopologyCommonAncestor
+nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b, unsigned *out) { ENTER(1); LEAVE(peer_value(a, b, "topology", out)); }
+#endif
+#ifndef OMIT_nvmlDeviceGetP2PStatus
+nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t a, nvmlDevice_t b, unsigned index, unsigned *out) {
+    (void)index;
+    ENTER(1);
+    LEAVE(peer_value(a, b, "p2p", out));
+}
+#endif
+
+/* "nvlinks": one entry per link: null (inactive) or the remote bus id (active). */
+static int nvlink(nvmlDevice_t d, unsigned link, jv **entry) {
+    jv *dev = device(d);
+    if (!dev) return E_INVALID_ARGUMENT;
+    jv *links = jget(dev, "nvlinks");
+    if (!links || links->type != J_ARR) return value_of(links, &(double){0});
+    if (link >= (unsigned)links->n) return E_INVALID_ARGUMENT;
+    *entry = links->items[link];
+    return OK;
+}
+#ifndef OMIT_nvmlDeviceGetNvLinkState
+nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t d, unsigned link, unsigned *active) {
+    ENTER(1);
+    jv *e = NULL;
+    int rc = nvlink(d, link, &e);
+    if (rc == OK) *active = e->type == J_STR;
+    LEAVE(rc);
+}
+nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned link, nvmlPciInfo_t *pci) {
+    ENTER(1);
+    jv *e = NULL;
+    int rc = nvlink(d, link, &e);
+    if (rc == OK) rc = e->type == J_STR ? fill_pci(e->str, pci) : E_NOT_SUPPORTED;
+    LEAVE(rc);
+}
+#endif
+
+/* ---- MIG ---------------------------------------------------------------------------------- */
+#ifndef OMIT_nvmlDeviceGetMaxMigDeviceCount
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned *out) {
+    ENTER(1);
+    jv *migs = jget(device(d), "mig_devices");
+    if (!migs || migs->type != J_ARR) LEAVE(E_NOT_SUPPORTED);
+    *out = (unsigned)(migs->n < MAX_MIG ? migs->n : MAX_MIG);
+    LEAVE(OK);
+}
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned index, nvmlDevice_t *out) {
+    ENTER(1);
+    if (!d || d->mig >= 0) LEAVE(E_INVALID_ARGUMENT);
+    jv *m = jat(jget(device(d), "mig_devices"), (int)index);
+    if (index >= MAX_MIG || !m || m->type != J_OBJ) LEAVE(E_NOT_FOUND);
+    *out = &mig_handles[d->gpu][index];
+    LEAVE(OK);
+}
+UINT_GETTER(nvmlDeviceGetGpuInstanceId, "gpu_instance_id")
+UINT_GETTER(nvmlDeviceGetComputeInstanceId, "compute_instance_id")
+#endif
+
+/* ---- live status -------------------------------------------------------------------------- */
+#ifndef OMIT_nvmlDeviceGetTemperature
+nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, unsigned sensor, unsigned *out) {
+    ENTER(1);
+    double v = 0;
+    int rc = sensor == 0 ? dev_num(d, "temperature", &v) : E_NOT_SUPPORTED;
+    if (rc == OK) *out = (unsigned)v;
+    LEAVE(rc);
+}
+#endif
+
+typedef struct { unsigned gpu, memory; } nvmlUtilization_t;
+nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
+    ENTER(1);
+    double g = 0, m = 0;
+    int rc = dev_num(d, "util_gpu", &g);
+    if (rc == OK) rc = dev_num(d, "util_memory", &m);
+    u->gpu = (unsigned)g; u->memory = (unsigned)m;
+    LEAVE(rc);
+}
+
+static int codec(nvmlDevice_t d, const char *key, unsigned *util, unsigned *period) {
+    double v = 0;
+    int rc = dev_num(d, key, &v);
+    *util = (unsigned)v;
+    *period = 167000;
+    return rc;
+}
+nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER(1); LEAVE(codec(d, "util_encoder", u, p)); }
+nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER(1); LEAVE(codec(d, "util_decoder", u, p)); }
+
+#ifndef OMIT_nvmlDeviceGetMemoryErrorCounter
+nvmlReturn_t nvmlDeviceGetMemoryErrorCounter(nvmlDevice_t d, unsigned type, unsigned counter,
+                                             unsigned location, unsigned long long *out) {
+    static const char *KEYS[] = {"ecc_l1", "ecc_l2", "ecc_device_memory"};
+    ENTER(1);
+    /* only uncorrected (1) volatile (0) counters are modelled */
+    if (type != 1 || counter != 0 || location > 2) LEAVE(E_NOT_SUPPORTED);
+    double v = 0;
+    int rc = dev_num(d, KEYS[location], &v);
+    if (rc == OK) *out = (unsigned long long)v;
+    LEAVE(rc);
+}
+#endif
+
+nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, unsigned counter, unsigned *out) {
+    ENTER(1);
+    double v = 0, delay_ms = 0;
+    int rc = counter > 1 ? E_INVALID_ARGUMENT : dev_num(d, counter == 0 ? "pcie_tx_kbs" : "pcie_rx_kbs", &v);
+    if (rc == OK) *out = (unsigned)v;
+    value_of(jget(cfg, "pcie_delay_ms"), &delay_ms);
+    pthread_mutex_unlock(&mu);
+    __atomic_add_fetch(&pcie_calls, 1, __ATOMIC_SEQ_CST);
+    /* the real call samples the bus for ~20 ms; sleep outside the lock as the driver would */
+    if (delay_ms > 0) {
+        struct timespec ts = {(time_t)(delay_ms / 1000), (long)((long long)(delay_ms * 1e6) % 1000000000LL)};
+        nanosleep(&ts, NULL);
+    }
+    return rc;
+}
+
+typedef struct { unsigned pid; unsigned long long usedGpuMemory; unsigned gpuInstanceId, computeInstanceId; } nvmlProcessInfo_t;
+
+static int processes(nvmlDevice_t d, unsigned *count, nvmlProcessInfo_t *infos) {
+    jv *dev = device(d);
+    if (!dev) return E_INVALID_ARGUMENT;
+    jv *procs = jget(dev, "processes");
+    if (procs && procs->type == J_STR) return error_code(procs->str) < 0 ? E_UNKNOWN : error_code(procs->str);
+    unsigned n = procs && procs->type == J_ARR ? (unsigned)procs->n : 0;
+    if (n == 0) { *count = 0; return OK; }
+    if (!infos || *count < n) { *count = n; return E_INSUFFICIENT_SIZE; }
+    for (unsigned i = 0; i < n; i++) {
+        double pid = 0, mem = 0;
+        value_of(jget(procs->items[i], "pid"), &pid);
+        int rc = value_of(jget(procs->items[i], "used_memory"), &mem);
+        infos[i].pid = (unsigned)pid;
+        infos[i].usedGpuMemory = rc == OK ? (unsigned long long)mem : ~0ULL;
+        infos[i].gpuInstanceId = infos[i].computeInstanceId = 0xFFFFFFFF;
+    }
+    *count = n;
+    return OK;
+}
+#ifndef OMIT_nvmlDeviceGetComputeRunningProcesses_v3
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER(1); LEAVE(processes(d, c, p)); }
+#endif
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER(1); LEAVE(processes(d, c, p)); }

@@ -1,0 +1,93 @@
+"""Pytest fixtures for the fake NVML (registered as a plugin by tests/conftest.py).
+
+    fake_nvml_lib           session: Path of the built libnvidia-ml.so.1
+    fake_nvml_lib_variant   session: callable(omit=[...]) -> Path of a build without those symbols
+    nvml_config_factory     the `make_config(n_gpus, gpus=..., **top)` helper from build.py
+    fake_nvml               function: FakeNvml, one H200 by default, $FAKE_NVML_CONFIG set
+
+    def test_two(fake_nvml):
+        fake_nvml.write(fake_nvml.make_config(2))
+        service = await GpuService.start(driver_root=..., dev_root=...,
+                                         nvml_library=str(fake_nvml.library))
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakenvml.build import build_fake_nvml, gpu, make_config, write_config
+from tests.requirements import need_tool
+
+
+@dataclass
+class FakeNvml:
+    library: Path
+    config_path: Path
+
+    make_config = staticmethod(make_config)
+    gpu = staticmethod(gpu)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_path.read_text())
+
+    def write(self, config: dict[str, Any]) -> None:
+        write_config(self.config_path, config)
+
+    def update(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Edit the current config in place, e.g. `update(lambda c: c["gpus"][0].update(...))`."""
+        config = self.config
+        change(config)
+        self.write(config)
+
+    def pcie_calls(self) -> int:
+        """nvmlDeviceGetPcieThroughput calls so far in this process (same loaded library)."""
+        lib = ctypes.CDLL(str(self.library))
+        lib.fakeNvmlPcieCalls.restype = ctypes.c_ulonglong
+        return int(lib.fakeNvmlPcieCalls())
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = need_tool("gcc")
+    return build_fake_nvml(tmp_path_factory.mktemp("fakenvml"), gcc=gcc)
+
+
+@pytest.fixture(scope="session")
+def fake_nvml_lib_variant(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., Path]:
+    gcc = need_tool("gcc")
+    built: dict[tuple[str, ...], Path] = {}
+
+    def build(omit: Iterable[str] = ()) -> Path:
+        key = tuple(sorted(set(omit)))
+        if key not in built:
+            built[key] = build_fake_nvml(
+                tmp_path_factory.mktemp("fakenvml-variant"), omit=key, gcc=gcc
+            )
+        return built[key]
+
+    return build
+
+
+@pytest.fixture
+def nvml_config_factory() -> Callable[..., dict[str, Any]]:
+    return make_config
+
+
+@pytest.fixture
+def fake_nvml(
+    fake_nvml_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> FakeNvml:
+    config_path = tmp_path / "fakenvml.json"
+    write_config(config_path, make_config(1))
+    monkeypatch.setenv("FAKE_NVML_CONFIG", str(config_path))
+    return FakeNvml(library=fake_nvml_lib, config_path=config_path)
