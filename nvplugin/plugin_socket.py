@@ -88,7 +88,6 @@ async def start_plugin_site(runner: web.AppRunner, config: Config) -> PluginSite
     except BaseException:
         await PluginSite(runner, site, path, ino, spec).close()
         raise
-    log.info("Serving plugin API at %s", config.socket_dir)
     return PluginSite(runner, site, path, ino, spec)
 
 

@@ -67,8 +67,8 @@ def parse_name(name: str) -> str:
     """The version in `nvidia_driver_<version>`, or VolumeNameError in 1.0's words."""
     if len(name) > MAX_NAME:
         raise VolumeNameError(f"bad volume format: {shown(name)}")
-    match = NAME_RE.match(name)
-    if match is None or not VERSION_RE.match(match.group(2)):
+    match = NAME_RE.fullmatch(name)
+    if match is None or not VERSION_RE.fullmatch(match.group(2)):
         raise VolumeNameError(f"bad volume format: {shown(name)}")
     if match.group(1) != KIND:
         raise VolumeNameError(f"unsupported volume: {shown(name)}")
@@ -92,7 +92,6 @@ class VolumeStore:
     async def start(self) -> None:
         """Create the directories, remove what a crash left behind, load the mount table."""
         await asyncio.to_thread(self._prepare)
-        log.info("Provisioning volumes at %s", self.volumes_dir)
 
     def _prepare(self) -> None:
         for d in (self.volumes_dir, self.kind_dir):
@@ -225,7 +224,7 @@ class VolumeStore:
             found = sorted(e.name for e in os.scandir(self.kind_dir) if e.is_dir())
         except FileNotFoundError:
             return []
-        infos = (self._info(v) for v in found if VERSION_RE.match(v))
+        infos = (self._info(v) for v in found if VERSION_RE.fullmatch(v))
         return [i for i in infos if i is not None]
 
     def _delete(self, version: str) -> None:
@@ -248,6 +247,7 @@ def build_volume(manifest: Manifest, kind_dir: Path, name: str, cloner: Cloner) 
     kind_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = kind_dir / f".{manifest.version}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir(mode=0o755)
+    os.chmod(tmp, 0o755)  # the volume's root is the container's /usr/local/nvidia
     try:
         _fill(manifest, tmp, name, cloner)
         _flush(tmp)
