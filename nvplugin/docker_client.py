@@ -1,0 +1,242 @@
+"""A thin adapter over the docker SDK's low-level `APIClient`, for the `nvidia-docker` wrapper.
+
+The SDK (and `requests` under it) costs ~100 ms to import, so it is imported only when the wrapper
+rewrites a command: `Engine(...)` does it. Which engine it talks to follows the docker CLI's own
+precedence (`resolve_endpoint`), so the wrapper inspects the image on the engine that will run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from nvplugin.docker_argv import Invocation
+from nvplugin.errors import DockerError, ImagePullError, PluginDaemonError
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+API_TIMEOUT_S = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where the Docker Engine is and how to speak TLS to it (the CLI's rules)."""
+
+    host: str
+    tls: bool = False
+    tls_verify: bool = False
+    ca_cert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    config_dir: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageFacts:
+    id: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def config_dir(inv: Invocation, environ: Mapping[str, str]) -> Path:
+    given = inv.global_values("config")
+    if given:
+        return Path(given[-1])
+    if environ.get("DOCKER_CONFIG"):
+        return Path(environ["DOCKER_CONFIG"])
+    return Path(environ.get("HOME", "/root")) / ".docker"
+
+
+def context_name(inv: Invocation, environ: Mapping[str, str], cfg: Path) -> str:
+    """The docker CLI's order: --context, -H, DOCKER_HOST, DOCKER_CONTEXT, config, default."""
+    if inv.global_values("context"):
+        if inv.global_values("host"):
+            raise DockerError("conflicting options: either specify --host or --context, not both")
+        return inv.global_values("context")[-1]
+    if inv.global_values("host") or environ.get("DOCKER_HOST"):
+        return "default"
+    if environ.get("DOCKER_CONTEXT"):
+        return environ["DOCKER_CONTEXT"]
+    try:
+        current = json.loads((cfg / "config.json").read_text()).get("currentContext")
+    except (OSError, ValueError, AttributeError):
+        current = None
+    return current or "default"
+
+
+def resolve_endpoint(inv: Invocation, environ: Mapping[str, str]) -> Endpoint:
+    """The engine the docker CLI would use for these global options and environment.
+
+    Named contexts are read from the CLI's own store (`contexts/meta/<sha256(name)>/meta.json`),
+    which is what `docker context inspect` prints, without the cost of running it.
+    """
+    cfg = config_dir(inv, environ)
+    name = context_name(inv, environ, cfg)
+    if name != "default":
+        return _context_endpoint(cfg, name)
+    hosts = inv.global_values("host")
+    host = hosts[-1] if hosts else environ.get("DOCKER_HOST") or DEFAULT_HOST
+    verify = inv.global_flag("tlsverify") or bool(environ.get("DOCKER_TLS_VERIFY"))
+    tls = verify or inv.global_flag("tls")
+    certs = Path(environ.get("DOCKER_CERT_PATH") or cfg)
+
+    def pick(option: str, default: str) -> str:
+        values = inv.global_values(option)
+        return values[-1] if values else str(certs / default)
+
+    return Endpoint(
+        host=host if "://" in host else f"tcp://{host}",
+        tls=tls,
+        tls_verify=verify,
+        ca_cert=pick("tlscacert", "ca.pem") if tls else None,
+        cert=pick("tlscert", "cert.pem") if tls else None,
+        key=pick("tlskey", "key.pem") if tls else None,
+        config_dir=str(cfg),
+    )
+
+
+def _context_endpoint(cfg: Path, name: str) -> Endpoint:
+    digest = hashlib.sha256(name.encode()).hexdigest()
+    meta = cfg / "contexts" / "meta" / digest / "meta.json"
+    try:
+        docker = json.loads(meta.read_text())["Endpoints"]["docker"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DockerError(f'context "{name}" not found ({meta}: {e})') from e
+    tls_dir = cfg / "contexts" / "tls" / digest / "docker"
+    files = {f: tls_dir / f for f in ("ca.pem", "cert.pem", "key.pem")}
+    has = {f: str(p) if p.is_file() else None for f, p in files.items()}
+    tls = any(has.values())
+    return Endpoint(
+        host=docker.get("Host") or DEFAULT_HOST,
+        tls=tls,
+        tls_verify=tls and not docker.get("SkipTLSVerify", False),
+        ca_cert=has["ca.pem"],
+        cert=has["cert.pem"],
+        key=has["key.pem"],
+        config_dir=str(cfg),
+    )
+
+
+def display_reference(ref: str) -> str:
+    """`busybox` → `busybox:latest` as `docker run` prints it; digests and tags unchanged."""
+    if "@" in ref:
+        return ref
+    last = ref.rsplit("/", 1)[-1]
+    return ref if ":" in last else f"{ref}:latest"
+
+
+class Engine:
+    """One connection to the Docker Engine; every SDK error becomes a DockerError."""
+
+    def __init__(self, endpoint: Endpoint, timeout: int = API_TIMEOUT_S) -> None:
+        import docker  # lazy: the pass-through path must not pay for the SDK
+
+        self._errors = docker.errors
+        self.endpoint = endpoint
+        tls: Any = False
+        if endpoint.tls:
+            client_cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
+            tls = docker.tls.TLSConfig(
+                client_cert=client_cert if client_cert and os.path.isfile(client_cert[0]) else None,
+                ca_cert=endpoint.ca_cert if endpoint.tls_verify else None,
+                verify=endpoint.tls_verify,
+            )
+        try:
+            self.api = docker.APIClient(
+                base_url=endpoint.host,
+                version="auto",
+                timeout=timeout,
+                tls=tls,
+                use_ssh_client=endpoint.host.startswith("ssh://"),
+            )
+        except docker.errors.DockerException as e:
+            raise DockerError(
+                f"cannot connect to the Docker daemon at {endpoint.host}: {_reason(e)}; "
+                f"is the docker daemon running, and may this user use it?"
+            ) from e
+        if endpoint.config_dir:
+            config = Path(endpoint.config_dir) / "config.json"
+            if config.is_file():
+                self.api.reload_config(str(config))
+
+    def inspect_image(self, ref: str) -> ImageFacts | None:
+        """The image's labels and environment; None if the engine does not have it."""
+        try:
+            data = self.api.inspect_image(ref)
+        except self._errors.NotFound:
+            return None
+        except self._errors.DockerException as e:
+            raise DockerError(f"cannot inspect image '{ref}': {_reason(e)}") from e
+        config = data.get("Config") or {}
+        env = dict(item.partition("=")[::2] for item in config.get("Env") or ())
+        return ImageFacts(data.get("Id", ""), dict(config.get("Labels") or {}), env)
+
+    def pull(self, ref: str, out: TextIO, platform: str | None = None, quiet: bool = False) -> None:
+        """Pull as `docker run` does, progress on `out` (stderr); ImagePullError on failure."""
+        shown = display_reference(ref)
+        if not quiet:
+            print(f"Unable to find image '{shown}' locally", file=out, flush=True)
+        try:
+            stream = self.api.pull(ref, stream=True, decode=True, platform=platform)
+            error = render_progress(stream, out, quiet=quiet)
+        except self._errors.DockerException as e:
+            raise ImagePullError(f"cannot pull image '{shown}': {_reason(e)}") from e
+        if error is not None:
+            raise ImagePullError(f"cannot pull image '{shown}': {error}")
+
+    def ensure_volume(self, name: str, driver: str) -> None:
+        """Create `name` with `driver` (the plugin builds it); a no-op if it already exists."""
+        try:
+            self.api.create_volume(name=name, driver=driver)
+        except self._errors.DockerException as e:
+            reason = _reason(e)
+            hint = ""
+            if "plugin" in reason and "not found" in reason:
+                hint = (
+                    f"; Docker does not see the {driver} volume plugin: "
+                    f"start it with: systemctl start nvidia-docker"
+                )
+            raise PluginDaemonError(f"cannot create volume '{name}': {reason}{hint}") from e
+
+
+def render_progress(stream: Any, out: TextIO, quiet: bool = False) -> str | None:
+    """Write pull messages as the docker CLI does (progress bars only on a terminal).
+
+    Returns the error a message reported mid-stream, if any (the pull then stopped).
+    """
+    tty = out.isatty()
+    bar_open = False
+    for msg in stream:
+        if msg.get("error"):
+            if bar_open:
+                out.write("\n")
+            detail = msg.get("errorDetail") or {}
+            return str(detail.get("message") or msg["error"])
+        if quiet:
+            continue
+        head = f"{msg['id']}: " if msg.get("id") else ""
+        progress = msg.get("progress") or ""
+        if progress:
+            if tty:
+                out.write(f"\r\x1b[2K{head}{msg.get('status', '')} {progress}")
+                bar_open = True
+            continue  # docker drops progress bars when stderr is not a terminal
+        if bar_open:
+            out.write("\n")
+            bar_open = False
+        out.write(f"{head}{msg.get('status') or msg.get('stream') or ''}\n")
+        out.flush()
+    if bar_open:
+        out.write("\n")
+    out.flush()
+    return None
+
+
+def _reason(e: Exception) -> str:
+    explanation = getattr(e, "explanation", None)
+    text = explanation.decode() if isinstance(explanation, bytes) else explanation
+    return str(text or e).strip()
