@@ -37,7 +37,7 @@ class PluginSite:
     runner: web.AppRunner
     site: web.UnixSite
     socket_path: Path
-    socket_ino: int
+    socket_id: tuple[int, int]  # (inode, ctime ns): inode numbers alone are reused at once
     spec_path: Path | None
     closed: bool = False
 
@@ -53,7 +53,7 @@ class PluginSite:
         try:
             st = os.lstat(self.socket_path)
             # Only our own socket: a successor may already listen on the same path.
-            if st.st_ino == self.socket_ino and stat.S_ISSOCK(st.st_mode):
+            if (st.st_ino, st.st_ctime_ns) == self.socket_id and stat.S_ISSOCK(st.st_mode):
                 os.unlink(self.socket_path)
                 log.debug("Removed %s", self.socket_path)
         except FileNotFoundError:
@@ -78,17 +78,18 @@ async def start_plugin_site(runner: web.AppRunner, config: Config) -> PluginSite
         await site.start()
     except OSError as err:
         raise ConfigError(f"cannot listen on {path}: {err.strerror}") from err
-    ino = os.lstat(path).st_ino
     spec: Path | None = None
+    st = os.lstat(path)
+    ident = (st.st_ino, st.st_ctime_ns)
     try:
-        await asyncio.to_thread(_set_access, path)
+        ident = await asyncio.to_thread(_set_access, path)
         if config.needs_spec_file:
             spec = config.spec_path
             await asyncio.to_thread(_write_spec, spec, path)
     except BaseException:
-        await PluginSite(runner, site, path, ino, spec).close()
+        await PluginSite(runner, site, path, ident, spec).close()
         raise
-    return PluginSite(runner, site, path, ino, spec)
+    return PluginSite(runner, site, path, ident, spec)
 
 
 def _make_dir(directory: Path) -> None:
@@ -127,11 +128,13 @@ async def _clear_stale(path: Path) -> None:
                       "stop it first, or use another --socket-dir")
 
 
-def _set_access(path: Path) -> None:
+def _set_access(path: Path) -> tuple[int, int]:
     # Docker (root) connects; group `docker` may talk to the plugin too, others may not.
     with contextlib.suppress(KeyError, PermissionError):
         os.chown(path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
     os.chmod(path, SOCKET_MODE)
+    st = os.lstat(path)
+    return st.st_ino, st.st_ctime_ns
 
 
 def _write_spec(spec: Path, socket_path: Path) -> None:

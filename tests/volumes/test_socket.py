@@ -1,0 +1,133 @@
+"""The socket's life: created with tight access, stale replaced, live refused, always removed."""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import socket
+import stat
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from nvplugin.config import Config
+from nvplugin.errors import ConfigError
+from nvplugin.plugin_api import make_app
+from nvplugin.plugin_socket import start_plugin_site
+from nvplugin.volumes import VolumeStore
+from tests.dockerenv import _unix_post
+
+
+async def _runner(store: VolumeStore) -> web.AppRunner:
+    runner = web.AppRunner(make_app(store), access_log=None, shutdown_timeout=1)
+    await runner.setup()
+    return runner
+
+
+def _config(tmp_path: Path, socket_dir: Path | None = None) -> Config:
+    return Config(socket_dir=socket_dir or tmp_path / "run" / "plugins",
+                  spec_dir=tmp_path / "etc" / "docker" / "plugins")
+
+
+async def test_socket_access_spec_file_and_removal(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path)
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    st = os.lstat(cfg.socket_path)
+    assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
+    groups = {g.gr_name: g.gr_gid for g in grp.getgrall()}
+    # Without a docker group the socket keeps the daemon's group.
+    assert st.st_gid == groups.get("docker", os.getegid())
+    assert stat.S_IMODE(cfg.socket_dir.stat().st_mode) == 0o755
+    assert cfg.spec_path.read_text() == f"unix://{cfg.socket_path}\n"
+    answer = await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    assert answer is not None and answer.endswith(b'{"Implements":["VolumeDriver"]}\n')
+    await site.close()
+    await runner.cleanup()
+    assert not cfg.socket_path.exists() and not cfg.spec_path.exists()
+    await site.close()  # twice is fine
+
+
+async def test_close_after_runner_cleanup_still_removes_the_socket(store: VolumeStore,
+                                                                   tmp_path: Path):
+    cfg = _config(tmp_path)
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    await runner.cleanup()  # Python 3.11 leaves the file here
+    await site.close()
+    assert not cfg.socket_path.exists() and not cfg.spec_path.exists()
+
+
+async def test_docker_default_dir_gets_no_spec_file(store: VolumeStore, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch):
+    cfg = _config(tmp_path)
+    monkeypatch.setattr(Config, "needs_spec_file", property(lambda self: False))
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    assert not cfg.spec_path.exists()
+    await site.close()
+    await runner.cleanup()
+
+
+async def test_a_stale_socket_is_replaced(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path)
+    cfg.socket_dir.mkdir(parents=True)
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(cfg.socket_path))
+    dead.close()  # bound, never listened, closed: what a killed daemon leaves
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    assert await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    await site.close()
+    await runner.cleanup()
+
+
+async def test_a_live_socket_is_refused_and_left_alone(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path)
+    first_runner = await _runner(store)
+    first = await start_plugin_site(first_runner, cfg)
+    second_runner = await _runner(store)
+    with pytest.raises(ConfigError, match=rf"already serving {cfg.socket_path}: stop it first"):
+        await start_plugin_site(second_runner, cfg)
+    await second_runner.cleanup()
+    assert await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    assert cfg.spec_path.exists()
+    await first.close()
+    await first_runner.cleanup()
+
+
+async def test_something_else_at_the_socket_path_is_refused(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path)
+    cfg.socket_dir.mkdir(parents=True)
+    cfg.socket_path.write_text("not a socket")
+    runner = await _runner(store)
+    with pytest.raises(ConfigError, match="exists and is not a socket"):
+        await start_plugin_site(runner, cfg)
+    await runner.cleanup()
+    assert cfg.socket_path.read_text() == "not a socket"
+
+
+async def test_a_successor_socket_is_not_removed(store: VolumeStore, tmp_path: Path):
+    """close() removes only the socket it created, not one a new daemon bound since."""
+    cfg = _config(tmp_path)
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    await runner.cleanup()
+    os.unlink(cfg.socket_path)
+    successor = socket.socket(socket.AF_UNIX)
+    successor.bind(str(cfg.socket_path))
+    try:
+        await site.close()
+        assert stat.S_ISSOCK(os.lstat(cfg.socket_path).st_mode)
+    finally:
+        successor.close()
+
+
+async def test_too_long_a_socket_path_is_a_clear_error(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path, tmp_path / ("d" * 120))
+    runner = await _runner(store)
+    with pytest.raises(ConfigError, match="longer than 107 bytes: choose a shorter --socket-dir"):
+        await start_plugin_site(runner, cfg)
+    await runner.cleanup()
