@@ -27,7 +27,7 @@ from nvplugin.errors import CudaRequirementError, DockerError
 CUDA_LABEL = "com.nvidia.cuda.version"
 DISABLE_REQUIRE = "NVIDIA_DISABLE_REQUIRE"
 _RULES = frozenset({"cuda", "driver", "arch", "brand"})
-_TERM = re.compile(r"^([a-z]+)(>=|<=|!=|=|<|>)(.+)$")
+_TERM = re.compile(r"^([a-z]+)(>=|<=|!=|=|<|>)([^<>=!].*)$")
 _LEADING_VERSION = re.compile(r"^\s*(\d+)(?:\.(\d+))?")
 # Go's strconv.ParseBool, which the NVIDIA toolkit uses for NVIDIA_DISABLE_REQUIRE.
 _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
