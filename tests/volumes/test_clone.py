@@ -1,0 +1,137 @@
+"""Link when possible, copy when not: same fs, another fs (tmpfs), a read-only source."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from nvplugin.clone import CloneError, Cloner, Method
+from nvplugin.volumes import VolumeStore
+from tests.volumes.conftest import (
+    VERSION,
+    Driver,
+    make_manifest,
+    mounted,
+    read_only_copy,
+    rebase,
+    tree,
+)
+
+NAME = f"nvidia_driver_{VERSION}"
+
+
+def _source(tmp_path: Path, mode: int = 0o750, data: bytes = b"\x7fELF driver bytes") -> Path:
+    src = tmp_path / "src" / "libfoo.so.1"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(data)
+    src.chmod(mode)
+    os.utime(src, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    return src
+
+
+def test_same_filesystem_links(tmp_path: Path):
+    src = _source(tmp_path)
+    cloner = Cloner()
+    assert cloner.clone(str(src), str(tmp_path / "dst")) is Method.LINK
+    assert os.stat(tmp_path / "dst").st_ino == src.stat().st_ino
+
+
+def test_another_filesystem_copies_with_mode_and_time_and_decides_once(tmp_path: Path,
+                                                                       tmpfs: Path):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    src = _source(tmp_path, 0o4755, data)
+    cloner = Cloner()
+    calls: list[Method] = []
+    for i in range(5):
+        dst = tmpfs / f"copy{i}"
+        calls.append(cloner.clone(str(src), str(dst)))
+        st = dst.stat()
+        assert dst.read_bytes() == data
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o4755, 1_600_000_000_000_000_000)
+        assert st.st_ino != src.stat().st_ino
+    assert calls == [Method.COPY] * 5
+    # link and reflink were tried once for this device pair, then skipped.
+    assert cloner.method_for(src.stat().st_dev, tmpfs.stat().st_dev) is Method.COPY
+    assert cloner.used == {Method.LINK: 0, Method.REFLINK: 0, Method.COPY: 5}
+
+
+def test_the_decision_is_per_device_pair(tmp_path: Path, tmpfs: Path):
+    src = _source(tmp_path)
+    cloner = Cloner()
+    assert cloner.clone(str(src), str(tmpfs / "a")) is Method.COPY
+    assert cloner.clone(str(src), str(tmp_path / "b")) is Method.LINK
+
+
+def test_read_only_source_is_copied(tmp_path: Path):
+    src = _source(tmp_path)
+    ro = tmp_path / "ro"
+    with read_only_copy(src.parent, ro):
+        with pytest.raises(OSError) as info:
+            os.link(ro / src.name, tmp_path / "probe")
+        assert info.value.errno in (errno.EXDEV, errno.EROFS, errno.EPERM)
+        assert Cloner().clone(str(ro / src.name), str(tmp_path / "dst")) is Method.COPY
+    assert (tmp_path / "dst").read_bytes() == src.read_bytes()
+
+
+def test_a_real_failure_is_not_hidden_by_fallbacks(tmp_path: Path):
+    src = _source(tmp_path)
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(CloneError) as info:
+        Cloner().clone(str(src), str(tmp_path / "taken"))
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(FileNotFoundError):
+        Cloner().clone(str(tmp_path / "missing"), str(tmp_path / "dst2"))
+
+
+def test_copy_failure_says_why_link_was_skipped(tmp_path: Path):
+    src = _source(tmp_path, data=os.urandom(1024 * 1024))
+    small = tmp_path / "small"
+    small.mkdir()
+    with mounted("-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)):
+        with pytest.raises(CloneError) as info:
+            Cloner((Method.LINK, Method.COPY)).clone(str(src), str(small / "dst"))
+        assert info.value.reason() == "No space left on device (link: Invalid cross-device link)"
+        assert not (small / "dst").exists()  # no partial file left behind
+
+
+def test_directories_and_devices_are_refused(tmp_path: Path):
+    with pytest.raises(OSError, match="not a regular file"):
+        Cloner().clone(str(tmp_path), str(tmp_path / "x"))
+
+
+async def test_volume_on_tmpfs_is_a_copy(tmp_path: Path, tmpfs: Path, driver: Driver):
+    store = VolumeStore(tmpfs / "volumes", driver)
+    await store.start()
+    mountpoint = await store.mount(NAME, "c1")
+    assert tree(Path(mountpoint)) == tree(await _linked_reference(tmp_path, driver))
+    for entry in driver.manifest.entries:
+        copied = Path(mountpoint, entry.dest)
+        assert copied.stat().st_ino != os.stat(entry.source).st_ino
+        assert copied.read_bytes() == Path(entry.source).read_bytes()
+    assert store.cloner.used[Method.COPY] == len(driver.manifest.entries)
+    assert store.cloner.used[Method.LINK] == 0
+    await store.close()
+
+
+async def test_read_only_driver_is_copied_into_the_volume(tmp_path: Path):
+    """The GPU host's driver is on a read-only squashfs: 1.0 failed with EXDEV there."""
+    manifest = make_manifest(tmp_path / "driver", "590.1")
+    ro = tmp_path / "squash"
+    with read_only_copy(tmp_path / "driver", ro):
+        store = VolumeStore(tmp_path / "volumes", Driver(rebase(manifest, tmp_path / "driver", ro)))
+        await store.start()
+        mountpoint = Path(await store.path("nvidia_driver_590.1"))
+        await store.close()
+    assert (mountpoint / "lib64" / "libcuda.so.1").read_bytes().startswith(b"lib64/libcuda")
+    assert store.cloner.used[Method.COPY] == len(manifest.entries)
+
+
+async def _linked_reference(tmp_path: Path, driver: Driver) -> Path:
+    store = VolumeStore(tmp_path / "reference", driver)
+    await store.start()
+    path = Path(await store.path(NAME))
+    await store.close()
+    return path
