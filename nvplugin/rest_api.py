@@ -1,0 +1,185 @@
+"""The REST API on localhost:3476: nvidia-docker 1.0's routes, under `/v1.0` and unversioned.
+
+Handlers parse the query, make one service call and hand records to `render`. One middleware maps
+failures to one-line `text/plain` answers: 400 for a bad selector, 404/405 for routing, 503 while
+the driver or NVML is unavailable, and 500 (logged once, with the route) for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from nvplugin import render
+from nvplugin.config import Config
+from nvplugin.devices import Gpu, GpuInventory, GpuStatus
+from nvplugin.errors import ConfigError, NvmlError, NvpluginError, SelectionError
+from nvplugin.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1.0"
+TEXT = "text/plain"
+JSON = "application/json"
+# Prefixes of 400 messages whose tail is an item taken from the query string.
+QUOTED_ERRORS = ("invalid device", "invalid volume")
+
+
+class GpuSource(Protocol):
+    """What the REST API needs of `nvplugin.gpus.GpuService`."""
+
+    available: bool
+    reason: str | None
+
+    async def inventory(self) -> GpuInventory: ...
+    async def status(self) -> tuple[GpuStatus, ...]: ...
+    def select(self, spec: str | None) -> tuple[Gpu, ...]: ...
+    async def control_nodes(self) -> tuple[render.DeviceNodeLike, ...]: ...
+    async def driver_version(self) -> str: ...
+
+
+ManifestProvider = Callable[[], Manifest]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+GPUS = web.AppKey("gpus", GpuSource)
+MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
+CONFIG = web.AppKey("config", Config)
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    return web.Response(body=body.encode("utf-8", "replace"), status=status,
+                        content_type=TEXT, charset="utf-8")
+
+
+def _json(body: str) -> web.Response:
+    return web.Response(body=body.encode("utf-8", "replace"), content_type=JSON)
+
+
+def _gpus(request: web.Request) -> GpuSource:
+    gpus = request.app[GPUS]
+    if not gpus.available:
+        raise NvmlError(gpus.reason or "NVML is unavailable on this host")
+    return gpus
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def gpu_info(request: web.Request) -> web.Response:
+    return _text(render.gpu_info_text(await _gpus(request).inventory()))
+
+
+async def gpu_info_json(request: web.Request) -> web.Response:
+    return _json(render.gpu_info_json(await _gpus(request).inventory()))
+
+
+async def gpu_status(request: web.Request) -> web.Response:
+    gpus = _gpus(request)
+    # The page prints "used / total": totals come from the static inventory (cached by the service).
+    inventory, statuses = await asyncio.gather(gpus.inventory(), gpus.status())
+    return _text(render.gpu_status_text(inventory, statuses))
+
+
+async def gpu_status_json(request: web.Request) -> web.Response:
+    return _json(render.gpu_status_json(await _gpus(request).status()))
+
+
+async def _docker_args(request: web.Request) -> render.DockerArgs:
+    kinds = render.volume_kinds(request.query.get("vol"))
+    gpus = _gpus(request)
+    dev = request.query.get("dev")
+    selected = gpus.select(None if dev is None or dev.strip(" ") in ("", "*") else dev)
+    nodes, version = await asyncio.gather(gpus.control_nodes(), gpus.driver_version())
+    map_paths = request.app[CONFIG].dev_root != Path("/")
+    return render.docker_args(version, kinds, nodes, selected, map_paths=map_paths)
+
+
+async def docker_cli(request: web.Request) -> web.Response:
+    return _text(render.docker_cli_text(await _docker_args(request)))
+
+
+async def docker_cli_json(request: web.Request) -> web.Response:
+    return _json(render.docker_cli_json(await _docker_args(request)))
+
+
+async def mesos_cli(request: web.Request) -> web.Response:
+    return _text(render.mesos_cli_text(await _gpus(request).inventory()))
+
+
+async def driver_files(request: web.Request) -> web.Response:
+    manifest = request.app[MANIFEST]()  # the daemon's current manifest, already in memory
+    return _json(render.go_json(manifest.to_json()))
+
+
+# One table, registered under /v1.0 and again unversioned (the latest API version).
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/gpu/info", gpu_info),
+    ("/gpu/info/json", gpu_info_json),
+    ("/gpu/status", gpu_status),
+    ("/gpu/status/json", gpu_status_json),
+    ("/docker/cli", docker_cli),
+    ("/docker/cli/json", docker_cli_json),
+    ("/mesos/cli", mesos_cli),
+    ("/driver/files", driver_files),
+)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _client_error(err: NvpluginError) -> str:
+    """The 400 line; items from the query string are cut and escaped before they are echoed."""
+    prefix, sep, item = err.message.partition(": ")
+    if sep and prefix in QUOTED_ERRORS:
+        return f"{prefix}: {render.quote_item(item)}\n"
+    return render.quote_item(err.message, limit=200) + "\n"
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "an unknown route"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _text("404 page not found\n", status=404)
+    except web.HTTPMethodNotAllowed as exc:
+        response = _text("405 method not allowed: use GET\n", status=405)
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except (SelectionError, ConfigError) as err:
+        return _text(_client_error(err), status=400)
+    except NvpluginError as err:
+        # No driver, NVML down, or no driver files yet: the host's state, not a daemon bug.
+        return _text(render.one_line(err.message), status=503)
+    except web.HTTPException:
+        raise
+    except Exception as err:
+        route = _route_name(request)
+        log.exception("Error: unexpected failure serving %s %s", request.method, route)
+        return _text(
+            f"internal error serving {request.method} {route}: {type(err).__name__}; "
+            "the traceback is in the nvidia-docker-plugin log\n",
+            status=500,
+        )
+
+
+def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
+             ) -> web.Application:
+    """The REST application; the daemon serves it on `config.listen`."""
+    app = web.Application(middlewares=[error_middleware])
+    app[GPUS] = gpus
+    app[MANIFEST] = manifest_provider
+    app[CONFIG] = config
+    for prefix in (f"/{API_VERSION}", ""):
+        for path, handler in ROUTES:
+            app.router.add_get(prefix + path, handler)
+    return app

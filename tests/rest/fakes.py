@@ -1,0 +1,71 @@
+"""A GpuService stand-in over fixed records, for tests of the HTTP layer alone.
+
+The integration tests (test_live.py) use the real GpuService on the fake NVML instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nvplugin.devices import Gpu, GpuInventory, GpuStatus
+from nvplugin.errors import NvmlError, SelectionError
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    host_path: str
+    path: str
+
+
+CONTROL_NODES = (Node("/dev/nvidiactl", "/dev/nvidiactl"),
+                 Node("/dev/nvidia-uvm", "/dev/nvidia-uvm"))
+
+
+@dataclass
+class RecordGpus:
+    inventory_: GpuInventory
+    statuses: tuple[GpuStatus, ...]
+    available: bool = True
+    reason: str | None = None
+    fail_with: BaseException | None = None  # raised by every call, to test error mapping
+    nodes: tuple[Node, ...] = CONTROL_NODES
+    calls: list[str] = field(default_factory=list)
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.fail_with is not None:
+            raise self.fail_with
+        if not self.available:
+            raise NvmlError(self.reason or "unavailable")
+
+    async def inventory(self) -> GpuInventory:
+        self._check("inventory")
+        return self.inventory_
+
+    async def status(self) -> tuple[GpuStatus, ...]:
+        self._check("status")
+        return self.statuses
+
+    def select(self, spec: str | None) -> tuple[Gpu, ...]:
+        self._check("select")
+        gpus = self.inventory_.gpus
+        if spec is None:
+            return gpus
+        chosen: dict[int, Gpu] = {}
+        for item in spec.split(" "):
+            if item.isdecimal() and item.isascii() and len(item) < 6 and int(item) < len(gpus):
+                chosen[int(item)] = gpus[int(item)]
+                continue
+            match = [g for g in gpus if item.startswith("GPU-") and g.uuid.startswith(item)]
+            if not match:
+                raise SelectionError(f"invalid device: {item}")
+            chosen[match[0].index] = match[0]
+        return tuple(chosen.values())
+
+    async def control_nodes(self) -> tuple[Node, ...]:
+        self._check("control_nodes")
+        return self.nodes
+
+    async def driver_version(self) -> str:
+        self._check("driver_version")
+        return self.inventory_.versions.driver
