@@ -117,3 +117,11 @@ class GpuInventory:
 
     versions: DriverVersions
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceNode:
+    """A character device to pass to a container."""
+
+    host_path: str  # the node under --dev-root on this host
+    path: str  # where the container sees it: /dev/<name>

@@ -1,0 +1,420 @@
+"""NVML through nvidia-ml-py: the project's only `import pynvml`. Every call here blocks.
+
+Callers run it in a worker thread (gpus.GpuService). Units are final in the records returned;
+a field NVML does not support (or that an older driver lacks) is `None`, and any other error in a
+single field is `None` plus one warning per field, so no field fails a whole answer. Only loading,
+initialising, counting and getting a device handle are hard errors (`NvmlError`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pynvml
+
+from nvplugin.devices import DriverVersions, Gpu, GpuStatus, MigDevice, P2PLink, Process
+from nvplugin.errors import NvmlError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SONAME = "libnvidia-ml.so.1"
+MIB = 1 << 20
+# MB/s per lane after line coding, 1.0's table {1..4} extended to PCIe 5, 6 and 7.
+PCIE_LANE_MBS = {1: 250, 2: 500, 3: 985, 4: 1969, 5: 3938, 6: 7877, 7: 15754}
+# nvmlDeviceGetTopologyCommonAncestor level -> 1.0's P2P link code (devices.P2P_LINK_NAMES).
+TOPOLOGY_LINK = {0: 6, 10: 5, 20: 4, 30: 3, 40: 2, 50: 1}
+FAMILIES = {1: "Tesla", 2: "Fermi", 3: "Kepler", 5: "Maxwell", 6: "Pascal", 10: "Blackwell",
+            11: "Blackwell", 12: "Blackwell"}
+FAMILY_BY_ARCH = {(7, 0): "Volta", (7, 2): "Volta", (7, 5): "Turing", (8, 0): "Ampere",
+                  (8, 6): "Ampere", (8, 7): "Ampere", (8, 9): "Ada", (9, 0): "Hopper"}
+# CUDA cores per multiprocessor (CUDA C Programming Guide, "Arithmetic Instructions").
+CORES_PER_SM = {(1, None): 8, (2, 0): 32, (2, 1): 48, (3, None): 192, (5, None): 128,
+                (6, 0): 64, (6, 1): 128, (6, 2): 128, (7, None): 64, (8, 0): 64, (8, None): 128,
+                (9, None): 128, (10, None): 128, (11, None): 128, (12, None): 128}
+_ABSENT = (pynvml.NVMLError_NotSupported, pynvml.NVMLError_FunctionNotFound)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def family(major: int, minor: int) -> str | None:
+    return FAMILY_BY_ARCH.get((major, minor)) or FAMILIES.get(major)
+
+
+def cores_per_sm(major: int, minor: int) -> int | None:
+    return CORES_PER_SM.get((major, minor), CORES_PER_SM.get((major, None)))
+
+
+def cuda_version(value: int) -> str:
+    """nvmlSystemGetCudaDriverVersion's integer as `major.minor` (12080 -> "12.8")."""
+    return f"{value // 1000}.{value % 1000 // 10}"
+
+
+def pcie_bandwidth(generation: int | None, width: int | None) -> int | None:
+    if generation is None or width is None or generation not in PCIE_LANE_MBS:
+        return None
+    return PCIE_LANE_MBS[generation] * width
+
+
+def memory_bandwidth(clock_mhz: int | None, bus_width_bits: int | None) -> int | None:
+    """Peak MB/s of double-data-rate memory: 2 x clock x bus width in bytes."""
+    if clock_mhz is None or bus_width_bits is None:
+        return None
+    return 2 * clock_mhz * bus_width_bits // 8
+
+
+def kernel_module_version(text: str) -> str | None:
+    """The version in /proc/driver/nvidia/version, proprietary or open kernel module wording."""
+    match = re.search(r"Kernel Module\D*?(\d+\.\d+(?:\.\d+)?)", text)
+    return match.group(1) if match else None
+
+
+def library_version(path: str) -> str | None:
+    match = re.search(r"libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$", path)
+    return match.group(1) if match else None
+
+
+def sysfs_bus_id(bus_id: str) -> str:
+    """NVML's `00000000:06:00.0` as sysfs names it: `0000:06:00.0` (1.0 looked up the former)."""
+    domain, _, rest = bus_id.partition(":")
+    return f"{int(domain, 16):04x}:{rest.lower()}"
+
+
+def mig_cap_paths(minors: Mapping[str, int], gpu_minor: int, gi: int, ci: int,
+                  dev_root: Path) -> tuple[str, ...]:
+    """Host paths of the nvidia-caps nodes that grant access to one MIG device."""
+    names = (f"gpu{gpu_minor}/gi{gi}/access", f"gpu{gpu_minor}/gi{gi}/ci{ci}/access")
+    return tuple(str(dev_root / "dev" / "nvidia-caps" / f"nvidia-cap{minors[n]}")
+                 for n in names if n in minors)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _mapped_nvml() -> str | None:
+    """Which libnvidia-ml the dynamic loader picked, when we let it search."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = [line.split()[-1] for line in maps.splitlines() if "libnvidia-ml" in line]
+    return paths[-1] if paths else None
+
+
+def _load(library: str | None) -> str:
+    """Make pynvml use `library` (None: the loader's search); returns the file's path."""
+    where = library or SONAME
+    try:
+        lib = ctypes.CDLL(where, mode=ctypes.RTLD_GLOBAL)
+    except OSError as err:
+        reason = str(err).removeprefix(f"{where}: ")  # dlerror repeats the path
+        raise NvmlError(f"NVML could not be loaded from {where}: {reason}") from err
+    # nvidia-ml-py dlopens "libnvidia-ml.so.1" by soname into a module global and caches symbols.
+    # Loading by absolute path first already makes glibc answer the soname with this file;
+    # setting the global too keeps that true when an earlier session used another file.
+    if hasattr(pynvml, "nvmlLib"):
+        pynvml.nvmlLib = lib
+        getattr(pynvml, "_nvmlGetFunctionPointer_cache", {}).clear()
+    return library or _mapped_nvml() or SONAME
+
+
+def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlError:
+    if err.value == pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH:
+        try:
+            text = (driver_root / "proc/driver/nvidia/version").read_text(errors="replace")
+            kernel = kernel_module_version(text)
+        except OSError:
+            kernel = None
+        user = library_version(str(Path(path).resolve()))
+        return NvmlError(f"Driver/library version mismatch: kernel module {kernel or 'unknown'}, "
+                         f"user space {user or 'unknown'}; reboot or reload the nvidia module")
+    reasons = {
+        pynvml.NVML_ERROR_DRIVER_NOT_LOADED:
+            "the NVIDIA kernel module is not loaded (load it with 'modprobe nvidia')",
+        pynvml.NVML_ERROR_NO_PERMISSION:
+            "no permission to open /dev/nvidiactl (run as root or in the device's group)",
+        pynvml.NVML_ERROR_FUNCTION_NOT_FOUND: "not an NVML library (nvmlInitWithFlags missing)",
+    }
+    return NvmlError(f"NVML could not be loaded from {path}: {reasons.get(err.value, err)}")
+
+
+# ---------------------------------------------------------------- the session
+
+
+class NvmlSession:
+    """One initialised NVML: static GPU facts, fast live readings and the slow PCIe counters."""
+
+    def __init__(self, path: str, driver_root: Path, dev_root: Path) -> None:
+        self.path = path
+        self.driver_root = driver_root
+        self.dev_root = dev_root
+        self._handles: list[Any] = []
+        self._warned: set[str] = set()
+
+    @classmethod
+    def open(cls, library: str | None, *, driver_root: Path, dev_root: Path) -> NvmlSession:
+        path = _load(library)
+        try:
+            pynvml.nvmlInitWithFlags(0)
+        except pynvml.NVMLError as err:
+            raise _init_failure(err, path, driver_root) from err
+        session = cls(path, driver_root, dev_root)
+        try:
+            count = session._hard("nvmlDeviceGetCount", pynvml.nvmlDeviceGetCount)
+            session._handles = [session._hard(f"GPU {i}: nvmlDeviceGetHandleByIndex",
+                                              pynvml.nvmlDeviceGetHandleByIndex, i)
+                                for i in range(count)]
+        except NvmlError:
+            session.close()
+            raise
+        return session
+
+    def close(self) -> None:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError as err:
+            log.warning("nvmlShutdown failed: %s", err)
+
+    # -- error policy
+
+    def _hard(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except pynvml.NVMLError as err:
+            raise NvmlError(f"{what}: {err}") from err
+
+    def _field(self, name: str, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return fn(*args)
+        except _ABSENT:
+            return None
+        except pynvml.NVMLError as err:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("NVML cannot read %s: %s; reporting it as N/A", name, err)
+            return None
+
+    # -- versions
+
+    def versions(self) -> DriverVersions:
+        driver = self._hard("nvmlSystemGetDriverVersion", pynvml.nvmlSystemGetDriverVersion)
+        cuda = self._field("CUDA version", pynvml.nvmlSystemGetCudaDriverVersion_v2)
+        if cuda is None:
+            cuda = self._field("CUDA version", pynvml.nvmlSystemGetCudaDriverVersion)
+        return DriverVersions(driver=driver, cuda=cuda_version(cuda) if cuda else None)
+
+    # -- static facts
+
+    def read_gpus(self, mig_minors: Mapping[str, int] | None = None) -> tuple[Gpu, ...]:
+        bus_ids = [self._required(i, h, "PCI bus id",
+                                  lambda h: pynvml.nvmlDeviceGetPciInfo(h).busId)
+                   for i, h in enumerate(self._handles)]
+        return tuple(self._gpu(i, h, bus_ids, mig_minors or {})
+                     for i, h in enumerate(self._handles))
+
+    def _gpu(self, index: int, h: Any, bus_ids: list[str], mig_minors: Mapping[str, int]) -> Gpu:
+        f = self._field
+        uuid = self._required(index, h, "UUID", pynvml.nvmlDeviceGetUUID)
+        minor = self._required(index, h, "minor number", pynvml.nvmlDeviceGetMinorNumber)
+        cc = f("compute capability", pynvml.nvmlDeviceGetCudaComputeCapability, h)
+        power = f("power limit", pynvml.nvmlDeviceGetPowerManagementLimit, h)
+        bar1 = f("BAR1 size", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        memory = f("memory size", pynvml.nvmlDeviceGetMemoryInfo, h)
+        mem_clock = f("max memory clock", pynvml.nvmlDeviceGetMaxClockInfo, h,
+                      pynvml.NVML_CLOCK_MEM)
+        gen = f("PCIe generation", pynvml.nvmlDeviceGetMaxPcieLinkGeneration, h)
+        width = f("PCIe width", pynvml.nvmlDeviceGetMaxPcieLinkWidth, h)
+        ecc = f("ECC mode", pynvml.nvmlDeviceGetEccMode, h)
+        persistence = f("persistence mode", pynvml.nvmlDeviceGetPersistenceMode, h)
+        mig = f("MIG mode", pynvml.nvmlDeviceGetMigMode, h)
+        mig_on = None if mig is None else mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE
+        cores, sms = self._cores(h, cc)
+        return Gpu(
+            index=index, uuid=uuid, minor=minor, path=f"/dev/nvidia{minor}",
+            host_path=str(self.dev_root / "dev" / f"nvidia{minor}"),
+            model=f("name", pynvml.nvmlDeviceGetName, h),
+            bus_id=bus_ids[index],
+            power_limit_w=None if power is None else power // 1000,
+            cpu_affinity=self._numa_node(h, bus_ids[index]),
+            bar1_total_mib=None if bar1 is None else bar1.bar1Total // MIB,
+            pcie_generation=gen, pcie_width=width, pcie_bandwidth_mbs=pcie_bandwidth(gen, width),
+            clock_cores_mhz=f("max SM clock", pynvml.nvmlDeviceGetMaxClockInfo, h,
+                              pynvml.NVML_CLOCK_SM),
+            clock_memory_mhz=mem_clock,
+            arch=None if cc is None else f"{cc[0]}.{cc[1]}",
+            family=None if cc is None else family(*cc),
+            cores=cores, multiprocessors=sms,
+            ecc=None if ecc is None else ecc[0] == pynvml.NVML_FEATURE_ENABLED,
+            memory_global_mib=None if memory is None else memory.total // MIB,
+            # shared/constant/L2 sizes come from CUDA device properties; NVML has no source.
+            memory_shared_kib=None, memory_constant_kib=None, memory_l2_kib=None,
+            memory_bandwidth_mbs=memory_bandwidth(
+                mem_clock, f("memory bus width", pynvml.nvmlDeviceGetMemoryBusWidth, h)),
+            persistence_mode=None if persistence is None
+            else persistence == pynvml.NVML_FEATURE_ENABLED,
+            mig_mode=mig_on,
+            topology=self._topology(index, h, bus_ids),
+            mig_devices=self._mig_devices(h, minor, mig_minors) if mig_on else (),
+        )
+
+    def _cores(self, h: Any, cc: tuple[int, int] | None) -> tuple[int | None, int | None]:
+        """(CUDA cores, multiprocessors): NVML's core count, else SMs x cores per SM."""
+        cores = self._field("CUDA cores", pynvml.nvmlDeviceGetNumGpuCores, h)
+        attrs = self._field("multiprocessors", pynvml.nvmlDeviceGetAttributes_v2, h)
+        sms = None if attrs is None else attrs.multiprocessorCount
+        per_sm = None if cc is None else cores_per_sm(*cc)
+        if cores is None and sms is not None and per_sm is not None:
+            cores = sms * per_sm
+        if sms is None and cores is not None and per_sm:
+            sms = cores // per_sm
+        return cores, sms
+
+    def _numa_node(self, h: Any, bus_id: str) -> int | None:
+        """NVML's NUMA node, else sysfs'. -1 (no NUMA affinity, e.g. one node) is None, not 0."""
+        node = self._field("NUMA node", pynvml.nvmlDeviceGetNumaNodeId, h)
+        if node is None:
+            path = self.driver_root / "sys/bus/pci/devices" / sysfs_bus_id(bus_id) / "numa_node"
+            try:
+                node = int(path.read_text().strip())
+            except (OSError, ValueError):
+                return None
+        return node if node >= 0 else None
+
+    def _topology(self, index: int, h: Any, bus_ids: list[str]) -> tuple[P2PLink, ...]:
+        nvlinks = self._nvlinks(h, bus_ids)
+        links = []
+        for peer, peer_bus in enumerate(bus_ids):
+            if peer == index:
+                continue
+            peer_h = self._handles[peer]
+            # NVML_P2P_CAPS_INDEX_READ is 0 (pynvml spells it as a tuple by mistake)
+            p2p = self._field("P2P status", pynvml.nvmlDeviceGetP2PStatus, h, peer_h, 0)
+            if p2p not in (None, pynvml.NVML_P2P_STATUS_OK):
+                continue  # CUDA could not map the peer: 1.0 listed only accessible peers
+            level = self._field("P2P topology", pynvml.nvmlDeviceGetTopologyCommonAncestor,
+                                h, peer_h)
+            links.append(P2PLink(
+                bus_id=peer_bus, link=TOPOLOGY_LINK.get(level, 0) if level is not None else 0,
+                nvlinks=None if nvlinks is None
+                else nvlinks.get(peer_bus.upper(), 0) + nvlinks.get("", 0)))
+        return tuple(links)
+
+    def _nvlinks(self, h: Any, bus_ids: list[str]) -> dict[str, int] | None:
+        """Active NVLinks per peer bus id; key "" counts links to NVSwitches (reach every peer)."""
+        peers = {b.upper() for b in bus_ids}
+        counts: dict[str, int] = {}
+        for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
+            try:
+                if not pynvml.nvmlDeviceGetNvLinkState(h, link):
+                    continue
+                remote = pynvml.nvmlDeviceGetNvLinkRemotePciInfo(h, link).busId.upper()
+            except _ABSENT:
+                return counts if link else None
+            except pynvml.NVMLError:
+                break  # past the last link (INVALID_ARGUMENT) or a link in error
+            key = remote if remote in peers else ""
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _mig_devices(self, h: Any, minor: int, minors: Mapping[str, int]) -> tuple[MigDevice, ...]:
+        f = self._field
+        devices = []
+        for slot in range(f("MIG device count", pynvml.nvmlDeviceGetMaxMigDeviceCount, h) or 0):
+            try:
+                mig = pynvml.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            except pynvml.NVMLError:
+                continue  # an empty slot reads NOT_FOUND
+            uuid = f("MIG UUID", pynvml.nvmlDeviceGetUUID, mig)
+            gi = f("GPU instance id", pynvml.nvmlDeviceGetGpuInstanceId, mig)
+            ci = f("compute instance id", pynvml.nvmlDeviceGetComputeInstanceId, mig)
+            if uuid is None:
+                continue
+            caps = () if gi is None or ci is None else mig_cap_paths(minors, minor, gi, ci,
+                                                                      self.dev_root)
+            devices.append(MigDevice(index=slot, uuid=uuid, caps=caps))
+        return tuple(devices)
+
+    def _required(self, index: int, handle: Any, what: str, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(handle)
+        except pynvml.NVMLError as err:
+            raise NvmlError(f"unsupported GPU device: GPU {index} has no {what} ({err})") from err
+
+    # -- live readings
+
+    def read_status(self, now: Callable[[], float]) -> tuple[GpuStatus, ...]:
+        """The fast fields of every GPU; PCIe throughput is left to `read_pcie`."""
+        return tuple(self._status(i, h, now()) for i, h in enumerate(self._handles))
+
+    def read_pcie(self) -> dict[int, tuple[int | None, int | None]]:
+        """PCIe RX/TX in MB/s per GPU index. Slow: each call samples the bus (~20 ms)."""
+        return {i: (self._kb_to_mb(self._field("PCIe RX", pynvml.nvmlDeviceGetPcieThroughput,
+                                                h, pynvml.NVML_PCIE_UTIL_RX_BYTES)),
+                    self._kb_to_mb(self._field("PCIe TX", pynvml.nvmlDeviceGetPcieThroughput,
+                                               h, pynvml.NVML_PCIE_UTIL_TX_BYTES)))
+                for i, h in enumerate(self._handles)}
+
+    @staticmethod
+    def _kb_to_mb(value: int | None) -> int | None:
+        return None if value is None else value // 1000
+
+    def _status(self, index: int, h: Any, sampled_at: float) -> GpuStatus:
+        f = self._field
+        power = f("power usage", pynvml.nvmlDeviceGetPowerUsage, h)
+        util = f("utilization", pynvml.nvmlDeviceGetUtilizationRates, h)
+        encoder = f("encoder utilization", pynvml.nvmlDeviceGetEncoderUtilization, h)
+        decoder = f("decoder utilization", pynvml.nvmlDeviceGetDecoderUtilization, h)
+        memory = f("memory usage", pynvml.nvmlDeviceGetMemoryInfo, h)
+        bar1 = f("BAR1 usage", pynvml.nvmlDeviceGetBAR1MemoryInfo, h)
+        ecc = [f(f"ECC errors ({name})", pynvml.nvmlDeviceGetMemoryErrorCounter, h,
+                 pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, pynvml.NVML_VOLATILE_ECC, location)
+               for name, location in (("L1", pynvml.NVML_MEMORY_LOCATION_L1_CACHE),
+                                      ("L2", pynvml.NVML_MEMORY_LOCATION_L2_CACHE),
+                                      ("device memory", pynvml.NVML_MEMORY_LOCATION_DEVICE_MEMORY))]
+        return GpuStatus(
+            index=index,
+            power_w=None if power is None else power // 1000,
+            temperature_c=f("temperature", pynvml.nvmlDeviceGetTemperature, h,
+                            pynvml.NVML_TEMPERATURE_GPU),
+            utilization_gpu=None if util is None else util.gpu,
+            utilization_memory=None if util is None else util.memory,
+            utilization_encoder=None if encoder is None else encoder[0],
+            utilization_decoder=None if decoder is None else decoder[0],
+            memory_used_mib=None if memory is None else memory.used // MIB,
+            ecc_l1=ecc[0], ecc_l2=ecc[1], ecc_global=ecc[2],
+            clock_cores_mhz=f("SM clock", pynvml.nvmlDeviceGetClockInfo, h, pynvml.NVML_CLOCK_SM),
+            clock_memory_mhz=f("memory clock", pynvml.nvmlDeviceGetClockInfo, h,
+                               pynvml.NVML_CLOCK_MEM),
+            bar1_used_mib=None if bar1 is None else bar1.bar1Used // MIB,
+            pcie_rx_mbs=None,
+            pcie_tx_mbs=None,
+            processes=self._processes(h),
+            sampled_at=sampled_at,
+        )
+
+    def _processes(self, h: Any) -> tuple[Process, ...]:
+        procs = self._field("compute processes", pynvml.nvmlDeviceGetComputeRunningProcesses_v3, h)
+        if procs is None:  # drivers before r510 lack _v3
+            procs = self._field("compute processes",
+                                pynvml.nvmlDeviceGetComputeRunningProcesses_v2, h)
+        return tuple(Process(pid=p.pid, name=self._process_name(p.pid),
+                             memory_used_mib=None if p.usedGpuMemory is None
+                             else p.usedGpuMemory // MIB)
+                     for p in procs or ())
+
+    def _process_name(self, pid: int) -> str:
+        """NVML's name as 1.0 showed it; the host's /proc comm when NVML cannot tell."""
+        try:
+            return str(pynvml.nvmlSystemGetProcessName(pid))
+        except pynvml.NVMLError:
+            pass
+        try:
+            return (self.driver_root / "proc" / str(pid) / "comm").read_text().strip()
+        except OSError:
+            return ""
