@@ -1,0 +1,94 @@
+"""The GPU proof's pure parts: nvidia-smi and ldd parsing, comparison, the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.gpu.proof import parse_args
+from tests.gpu.report import (
+    Report,
+    compare_info,
+    format_summary,
+    ldd_paths,
+    missing_files,
+    parse_smi_csv,
+    percentile,
+)
+
+SMI = """index, uuid, name, pci.bus_id, memory.total [MiB], driver_version
+0, GPU-d10c7111-67d9-9e02-1f7a-53d331412b6f, NVIDIA H200, 00000000:00:06.0, 143771 MiB, 580.159.04
+"""
+INFO = {
+    "Version": {"Driver": "580.159.04", "CUDA": "13.0"},
+    "Devices": [{"UUID": "GPU-d10c7111-67d9-9e02-1f7a-53d331412b6f", "Model": "NVIDIA H200",
+                 "PCI": {"BusID": "00000000:00:06.0"}, "Memory": {"Global": 143771}}],
+}
+
+
+def test_smi_csv_is_parsed_with_units_stripped_from_the_header():
+    rows = parse_smi_csv(SMI)
+    assert rows == [{"index": "0", "uuid": "GPU-d10c7111-67d9-9e02-1f7a-53d331412b6f",
+                     "name": "NVIDIA H200", "pci.bus_id": "00000000:00:06.0",
+                     "memory.total": "143771 MiB", "driver_version": "580.159.04"}]
+
+
+def test_matching_info_has_no_problems():
+    assert compare_info(parse_smi_csv(SMI), INFO) == []
+
+
+@pytest.mark.parametrize(("path", "value", "needle"), [
+    (("Devices", 0, "Model"), "NVIDIA H100", "name"),
+    (("Devices", 0, "Memory", "Global"), 1, "memory.total"),
+    (("Version", "Driver"), "570.1", "driver_version"),
+], ids=["name", "memory", "driver"])
+def test_each_difference_is_named(path, value, needle):
+    import copy
+
+    info = copy.deepcopy(INFO)
+    target = info
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    problems = compare_info(parse_smi_csv(SMI), info)
+    assert len(problems) == 1 and needle in problems[0]
+
+
+def test_gpu_count_mismatch_is_reported():
+    assert "GPU count" in compare_info(parse_smi_csv(SMI), {"Version": {}, "Devices": []})[0]
+
+
+def test_ldd_paths_include_the_loader():
+    out = """\tlinux-vdso.so.1 (0x00007ffc)
+\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f)
+"""
+    assert ldd_paths(out) == ["/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"]
+
+
+def test_missing_files_names_what_list_lacks():
+    listing = {"Files": [
+        {"kind": "lib", "dest": "lib64/libcuda.so.580.1"},
+        {"kind": "lib", "dest": "lib64/libnvidia-ml.so.570.9"},
+        {"kind": "bin", "dest": "bin/nvidia-smi"},
+    ]}
+    problems = missing_files(listing, "580.1", ["libcuda", "libnvidia-ml", "libnvidia-nvvm"],
+                             ["nvidia-smi", "nvidia-debugdump"])
+    assert problems == ["libnvidia-ml: not at version 580.1: ['lib64/libnvidia-ml.so.570.9']",
+                        "libnvidia-nvvm: not selected", "nvidia-debugdump: not selected"]
+
+
+def test_summary_counts_and_timings(capsys):
+    report = Report()
+    report.add("one", True)
+    report.add("two", False, "why")
+    report.timings["x"] = "1 ms"
+    text = format_summary(report)
+    assert "1 passed, 1 failed" in text and "x  1 ms" in text
+    assert not report.ok
+    assert "[FAIL] two\n       why" in capsys.readouterr().out
+
+
+def test_percentile_and_arguments():
+    assert percentile([3, 1, 2], 50) == 2
+    args = parse_args(["--wheels", "w", "--report", "r"])
+    assert (args.wheels, args.report, args.keep_log) == ("w", "r", None)
