@@ -7,6 +7,7 @@ environment. Containers run with `--net=none`: the engine runs without a bridge.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -169,6 +171,7 @@ class PluginDaemon:
     log_path: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
+    host: GpuHost | None = None
 
     @property
     def url(self) -> str:
@@ -251,10 +254,9 @@ def remove_plugin_volumes(engine: DockerEngine) -> None:
     for volume in engine.client.volumes.list(filters={"driver": "nvidia-docker"}):
         for container in engine.client.containers.list(all=True, filters={"volume": volume.name}):
             container.remove(force=True)
-        try:
+        # The plugin may already be gone; force also drops Docker's own record.
+        with contextlib.suppress(docker.errors.APIError):
             volume.remove(force=True)
-        except docker.errors.APIError:
-            pass  # the plugin may already be gone; force also drops Docker's record
 
 
 @pytest.fixture
@@ -278,3 +280,63 @@ def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
     if in_ci():
         for daemon in started:
             print(f"--- plugin daemon log ({daemon.log_path}) ---\n{daemon.log()[-4000:]}")
+
+
+@dataclass
+class GpuHost:
+    """A fake NVIDIA host (driver files, fake NVML config, device nodes) ready for a daemon."""
+
+    root: Path
+    version: str
+    nvml_config: Path
+    minors: list[int]
+    uuids: list[str]
+
+    def env(self) -> dict[str, str]:
+        return {"FAKE_NVML_CONFIG": str(self.nvml_config)}
+
+
+@pytest.fixture
+def gpu_host_factory(fake_host_factory: Any, tmp_path: Path) -> Callable[..., GpuHost]:
+    """Build fake GPU hosts: `gpu_host_factory(n_gpus=2, minors=[3, 1], **fake_host_options)`."""
+    from tests.fakehost.build import make_dev_nodes
+    from tests.fakenvml.build import gpu, make_config, write_config
+
+    counter = iter(range(1000))
+
+    def make(n_gpus: int = 1, minors: list[int] | None = None, **host_options: Any) -> GpuHost:
+        need_root()
+        host = fake_host_factory(**host_options)
+        minors = list(minors if minors is not None else range(n_gpus))
+        gpus = [gpu(i, minor=minor) for i, minor in enumerate(minors)]
+        config_path = tmp_path / f"fakenvml-{next(counter)}.json"
+        write_config(config_path, make_config(gpus=gpus, driver_version=host.version))
+        make_dev_nodes(host.root, minors)
+        return GpuHost(root=host.root, version=host.version, nvml_config=config_path,
+                       minors=minors, uuids=[g["uuid"] for g in gpus])
+
+    return make
+
+
+@pytest.fixture
+def running_plugin(gpu_host_factory: Callable[..., GpuHost],
+                   plugin_daemon_factory: type[PluginDaemon], tmp_path: Path,
+                   ) -> Callable[..., PluginDaemon]:
+    """Start the real daemon on a fresh fake GPU host: `running_plugin(n_gpus=2)`."""
+    counter = iter(range(1000))
+
+    def start(n_gpus: int = 1, *, volumes_dir: Path | None = None,
+              extra_args: tuple[str, ...] = (), **host_options: Any) -> PluginDaemon:
+        host = gpu_host_factory(n_gpus=n_gpus, **host_options)
+        run_dir = tmp_path / f"plugin{next(counter)}"
+        run_dir.mkdir()
+        daemon = plugin_daemon_factory(
+            driver_root=host.root, dev_root=host.root,
+            volumes_dir=volumes_dir or run_dir / "volumes", env=host.env(),
+            log_path=run_dir / "daemon.log", extra_args=extra_args,
+        )
+        daemon.host = host
+        daemon.start()
+        return daemon
+
+    return start
