@@ -1,0 +1,371 @@
+"""Find the running driver's files under a driver root and explain each choice in a `Manifest`.
+
+Libraries come from the root's `etc/ld.so.cache` (each entry resolved to its real file inside
+the root), plus a scan of the usual library directories for what the cache misses. Each
+candidate is read as ELF; 1.0's blacklist applies (Mesa look-alike GL loaders, classic-TLS
+libnvidia-tls); then exactly one file per SONAME and ELF class is kept, preferring the one named
+after the running driver version. Everything left out is a `Rejected` with its reason.
+
+Destinations inside the volume (mounted at /usr/local/nvidia, as 1.0's images expect):
+  64-bit libraries -> lib64/<file>, 32-bit -> lib/<file> (capability compat32),
+  binaries -> bin/<name>, Vulkan/EGL/GLVND manifests -> share/<path under share/ or etc/>,
+  GSP firmware -> firmware/nvidia/<version>/<file> (the H200 squashfs's own layout).
+
+Blocking I/O: the daemon runs this in a thread.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvplugin import catalog, elfinfo, ldcache
+from nvplugin.catalog import Component
+from nvplugin.errors import CacheFormatError, DriverNotFound, ElfError, RootEscapeError
+from nvplugin.hostroot import HostRoot
+from nvplugin.manifest import Entry, Link, Manifest, Rejected
+
+log = logging.getLogger(__name__)
+
+LD_CACHE = "/etc/ld.so.cache"
+PROC_VERSION = "/proc/driver/nvidia/version"
+_VERSION = re.compile(r"^\d+\.\d+(?:\.\d+)?$")
+_FILE_VERSION = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
+_CORE = ("libcuda", "libnvidia-ml")
+
+
+@dataclass(slots=True)
+class Candidate:
+    inner: str  # real file, in-root path (symlinks resolved)
+    found: str  # how it was found, for the reasons
+    component: Component
+    facts: elfinfo.ElfFacts
+
+    @property
+    def name(self) -> str:
+        return self.inner.rsplit("/", 1)[-1]
+
+
+def _root(driver_root: Path | str | HostRoot) -> HostRoot:
+    return driver_root if isinstance(driver_root, HostRoot) else HostRoot(driver_root)
+
+
+def parse_proc_version(text: str) -> str | None:
+    """The version in /proc/driver/nvidia/version, in both the proprietary and open wording."""
+    for line in text.splitlines():
+        if line.startswith("NVRM version:") and "Module" in line:
+            after = line.split("Module", 1)[1].split()
+            return next((tok for tok in after if _VERSION.match(tok)), None)
+    return None
+
+
+def read_cache(root: HostRoot) -> list[ldcache.CacheEntry]:
+    """The root's ld.so.cache entries; [] when it has none. CacheFormatError when garbled."""
+    try:
+        data = root.read_bytes(root.resolve(LD_CACHE))
+    except (OSError, RootEscapeError) as err:
+        log.debug("No ld.so.cache under %s: %s", root.root, err)
+        return []
+    return ldcache.parse(data, root.host(LD_CACHE))
+
+
+def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
+    """From proc/driver/nvidia/version under the root, else from the libcuda.so.<version> name."""
+    root = _root(driver_root)
+    try:
+        found = parse_proc_version(root.read_bytes(PROC_VERSION).decode(errors="replace"))
+        if found:
+            return found
+    except OSError:
+        pass
+    try:
+        entries = read_cache(root)
+    except CacheFormatError:
+        entries = []
+    links = [e.path for e in sorted(entries, key=lambda e: -e.bits) if e.key == "libcuda.so.1"]
+    links += [f"{d}/libcuda.so.1" for d in catalog.LIBRARY_DIRS]
+    for link in links:
+        match = _FILE_VERSION.search(_resolve_or_none(root, link) or "")
+        if match:
+            return match.group(1)
+    return None
+
+
+def find_nvml_library(driver_root: Path | str | HostRoot) -> str | None:
+    """Host path of the 64-bit libnvidia-ml.so.1 the root's ld.so.cache names (else the usual
+    dirs), with symlinks resolved inside the root, so NVML loads from the driver root."""
+    root = _root(driver_root)
+    try:
+        paths = [e.path for e in read_cache(root) if e.key == "libnvidia-ml.so.1" and e.bits == 64]
+    except CacheFormatError as err:
+        log.warning("%s", err)
+        paths = []
+    paths += [f"{d}/libnvidia-ml.so.1" for d in catalog.LIBRARY_DIRS if "i386" not in d
+              and not d.endswith(("lib32", "/lib"))]
+    for path in paths:
+        inner = _resolve_or_none(root, path)
+        if inner and root.is_file(inner):
+            try:
+                if elfinfo.inspect(root.host(inner)).bits == 64:
+                    return root.host(inner)
+            except ElfError as err:
+                log.warning("Skipping %s: %s", path, err)
+    return None
+
+
+def driver_fingerprint(driver_root: Path | str | HostRoot) -> tuple[object, ...]:
+    """Changes when the driver does: the kernel module's version text and the cache's stat."""
+    root = _root(driver_root)
+    try:
+        proc: bytes | None = root.read_bytes(PROC_VERSION)
+    except OSError:
+        proc = None
+    try:
+        st = root.stat(LD_CACHE)
+        cache: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+    except (OSError, RootEscapeError):
+        cache = None
+    return (proc, cache)
+
+
+def _resolve_or_none(root: HostRoot, inner: str) -> str | None:
+    try:
+        return root.resolve(inner)
+    except (OSError, RootEscapeError):
+        return None
+
+
+def discover(driver_root: Path | str | HostRoot, version: str | None = None) -> Manifest:
+    """The driver's files under the root. DriverNotFound when there is no NVIDIA driver."""
+    root = _root(driver_root)
+    version = version or driver_version_from_files(root)
+    rejected: list[Rejected] = []
+    candidates = list(_library_candidates(root, rejected))
+    if version is None or not any(c.component.pattern in _CORE for c in candidates):
+        raise _not_found(root, version, "no libcuda.so or libnvidia-ml.so")
+    entries, links = _select_libraries(root, candidates, version, rejected)
+    if not any(e.kind == "lib" and catalog.library_stem(e.dest.split("/")[-1]) in _CORE
+               for e in entries):
+        raise _not_found(root, version, f"no libcuda.so or libnvidia-ml.so of version {version}")
+    entries += _binaries(root, rejected)
+    entries += _configs(root, rejected)
+    entries += _firmware(root, version, rejected)
+    log.debug("Discovered %d files and %d links of driver %s under %s (%d rejected)",
+              len(entries), len(links), version, root.root, len(rejected))
+    return Manifest(version=version, entries=tuple(entries), links=tuple(links),
+                    rejected=tuple(rejected))
+
+
+def _not_found(root: HostRoot, version: str | None, what: str) -> DriverNotFound:
+    seen = f"driver version {version}" if version else f"no driver version in {PROC_VERSION}"
+    return DriverNotFound(
+        f"no NVIDIA driver found under {root.root}: {what} in {LD_CACHE} or in "
+        f"{', '.join(catalog.LIBRARY_DIRS)} ({seen}); install the driver or point "
+        f"--driver-root at the root that holds it")
+
+
+def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Candidate]:
+    """Real library files named in the cache, then those only the directory scan finds."""
+    seen: set[str] = set()
+    try:
+        cached = [(e.path, f"ld.so.cache {e.key}") for e in read_cache(root)]
+    except CacheFormatError as err:
+        log.warning("%s; scanning the usual library directories instead", err)
+        rejected.append(Rejected(root.host(LD_CACHE), str(err)))
+        cached = []
+    scanned = [(f"{d}/{name}", f"found in {d}") for d in catalog.LIBRARY_DIRS
+               for name in root.listdir(d)]
+    for path, found in cached + scanned:
+        component = catalog.library(path.rsplit("/", 1)[-1])
+        if component is None:
+            continue
+        try:
+            inner = root.resolve(path)
+        except RootEscapeError as err:
+            rejected.append(Rejected(root.host(path), str(err)))
+            continue
+        except OSError as err:
+            log.debug("Skipping %s: %s", root.host(path), err.strerror)
+            continue
+        if inner in seen:
+            continue
+        seen.add(inner)
+        real = catalog.library(inner.rsplit("/", 1)[-1]) or component
+        candidate = _inspect(root, inner, found, real, rejected)
+        if candidate is not None:
+            yield candidate
+
+
+def _inspect(root: HostRoot, inner: str, found: str, component: Component,
+             rejected: list[Rejected]) -> Candidate | None:
+    host = root.host(inner)
+    try:
+        if not stat.S_ISREG(os.stat(host).st_mode):
+            return None
+        facts = elfinfo.inspect_cached(host, abi_tag=component.pattern == "libnvidia-tls")
+    except ElfError as err:
+        log.warning("Skipping %s: %s", host, err)
+        rejected.append(Rejected(host, f"unreadable: {err}"))
+        return None
+    except OSError as err:
+        log.warning("Skipping %s: %s", host, err)
+        rejected.append(Rejected(host, f"unreadable: {err.strerror}"))
+        return None
+    return Candidate(inner=inner, found=found, component=component, facts=facts)
+
+
+def _select_libraries(root: HostRoot, candidates: list[Candidate], version: str,
+                      rejected: list[Rejected]) -> tuple[list[Entry], list[Link]]:
+    """1.0's blacklist, then one file per (SONAME, ELF class), the running version first."""
+    groups: dict[tuple[str, int], list[Candidate]] = {}
+    for cand in candidates:
+        why = _blacklisted(cand)
+        if why:
+            log.debug("Skipping %s: %s", root.host(cand.inner), why)
+            rejected.append(Rejected(root.host(cand.inner), why))
+            continue
+        groups.setdefault((cand.facts.soname or cand.name, cand.facts.bits), []).append(cand)
+    entries: list[Entry] = []
+    links: dict[str, Link] = {}
+    dests: dict[str, str] = {}
+    for (soname, bits), group in groups.items():
+        current = [c for c in group if c.name.endswith(f".so.{version}")]
+        if current:
+            winner: Candidate | None = current[0]
+        elif group[0].component.versioned:
+            winner = None  # every copy belongs to another driver version
+        else:
+            winner = group[0]  # carries its own version (GLVND, egl-wayland): cache order wins
+        for cand in group:
+            if cand is not winner:
+                rejected.append(Rejected(root.host(cand.inner), _loser(cand, winner, version)))
+        if winner is None:
+            continue
+        directory = "lib64" if bits == 64 else "lib"
+        dest = f"{directory}/{winner.name}"
+        if dest in dests:
+            rejected.append(Rejected(root.host(winner.inner), f"{dest} holds {dests[dest]}"))
+            continue
+        dests[dest] = root.host(winner.inner)
+        comp = winner.component
+        note = f", named for driver {version}" if winner in current else ""
+        entries.append(Entry(
+            source=root.host(winner.inner), dest=dest, kind="lib",
+            capability=comp.capability if bits == 64 else "compat32",
+            reason=f"{comp.reason} ({winner.found}{note})",
+            arch=winner.facts.arch, soname=winner.facts.soname))
+        for link in catalog.library_links(directory, comp.pattern, winner.name, soname):
+            links.setdefault(link[0], Link(*link))
+    return entries, list(links.values())
+
+
+def _blacklisted(cand: Candidate) -> str | None:
+    facts, stem = cand.facts, cand.component.pattern
+    if facts.elf_type != "ET_DYN":
+        return f"not a shared library ({facts.elf_type})"
+    if facts.arch == "x32":
+        return "x32 ABI library; only 64-bit and 32-bit x86 builds are served"
+    if stem in catalog.GL_LOADERS and not elfinfo.is_nvidia_gl_loader(facts):
+        # Same SONAME as NVIDIA's/GLVND's loader but another vendor's (Mesa): it would bypass
+        # the NVIDIA driver inside the container.
+        needed = ", ".join(facts.needed) or "nothing"
+        return (f"{stem} built by another vendor (e.g. Mesa): DT_NEEDED has no libGLdispatch or "
+                f"libnvidia-e?glcore (needs {needed})")
+    if stem == "libnvidia-tls" and not elfinfo.is_new_tls(facts):
+        # Drivers < 390 shipped a classic-TLS copy beside the new-TLS one; only the latter works.
+        return f"classic-TLS build ({elfinfo.describe_abi(facts)}); only the 2.3.99 one is used"
+    return None
+
+
+def _loser(cand: Candidate, winner: Candidate | None, version: str) -> str:
+    match = _FILE_VERSION.search(cand.name)
+    other = match.group(1) if match else None
+    if cand.component.versioned and other and other != version:
+        return f"left over from driver {other}; the running driver is {version}"
+    if winner is None:
+        return f"no copy of {cand.facts.soname or cand.name} is named for driver {version}"
+    return (f"duplicate of {winner.inner} (same SONAME {cand.facts.soname or cand.name}, "
+            f"{cand.facts.bits}-bit); one copy per SONAME")
+
+
+def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
+    entries: list[Entry] = []
+    for comp in catalog.BINARIES:
+        chosen: str | None = None
+        for directory in catalog.BINARY_DIRS:
+            inner = _resolve_or_none(root, f"{directory}/{comp.pattern}")
+            if inner is None or inner == chosen or not root.is_file(inner):
+                continue
+            host = root.host(inner)
+            if chosen is not None:
+                rejected.append(Rejected(host, f"shadowed by {root.host(chosen)}"))
+                continue
+            try:
+                facts = elfinfo.inspect_cached(host)
+            except ElfError as err:
+                # 1.0 failed the whole volume here (a shell-wrapper nvidia-smi, for one).
+                log.warning("Skipping %s: %s", host, err)
+                rejected.append(Rejected(host, f"not an ELF executable: {err}"))
+                continue
+            chosen = inner
+            entries.append(Entry(source=host, dest=f"bin/{comp.pattern}", kind="bin",
+                                 capability=comp.capability,
+                                 reason=f"{comp.reason} (found in {directory})",
+                                 arch=facts.arch))
+    return entries
+
+
+def _configs(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
+    entries: dict[str, Entry] = {}
+    for prefix in catalog.DATA_PREFIXES:
+        for comp in catalog.CONFIGS:
+            subdir = comp.pattern.rpartition("/")[0]
+            for name in root.listdir(f"{prefix}/{subdir}"):
+                rel = f"{subdir}/{name}"
+                if catalog.config(rel) is not comp:
+                    continue
+                inner = _resolve_or_none(root, f"{prefix}/{rel}")
+                if inner is None or not root.is_file(inner):
+                    continue
+                dest, host = f"share/{rel}", root.host(inner)
+                if dest in entries:
+                    if entries[dest].source != host:
+                        rejected.append(Rejected(host, f"{dest} comes from {entries[dest].source}"))
+                    continue
+                entries[dest] = Entry(source=host, dest=dest, kind="config",
+                                      capability=comp.capability,
+                                      reason=f"{comp.reason} (found in {prefix})")
+    return list(entries.values())
+
+
+def _firmware(root: HostRoot, version: str, rejected: list[Rejected]) -> list[Entry]:
+    entries: dict[str, Entry] = {}
+    seen: set[str] = set()
+    comp = catalog.FIRMWARE[0]
+    for directory in catalog.FIRMWARE_DIRS:
+        real = _resolve_or_none(root, directory)
+        if real is None or real in seen:
+            continue
+        seen.add(real)
+        for sub in root.listdir(real):
+            if sub != version:
+                if _VERSION.match(sub):
+                    rejected.append(Rejected(root.host(f"{real}/{sub}"),
+                                             f"firmware of driver {sub}, not of {version}"))
+                continue
+            for name in root.listdir(f"{real}/{sub}"):
+                dest = f"firmware/nvidia/{version}/{name}"
+                inner = _resolve_or_none(root, f"{real}/{sub}/{name}")
+                if (dest in entries or inner is None or not root.is_file(inner)
+                        or not fnmatch.fnmatchcase(name, comp.pattern)):
+                    continue
+                entries[dest] = Entry(source=root.host(inner), dest=dest, kind="firmware",
+                                      capability=comp.capability,
+                                      reason=f"{comp.reason} (found in {directory})")
+    return list(entries.values())
