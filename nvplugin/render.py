@@ -18,13 +18,13 @@ from typing import Any, Protocol
 
 from nvplugin.devices import P2P_LINK_NAMES, Gpu, GpuInventory, GpuStatus, P2PLink
 from nvplugin.errors import SelectionError
+from nvplugin.selection import quote_item
 from nvplugin.tabwriter import align
 
 NA = "N/A"
 VOLUME_DRIVER = "nvidia-docker"
 # 1.0's only volume kind: where it is mounted in containers, and how.
 VOLUME_KINDS: dict[str, tuple[str, str]] = {"nvidia_driver": ("/usr/local/nvidia", "ro")}
-ITEM_LIMIT = 64  # characters of an offending query item quoted back in a 400
 
 
 class DeviceNodeLike(Protocol):
@@ -76,11 +76,12 @@ def rfc3339(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def escape_controls(text: str) -> str:
-    """Backslash-escape control, format and separator characters (and backslash itself)."""
+def escape_controls(text: str, *, backslash: bool = True) -> str:
+    """Backslash-escape control, format and separator characters (and backslash itself, unless
+    `text` is already escaped)."""
     out: list[str] = []
     for char in text:
-        if char == "\\":
+        if char == "\\" and backslash:
             out.append("\\\\")
         elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
             code = ord(char)
@@ -88,12 +89,6 @@ def escape_controls(text: str) -> str:
         else:
             out.append(char)
     return "".join(out)
-
-
-def quote_item(item: str, limit: int = ITEM_LIMIT) -> str:
-    """An untrusted item for an error line: cut to `limit` characters, then escaped."""
-    cut = item[:limit] + ("..." if len(item) > limit else "")
-    return escape_controls(cut)
 
 
 def one_line(message: str) -> str:
@@ -310,7 +305,7 @@ def volume_kinds(spec: str | None) -> tuple[str, ...]:
     wanted = [item for item in spec.split(" ") if item]
     for item in wanted:
         if item not in VOLUME_KINDS:
-            raise SelectionError(f"invalid volume: {item}")
+            raise SelectionError(f"invalid volume: {quote_item(item)}")
     return tuple(kind for kind in VOLUME_KINDS if kind in wanted)
 
 

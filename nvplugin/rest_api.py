@@ -26,15 +26,16 @@ log = logging.getLogger(__name__)
 API_VERSION = "v1.0"
 TEXT = "text/plain"
 JSON = "application/json"
-# Prefixes of 400 messages whose tail is an item taken from the query string.
-QUOTED_ERRORS = ("invalid device", "invalid volume")
+MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
 
 
 class GpuSource(Protocol):
     """What the REST API needs of `nvplugin.gpus.GpuService`."""
 
-    available: bool
-    reason: str | None
+    @property
+    def available(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
 
     async def inventory(self) -> GpuInventory: ...
     async def status(self) -> tuple[GpuStatus, ...]: ...
@@ -133,11 +134,10 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 
 
 def _client_error(err: NvpluginError) -> str:
-    """The 400 line; items from the query string are cut and escaped before they are echoed."""
-    prefix, sep, item = err.message.partition(": ")
-    if sep and prefix in QUOTED_ERRORS:
-        return f"{prefix}: {render.quote_item(item)}\n"
-    return render.quote_item(err.message, limit=200) + "\n"
+    """The 400 line. Selectors quote the offending item (cut, escaped) when they raise; this
+    only guarantees one bounded line should a message arrive unquoted."""
+    line = render.escape_controls(err.message, backslash=False)
+    return line[:MAX_ERROR_LINE] + "\n"
 
 
 def _route_name(request: web.Request) -> str:

@@ -1,4 +1,5 @@
-"""A GpuService stand-in over fixed records, for tests of the HTTP layer alone.
+"""A GpuService stand-in over fixed records (with the real selection grammar), for tests of the
+HTTP layer alone.
 
 The integration tests (test_live.py) use the real GpuService on the fake NVML instead.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nvplugin import selection
 from nvplugin.devices import Gpu, GpuInventory, GpuStatus
-from nvplugin.errors import NvmlError, SelectionError
+from nvplugin.errors import NvmlError
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,19 +50,7 @@ class RecordGpus:
 
     def select(self, spec: str | None) -> tuple[Gpu, ...]:
         self._check("select")
-        gpus = self.inventory_.gpus
-        if spec is None:
-            return gpus
-        chosen: dict[int, Gpu] = {}
-        for item in spec.split(" "):
-            if item.isdecimal() and item.isascii() and len(item) < 6 and int(item) < len(gpus):
-                chosen[int(item)] = gpus[int(item)]
-                continue
-            match = [g for g in gpus if item.startswith("GPU-") and g.uuid.startswith(item)]
-            if not match:
-                raise SelectionError(f"invalid device: {item}")
-            chosen[match[0].index] = match[0]
-        return tuple(chosen.values())
+        return selection.select_gpus(self.inventory_.gpus, spec)
 
     async def control_nodes(self) -> tuple[Node, ...]:
         self._check("control_nodes")
