@@ -71,7 +71,7 @@ def memory_bandwidth(clock_mhz: int | None, bus_width_bits: int | None) -> int |
 
 def kernel_module_version(text: str) -> str | None:
     """The version in /proc/driver/nvidia/version, proprietary or open kernel module wording."""
-    match = re.search(r"Kernel Module\D*?(\d+\.\d+(?:\.\d+)?)", text)
+    match = re.search(r"Kernel Module.*?(?<![\w.])(\d+\.\d+(?:\.\d+)?)(?![\w.])", text)
     return match.group(1) if match else None
 
 
