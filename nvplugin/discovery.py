@@ -210,8 +210,8 @@ def _inspect(root: HostRoot, inner: str, found: str, component: Component,
             return None
         facts = elfinfo.inspect_cached(host, abi_tag=component.pattern == "libnvidia-tls")
     except ElfError as err:
-        log.warning("Skipping %s: %s", host, err)
-        rejected.append(Rejected(host, f"unreadable: {err}"))
+        log.warning("Skipping %s", err)
+        rejected.append(Rejected(host, str(err).removeprefix(f"{host}: ")))
         return None
     except OSError as err:
         log.warning("Skipping %s: %s", host, err)
@@ -262,7 +262,8 @@ def _select_libraries(root: HostRoot, candidates: list[Candidate], version: str,
             arch=winner.facts.arch, soname=winner.facts.soname))
         for link in catalog.library_links(directory, comp.pattern, winner.name, soname):
             links.setdefault(link[0], Link(*link))
-    return entries, list(links.values())
+    entries.sort(key=lambda e: e.dest)
+    return entries, sorted(links.values(), key=lambda x: x.path)
 
 
 def _blacklisted(cand: Candidate) -> str | None:
@@ -310,8 +311,8 @@ def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
                 facts = elfinfo.inspect_cached(host)
             except ElfError as err:
                 # 1.0 failed the whole volume here (a shell-wrapper nvidia-smi, for one).
-                log.warning("Skipping %s: %s", host, err)
-                rejected.append(Rejected(host, f"not an ELF executable: {err}"))
+                log.warning("Skipping %s", err)
+                rejected.append(Rejected(host, str(err).removeprefix(f"{host}: ")))
                 continue
             chosen = inner
             entries.append(Entry(source=host, dest=f"bin/{comp.pattern}", kind="bin",
