@@ -1,0 +1,91 @@
+"""The REST app on a real port, on a fake driver host with the fake NVML, served from a thread.
+
+Used by the live tests and the schemathesis run, whose HTTP clients are synchronous: the server
+gets its own event loop in a background thread, as the daemon's loop would be its own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from nvplugin import discovery, rest_api
+from nvplugin.config import Config
+from nvplugin.errors import NvpluginError
+from nvplugin.gpus import GpuService
+from nvplugin.manifest import Manifest
+
+T = TypeVar("T")
+
+
+@dataclass
+class LiveRest:
+    driver_root: Path
+    dev_root: Path
+    nvml_library: str | None
+    port: int = 0
+    gpus: GpuService | None = None
+    manifest: Manifest | None = None
+    manifest_error: NvpluginError | None = None
+    _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
+    _thread: threading.Thread | None = None
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        """Run `coro` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> LiveRest:
+        self._thread = threading.Thread(target=self._loop.run_forever, name="live-rest",
+                                        daemon=True)
+        self._thread.start()
+        self.run(self._start())
+        return self
+
+    def provide_manifest(self) -> Manifest:
+        if self.manifest is None:
+            raise self.manifest_error or NvpluginError("no manifest")
+        return self.manifest
+
+    async def _start(self) -> None:
+        self.gpus = await GpuService.start(driver_root=self.driver_root, dev_root=self.dev_root,
+                                           nvml_library=self.nvml_library)
+        try:
+            version = await self.gpus.driver_version() if self.gpus.available else None
+            self.manifest = await asyncio.to_thread(discovery.discover, self.driver_root, version)
+        except NvpluginError as err:
+            self.manifest_error = err
+        config = Config(driver_root=self.driver_root, dev_root=self.dev_root,
+                        listen=f"127.0.0.1:{self.port}")
+        app = rest_api.make_app(self.gpus, self.provide_manifest, config)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])  # the port chosen for port 0
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.gpus is not None:
+            await self.gpus.close()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self.run(self._stop())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._thread = None
+
