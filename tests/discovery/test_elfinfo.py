@@ -1,0 +1,103 @@
+"""ELF facts of the fake host's gcc-built files, the ABI note, and damaged files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nvplugin import elfinfo
+from nvplugin.errors import ElfError
+
+
+@pytest.mark.parametrize(("rel", "soname", "needed"), [
+    ("libcuda.so.580.159.04", "libcuda.so.1", ()),
+    ("libGLX_nvidia.so.580.159.04", "libGLX_nvidia.so.0",
+     ("libnvidia-glcore.so.580.159.04", "libnvidia-tls.so.580.159.04")),
+    ("libGL.so.1.7.0", "libGL.so.1", ("libGLdispatch.so.0", "libGLX.so.0")),
+    ("libnvidia-glcore.so.580.159.04", "libnvidia-glcore.so.580.159.04", ()),
+    ("mesa/libGL.so.1.2.0", "libGL.so.1", ()),
+], ids=["libcuda", "GLX_nvidia", "GLVND-libGL", "no-soname-link", "mesa-libGL"])
+def test_facts_of_64bit_libraries(fake_host, rel, soname, needed):
+    facts = elfinfo.inspect(str(fake_host.path(f"{fake_host.lib64_dir}/{rel}")))
+    assert (facts.bits, facts.arch, facts.elf_type) == (64, "x86-64", "ET_DYN")
+    assert facts.soname == soname
+    assert tuple(n for n in facts.needed if not n.startswith("libc.so")) == needed
+
+
+def test_facts_of_32bit_library(fake_host):
+    if not fake_host.with_32bit:
+        pytest.skip("gcc -m32 is not available")
+    facts = elfinfo.inspect(str(fake_host.path(f"{fake_host.lib32_dir}/libcuda.so.580.159.04")))
+    assert (facts.bits, facts.arch, facts.machine) == (32, "i386", "EM_386")
+
+
+@pytest.mark.parametrize(("rel", "new_tls"), [
+    ("/usr/lib/x86_64-linux-gnu/libnvidia-tls.so.580.159.04", True),
+    ("/usr/lib/nvidia/classic-tls/libnvidia-tls.so.580.159.04", False),
+], ids=["new-tls", "classic-tls"])
+def test_abi_tag(fake_host, rel, new_tls):
+    facts = elfinfo.inspect(str(fake_host.path(rel)), abi_tag=True)
+    assert facts.abi_tag == ((0, 2, 3, 99) if new_tls else (0, 2, 2, 5))
+    assert elfinfo.is_new_tls(facts) is new_tls
+
+
+def test_gl_loader_predicate(fake_host):
+    lib = fake_host.lib64_dir
+    glvnd = elfinfo.inspect(str(fake_host.path(f"{lib}/libEGL.so.1.1.0")))
+    mesa = elfinfo.inspect(str(fake_host.path(f"{lib}/mesa/libEGL.so.1.0.0")))
+    assert elfinfo.is_nvidia_gl_loader(glvnd)
+    assert not elfinfo.is_nvidia_gl_loader(mesa)
+
+
+def test_static_binary_has_no_dynamic_section(fake_host):
+    facts = elfinfo.inspect(str(fake_host.path("/usr/bin/nvidia-smi")))
+    assert (facts.elf_type, facts.soname, facts.needed) == ("ET_EXEC", None, ())
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"#!/bin/sh\nexec nvidia-smi.real\n", "not an ELF file"),
+    (b"", "not an ELF file"),
+    (None, "damaged ELF file"),
+], ids=["script", "empty", "truncated"])
+def test_bad_files_raise_elf_error(fake_host, tmp_path, content, message):
+    path = tmp_path / "bad.so"
+    if content is None:
+        content = fake_host.path(f"{fake_host.lib64_dir}/libcuda.so.580.159.04").read_bytes()[:300]
+    path.write_bytes(content)
+    for abi in (False, True):
+        with pytest.raises(ElfError, match=message) as info:
+            elfinfo.inspect(str(path), abi_tag=abi)
+        assert str(path) in str(info.value)
+
+
+def test_fast_reader_agrees_with_pyelftools(fake_host):
+    files = [p for p in fake_host.root.rglob("*") if p.is_file() and not p.is_symlink()]
+    files += [Path("/lib/x86_64-linux-gnu/libc.so.6"), Path("/usr/bin/ls")]
+    compared = 0
+    for path in files:
+        if not path.exists():
+            continue
+        try:
+            fast: object = elfinfo.inspect(str(path))
+        except ElfError as err:
+            fast = type(err)
+        try:
+            slow: object = elfinfo._inspect_pyelftools(str(path), False)
+        except ElfError as err:
+            slow = type(err)
+        assert fast == slow, path
+        compared += 1
+    assert compared > 60
+
+
+def test_memo_notices_a_replaced_file(fake_host, tmp_path):
+    lib = fake_host.path(f"{fake_host.lib64_dir}")
+    path = tmp_path / "lib.so"
+    path.write_bytes((lib / "libcuda.so.580.159.04").read_bytes())
+    assert elfinfo.inspect_cached(str(path)).soname == "libcuda.so.1"
+    replacement = tmp_path / "new.so"
+    replacement.write_bytes((lib / "libnvcuvid.so.580.159.04").read_bytes())
+    os.replace(replacement, path)
+    assert elfinfo.inspect_cached(str(path)).soname == "libnvcuvid.so.1"
