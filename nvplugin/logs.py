@@ -31,3 +31,5 @@ def setup(program: str, level: str = "info", stream: TextIO | None = None) -> No
     root.setLevel(level.upper())
     # aiohttp's access log is noise for a local daemon; 1.0 had none.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # asyncio's debug lines (the selector in use) say nothing about GPUs or volumes.
+    logging.getLogger("asyncio").setLevel(max(root.level, logging.INFO))

@@ -1,0 +1,201 @@
+"""The daemon as users run it: start-up, a host without a driver, signals, conflicts, upgrades."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nvplugin import __version__
+from tests.dockerenv import PluginDaemon, _unix_post, free_port
+from tests.requirements import need_root
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nvplugin.daemon", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_version_uses_1_0_wording():
+    result = run_cli("-v")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"NVIDIA Docker plugin: {__version__}"
+
+
+def test_help_lists_every_flag_with_its_environment_variable():
+    out = run_cli("--help").stdout
+    for flag, env in (("--listen", "NVP_LISTEN"), ("--socket-dir", "NVP_SOCKET_DIR"),
+                      ("--volumes-dir", "NVP_VOLUMES_DIR"), ("--driver-root", "NVP_DRIVER_ROOT"),
+                      ("--dev-root", "NVP_DEV_ROOT"), ("--log-level", "NVP_LOG_LEVEL")):
+        assert flag in out and env in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("-l", "nowhere"), "invalid listen address 'nowhere'"),
+    (("--log-level", "loud"), "invalid log level 'loud'"),
+], ids=["listen", "log-level"])
+def test_bad_flags_are_named(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_host_without_a_driver_starts_and_answers_503(plugin_daemon_factory, tmp_path):
+    empty_root = tmp_path / "no-driver"
+    empty_root.mkdir()
+    daemon: PluginDaemon = plugin_daemon_factory(
+        driver_root=empty_root, dev_root=empty_root, volumes_dir=tmp_path / "volumes", env={})
+    daemon.start()
+    log = daemon.log()
+    assert "NVIDIA driver not found: " in log and "GPU endpoints will answer 503" in log
+    for route in ("/v1.0/gpu/info", "/v1.0/gpu/status/json", "/v1.0/docker/cli", "/gpu/info/json"):
+        status, body = http_get(daemon.url + route)
+        assert status == 503, route
+        assert body.strip() and "Traceback" not in body and len(body.strip().splitlines()) == 1
+    reply = _unix_post(daemon.socket_path, "/Plugin.Activate")
+    assert reply is not None and b'"VolumeDriver"' in reply
+    created = _plugin_call(daemon.socket_path, "/VolumeDriver.Create",
+                           {"Name": "nvidia_driver_580.159.04"})
+    assert created["Err"] and "internal error" not in created["Err"]
+    assert daemon.stop() == 0
+
+
+def test_sigterm_removes_the_socket_and_says_so(running_plugin):
+    daemon = running_plugin()
+    assert daemon.socket_path.exists()
+    assert daemon.stop(signal.SIGTERM) == 0
+    assert not daemon.socket_path.exists()
+    assert daemon.log().rstrip().endswith("Successfully terminated")
+
+
+def test_sigint_also_terminates_cleanly(running_plugin):
+    daemon = running_plugin()
+    assert daemon.stop(signal.SIGINT) == 0
+    assert not daemon.socket_path.exists()
+
+
+def test_start_up_lines_come_in_1_0_order(running_plugin):
+    daemon = running_plugin(n_gpus=2)
+    lines = [line.split(" ", 4)[-1] for line in daemon.log().splitlines()]
+    order = ["Loading NVIDIA management library", "Discovering GPU devices",
+             f"Provisioning volumes at {daemon.volumes_dir}",
+             f"Serving plugin API at {daemon.socket_dir}",
+             f"Serving remote API at 127.0.0.1:{daemon.port}"]
+    positions = [next(i for i, line in enumerate(lines) if line.startswith(want))
+                 for want in order]
+    assert positions == sorted(positions)
+
+
+def test_second_daemon_on_the_same_socket_is_refused(running_plugin, plugin_daemon_factory,
+                                                      tmp_path):
+    first = running_plugin()
+    second = plugin_daemon_factory(driver_root=first.driver_root, dev_root=first.dev_root,
+                                   volumes_dir=tmp_path / "other", env=dict(first.env))
+    with pytest.raises(RuntimeError, match="exited 1"):
+        second.start()
+    assert "nvidia-docker.sock" in second.log() and "Traceback" not in second.log()
+    assert first.ready()  # the first one is untouched
+
+
+def test_taken_port_is_a_clear_start_up_error(running_plugin, plugin_daemon_factory, tmp_path):
+    need_root()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        root = tmp_path / "empty"
+        root.mkdir()
+        daemon = plugin_daemon_factory(driver_root=root, dev_root=root,
+                                       volumes_dir=tmp_path / "v", env={}, port=port)
+        with pytest.raises(RuntimeError, match="exited 1"):
+            daemon.start()
+    assert f"cannot serve the remote API at 127.0.0.1:{port}" in daemon.log()
+    assert not daemon.socket_path.exists()  # the plugin socket is not left behind
+
+
+def test_empty_listen_address_disables_the_rest_api(plugin_daemon_factory, tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    port = free_port()
+    daemon = plugin_daemon_factory(driver_root=root, dev_root=root, volumes_dir=tmp_path / "v",
+                                   env={}, port=port)
+    argv = daemon.argv()
+    argv[argv.index("-l") + 1] = ""
+    log = open(tmp_path / "log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO)
+    try:
+        assert wait_for(lambda: _unix_post(daemon.socket_path, "/Plugin.Activate") is not None)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert "Remote API disabled" in (tmp_path / "log").read_text()
+
+
+def test_sighup_rediscovers_and_logs_the_result(running_plugin):
+    daemon = running_plugin()
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "Driver unchanged (version" in daemon.log())
+    assert daemon.ready()
+
+
+def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_factory):
+    daemon = running_plugin()
+    assert daemon.host is not None
+    old = daemon.host.version
+    assert http_get(daemon.url + "/v1.0/docker/cli")[1].count(f"nvidia_driver_{old}") == 1
+    # Install a newer driver over the old one: new files, new cache, new kernel module version.
+    fake_host_factory(root=daemon.driver_root, version="590.10.01")
+    config = json.loads(daemon.host.nvml_config.read_text())
+    config["driver_version"] = "590.10.01"
+    daemon.host.nvml_config.write_text(json.dumps(config))
+
+    def new_volume_served() -> bool:
+        answer = _plugin_call(daemon.socket_path, "/VolumeDriver.Get",
+                              {"Name": "nvidia_driver_590.10.01"})
+        return "590.10.01" in ((answer.get("Volume") or {}).get("Mountpoint") or "")
+
+    assert wait_for(new_volume_served, timeout=20), daemon.log()[-3000:]
+    assert "NVIDIA driver changed from 580.159.04 to 590.10.01" in daemon.log()
+
+
+def _plugin_call(path: Path, route: str, body: dict) -> dict:
+    payload = json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(path))
+        sock.sendall(f"POST {route} HTTP/1.0\r\nAccept: application/vnd.docker.plugins.v1.2+json"
+                     f"\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
