@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tarfile
@@ -79,6 +80,13 @@ class Proof:
         start = time.monotonic()
         # System site packages: the GPU host has no registry, and its aiohttp/pynvml are fine.
         sh(sys.executable, "-m", "venv", "--system-site-packages", str(self.venv), check=True)
+        if sys.prefix != sys.base_prefix:
+            # This interpreter is itself a venv (as on the GPU host): layer the new venv over
+            # its packages too, since --system-site-packages reaches only the base interpreter's.
+            purelib = sh(str(self.venv / "bin/python"), "-c",
+                         "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip()
+            parents = "\n".join(site.getsitepackages())
+            Path(purelib, "_nvplugin_proof_parent.pth").write_text(parents + "\n")
         pip = [str(self.venv / "bin/python"), "-m", "pip", "install", "-q"]
         if self.args.wheels:
             wheels = sorted(str(p) for p in Path(self.args.wheels).glob("*.whl"))
