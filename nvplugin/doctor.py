@@ -27,7 +27,7 @@ from nvplugin.config import Config
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 PROBE_TIMEOUT_S = 5.0
-_MODULE_VERSION_RE = re.compile(r"Module\b.*?\s(\d+\.\d+(?:\.\d+)?)\b")
+_LIBRARY_VERSION_RE = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
 
 
 class Name(StrEnum):
@@ -71,16 +71,16 @@ class Facts:
 
 # ---------------------------------------------------------------- pure: decisions and rendering
 
-def parse_module_version(text: str) -> str | None:
-    """The version in /proc/driver/nvidia/version, proprietary or open module wording."""
-    first = text.splitlines()[0] if text else ""
-    match = _MODULE_VERSION_RE.search(first)
+def library_version(path: str | None) -> str | None:
+    """`580.159.04` from a resolved `.../libnvidia-ml.so.580.159.04`."""
+    match = _LIBRARY_VERSION_RE.search(path or "")
     return match.group(1) if match else None
 
 
 def compare_versions(kernel: str | None, library: str | None) -> Check:
     if library is None:
-        return Check(Name.LIBRARIES, FAIL, "no libnvidia-ml.so.<version> found in the ld cache",
+        return Check(Name.LIBRARIES, FAIL, "no libnvidia-ml.so.<version> found through the "
+                     "ld.so.cache or the usual library directories",
                      "install the NVIDIA driver's user-space libraries, then run ldconfig")
     if kernel is None or kernel == library:
         return Check(Name.LIBRARIES, PASS, f"user-space libraries {library}")
@@ -145,13 +145,15 @@ def render_json(checks: Sequence[Check]) -> str:
 # ---------------------------------------------------------------- I/O: probes
 
 def probe_driver(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.discovery import parse_proc_version
+
     path = cfg.driver_root / "proc/driver/nvidia/version"
     try:
         text = path.read_text(errors="replace")
     except OSError as err:
         return Check(Name.DRIVER, FAIL, f"NVIDIA kernel module not loaded ({path}: "
                      f"{err.strerror})", "install the NVIDIA driver, or load it: nvidia-modprobe")
-    facts.kernel_version = parse_module_version(text)
+    facts.kernel_version = parse_proc_version(text)
     if facts.kernel_version is None:
         return Check(Name.DRIVER, FAIL, f"no version in {path}: {text[:80]!r}",
                      "reinstall the NVIDIA driver")
@@ -164,10 +166,10 @@ def probe_libraries(cfg: Config, facts: Facts) -> Check:
 
     try:
         facts.nvml_library = discovery.find_nvml_library(cfg.driver_root)
-        facts.library_version = discovery.driver_version_from_files(cfg.driver_root)
     except NvpluginError as err:
         return Check(Name.LIBRARIES, FAIL, str(err),
                      "install the NVIDIA driver's user-space libraries, then run ldconfig")
+    facts.library_version = library_version(facts.nvml_library)
     return compare_versions(facts.kernel_version, facts.library_version)
 
 
@@ -330,11 +332,22 @@ def probe_volumes_dir(cfg: Config, facts: Facts) -> Check:
     where = "exists" if target == cfg.volumes_dir else f"will be created under {target}"
     if facts.nvml_library is None:
         return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable")
-    source = Path(facts.nvml_library).resolve()
-    same = os.stat(source).st_dev == os.stat(target).st_dev
-    how = ("same filesystem as the driver: files are hard-linked" if same else
-           "another filesystem than the driver: files are copied (reflinked where supported)")
-    return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable; {how}")
+    return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable; driver files "
+                 + _placement(Path(facts.nvml_library).resolve(), target))
+
+
+def _placement(source: Path, target: Path) -> str:
+    """Try what a volume build tries first: a hard link from the driver into the directory."""
+    link = target / f".doctor-link-{os.getpid()}"
+    try:
+        os.link(source, link)
+    except OSError as err:
+        where = "another filesystem" if os.stat(source).st_dev != os.stat(target).st_dev \
+            else "the same filesystem"
+        return (f"will be copied (reflinked where supported): hard link from {where} "
+                f"failed ({err.strerror})")
+    link.unlink()
+    return "will be hard-linked (no copies)"
 
 
 def probe_stale(cfg: Config, facts: Facts) -> Check:

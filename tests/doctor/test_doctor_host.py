@@ -1,0 +1,216 @@
+"""`nvidia-docker-plugin doctor` on a fake GPU host, healthy and with one fault injected per test.
+
+Doctor runs as users run it: the console entry point in a child process, with --json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.dockerenv import PluginDaemon, free_port
+from tests.requirements import need_root, need_tool
+
+REPO = Path(__file__).resolve().parents[2]
+NOBODY = 65534
+
+
+def run_doctor(driver_root: Path, *, socket_dir: Path, volumes_dir: Path, listen: str,
+               env: dict[str, str] | None = None, user: int | None = None,
+               ) -> tuple[int, dict[str, dict[str, Any]]]:
+    argv = [sys.executable, "-m", "nvplugin.daemon", "doctor", "--json",
+            "--driver-root", str(driver_root), "--dev-root", str(driver_root),
+            "-s", str(socket_dir), "-d", str(volumes_dir), "-l", listen]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, user=user)
+    assert "Traceback" not in done.stderr, done.stderr
+    records = json.loads(done.stdout)
+    assert all(set(r) == {"check", "status", "detail", "fix"} for r in records)
+    return done.returncode, {r["check"]: r for r in records}
+
+
+def doctor_for(daemon: PluginDaemon, **overrides: Any) -> tuple[int, dict[str, dict[str, Any]]]:
+    options: dict[str, Any] = {
+        "socket_dir": daemon.socket_dir, "volumes_dir": daemon.volumes_dir,
+        "listen": f"127.0.0.1:{daemon.port}", "env": daemon.env}
+    options.update(overrides)
+    return run_doctor(daemon.driver_root, **options)
+
+
+@pytest.fixture
+def daemon(running_plugin) -> PluginDaemon:
+    return running_plugin()
+
+
+def test_a_healthy_host_passes_every_check(daemon, docker_engine):
+    volume = docker_engine.client.volumes.create(f"nvidia_driver_{daemon.host.version}",
+                                                 driver="nvidia-docker")
+    try:
+        rc, checks = doctor_for(daemon)
+    finally:
+        volume.remove(force=True)
+    problems = {k: v for k, v in checks.items() if v["status"] != "PASS"}
+    assert problems == {}
+    assert rc == 0
+    assert daemon.host.version in checks["driver-module"]["detail"]
+    assert "1 GPU(s)" in checks["nvml"]["detail"]
+    assert f"nvidia_driver_{daemon.host.version}" in checks["docker-volume-driver"]["detail"]
+    assert "hard-linked" in checks["volumes-dir"]["detail"]
+
+
+def test_text_output_is_one_line_per_check_with_a_summary(daemon):
+    argv = [sys.executable, "-m", "nvplugin.daemon", "doctor", "--driver-root",
+            str(daemon.driver_root), "-s", str(daemon.socket_dir), "-d", str(daemon.volumes_dir),
+            "-l", f"127.0.0.1:{daemon.port}"]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), **daemon.env})
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout
+    assert [line.split()[0] for line in lines[:-1]] == ["PASS"] * (len(lines) - 1)
+    assert lines[-1].startswith(f"{len(lines) - 1} passed, 0 warning(s), 0 failed")
+
+
+def test_no_driver(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    rc, checks = run_doctor(empty, socket_dir=tmp_path / "s", volumes_dir=tmp_path / "v",
+                            listen=f"127.0.0.1:{free_port()}")
+    assert rc == 1
+    assert checks["driver-module"]["status"] == "FAIL"
+    assert "not loaded" in checks["driver-module"]["detail"]
+    assert checks["driver-libraries"]["status"] == "FAIL"
+    assert checks["nvml"]["status"] == "FAIL"
+    assert checks["device-nodes"]["status"] == "FAIL"
+    assert all(checks[name]["fix"] for name in ("driver-module", "driver-libraries", "nvml"))
+
+
+def test_kernel_module_and_libraries_of_different_versions(gpu_host_factory, tmp_path):
+    host = gpu_host_factory()
+    proc = host.root / "proc/driver/nvidia/version"
+    proc.write_text(proc.read_text().replace(host.version, "575.51.02"))
+    rc, checks = run_doctor(host.root, socket_dir=tmp_path / "s", volumes_dir=tmp_path / "v",
+                            listen="", env=host.env())
+    assert rc == 1
+    libraries = checks["driver-libraries"]
+    assert libraries["status"] == "FAIL"
+    assert f"kernel module 575.51.02, libraries {host.version}" in libraries["detail"]
+    assert "Driver/library version mismatch" in libraries["detail"]
+    assert checks["driver-module"]["status"] == "PASS"
+
+
+def test_missing_nvidia_uvm_node(daemon):
+    (daemon.driver_root / "dev/nvidia-uvm").unlink()
+    rc, checks = doctor_for(daemon)
+    assert rc == 1
+    assert checks["nvidia-uvm"]["status"] == "FAIL"
+    assert "nvidia-modprobe -u -c=0" in checks["nvidia-uvm"]["fix"]
+    assert checks["device-nodes"]["status"] == "PASS"
+
+
+def test_node_closed_to_other_users_warns(daemon):
+    node = daemon.driver_root / "dev/nvidia0"
+    node.chmod(0o600)
+    rc, checks = doctor_for(daemon)
+    assert checks["device-nodes"]["status"] == "WARN"
+    assert str(node) in checks["device-nodes"]["detail"] and "0600" in checks["device-nodes"]["detail"]
+    assert rc == 0  # a warning alone is not a failure
+
+
+@pytest.fixture
+def world_readable_dir() -> Iterator[Path]:
+    """A directory another user can traverse (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="nvplugin-doctor-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_node_unreadable_by_the_doctor_user_fails(gpu_host_factory, fake_host_factory,
+                                                  world_readable_dir):
+    need_root()
+    host = gpu_host_factory(root=world_readable_dir / "host")
+    (host.root / "dev/nvidia0").chmod(0o600)
+    rc, checks = run_doctor(host.root, socket_dir=world_readable_dir / "s",
+                            volumes_dir=world_readable_dir / "v", listen="", env=host.env(),
+                            user=NOBODY)
+    nodes = checks["device-nodes"]
+    assert rc == 1 and nodes["status"] == "FAIL"
+    assert "nvidia0 is not readable and writable by this user" in nodes["detail"]
+
+
+def test_docker_unreachable(daemon, tmp_path):
+    dead = tmp_path / "dead.sock"
+    rc, checks = doctor_for(daemon, env={**daemon.env, "DOCKER_HOST": f"unix://{dead}"})
+    assert rc == 1
+    assert checks["docker"]["status"] == "FAIL"
+    assert str(dead) in checks["docker"]["detail"]
+    assert "DOCKER_HOST" in checks["docker"]["fix"]
+    assert checks["docker-volume-driver"]["status"] == "SKIP"
+
+
+def test_plugin_socket_absent(daemon, tmp_path):
+    rc, checks = doctor_for(daemon, socket_dir=tmp_path / "nowhere")
+    assert rc == 1
+    assert checks["plugin-socket"]["status"] == "FAIL"
+    assert "absent" in checks["plugin-socket"]["detail"]
+
+
+def test_plugin_socket_stale(daemon, tmp_path):
+    socket_dir = tmp_path / "stale"
+    socket_dir.mkdir()
+    with socket.socket(socket.AF_UNIX) as sock:  # bound, never listening: connections refused
+        sock.bind(str(socket_dir / "nvidia-docker.sock"))
+    rc, checks = doctor_for(daemon, socket_dir=socket_dir)
+    assert rc == 1
+    assert checks["plugin-socket"]["status"] == "FAIL"
+    assert "stale socket" in checks["plugin-socket"]["detail"]
+    assert "restart" in checks["plugin-socket"]["fix"]
+
+
+def test_volumes_dir_not_writable(daemon):
+    need_tool("mount")
+    volumes = daemon.volumes_dir
+    subprocess.run(["mount", "--bind", str(volumes), str(volumes)], check=True)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(volumes)], check=True)
+        rc, checks = doctor_for(daemon)
+    finally:
+        subprocess.run(["umount", str(volumes)], check=True)
+    assert rc == 1
+    assert checks["volumes-dir"]["status"] == "FAIL"
+    assert "Read-only file system" in checks["volumes-dir"]["detail"]
+    assert "ReadWritePaths" in checks["volumes-dir"]["fix"]
+
+
+def test_stale_volume_of_an_old_driver(daemon):
+    (daemon.volumes_dir / "nvidia_driver" / "570.86.15" / "lib64").mkdir(parents=True)
+    rc, checks = doctor_for(daemon)
+    stale = checks["stale-volumes"]
+    assert stale["status"] == "WARN"
+    assert "570.86.15" in stale["detail"] and daemon.host.version in stale["detail"]
+    assert stale["fix"].startswith("docker volume rm nvidia_driver_570.86.15")
+    assert rc == 0
+
+
+def test_rest_port_closed(daemon):
+    port = free_port()
+    rc, checks = doctor_for(daemon, listen=f"127.0.0.1:{port}")
+    assert rc == 1
+    assert checks["rest-api"]["status"] == "FAIL"
+    assert f"127.0.0.1:{port}" in checks["rest-api"]["detail"]
+
+
+def test_rest_api_disabled_is_skipped(daemon):
+    rc, checks = doctor_for(daemon, listen="")
+    assert checks["rest-api"]["status"] == "SKIP"
+    assert rc == 0
