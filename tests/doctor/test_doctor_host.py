@@ -122,7 +122,8 @@ def test_node_closed_to_other_users_warns(daemon):
     node.chmod(0o600)
     rc, checks = doctor_for(daemon)
     assert checks["device-nodes"]["status"] == "WARN"
-    assert str(node) in checks["device-nodes"]["detail"] and "0600" in checks["device-nodes"]["detail"]
+    detail = checks["device-nodes"]["detail"]
+    assert str(node) in detail and "0600" in detail
     assert rc == 0  # a warning alone is not a failure
 
 

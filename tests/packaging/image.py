@@ -23,8 +23,7 @@ BASE_PACKAGES = ("python3", "python3-venv")
 BASE_TAG = f"nvplugin-ci/{SUITE}-python3:1"
 # What a minbase rootfs carries that a daemon image does not need.
 _TRIM = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
-         "usr/share/lintian", "var/lib/apt/lists", "var/cache/apt", "var/cache/debconf/templates.dat-old",
-         "var/log")
+         "usr/share/lintian", "var/lib/apt/lists", "var/cache/apt", "var/log")
 
 
 def _run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
