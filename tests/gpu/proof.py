@@ -341,7 +341,7 @@ def _mounts() -> dict[str, Any]:
         state = json.loads(STATE.read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-    volumes = state.get("volumes", state)
+    volumes = state.get("mounts") or {}
     return {name: mounts for name, mounts in volumes.items() if mounts}
 
 
