@@ -1,0 +1,156 @@
+"""End to end: the real daemon on a fake GPU host, driven by the real Docker Engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon, _unix_post
+from tests.requirements import need_tool
+
+pytestmark = pytest.mark.docker
+MOUNT = "/usr/local/nvidia"
+StartPlugin = Callable[..., PluginDaemon]
+
+
+def docker_run(image: str, volume: str, *command: str, detach: bool = False,
+               ) -> subprocess.CompletedProcess[str]:
+    """`docker run` through the CLI, as a user (or the nvidia-docker wrapper) would."""
+    argv = [need_tool("docker"), "run", "--net=none", "--volume-driver=nvidia-docker",
+            "-v", f"{volume}:{MOUNT}:ro"]
+    argv += ["-d"] if detach else ["--rm"]
+    return subprocess.run([*argv, image, *command], capture_output=True, text=True, timeout=120)
+
+
+def plugin_get(daemon: PluginDaemon, name: str) -> dict[str, object]:
+    body = json.dumps({"Name": name}).encode()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)
+        sock.connect(str(daemon.socket_path))
+        sock.sendall(b"POST /VolumeDriver.Get HTTP/1.0\r\nContent-Length: "
+                     + str(len(body)).encode() + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+
+
+def builds(daemon: PluginDaemon) -> int:
+    return daemon.log().count("Built volume ")
+
+
+def test_volume_create_ls_inspect_rm(docker_engine: DockerEngine, running_plugin: StartPlugin):
+    daemon = running_plugin()
+    name = f"nvidia_driver_{daemon.host.version}"
+    volume = docker_engine.client.volumes.create(name, driver="nvidia-docker")
+    assert volume.attrs["Driver"] == "nvidia-docker"
+    assert volume.attrs["Mountpoint"] == str(daemon.volumes_dir / "nvidia_driver" /
+                                             daemon.host.version)
+    listed = docker_engine.client.volumes.list(filters={"driver": "nvidia-docker"})
+    assert [v.name for v in listed] == [name]
+    inspected = docker_engine.api.inspect_volume(name)
+    assert inspected["CreatedAt"] != "0001-01-01T00:00:00Z"  # our RFC 3339 CreatedAt arrived
+    assert inspected["Status"] == {"Mounts": 0}
+    assert inspected["Scope"] == "local"
+    with pytest.raises(docker.errors.APIError, match=r"invalid volume version: nvidia_driver_1\.0"):
+        docker_engine.client.volumes.create("nvidia_driver_1.0", driver="nvidia-docker")
+    volume.remove()
+    assert not (daemon.volumes_dir / "nvidia_driver" / daemon.host.version).exists()
+    assert docker_engine.client.volumes.list(filters={"driver": "nvidia-docker"}) == []
+    assert "Received create request for volume" in daemon.log()
+    assert "Received remove request for volume" in daemon.log()
+
+
+def test_docker_run_sees_files_and_links(running_plugin: StartPlugin, make_image: ImageFactory):
+    daemon = running_plugin()
+    v = daemon.host.version
+    out = docker_run(make_image(), f"nvidia_driver_{v}", "sh", "-c",
+                     f"ls -lR {MOUNT}; readlink {MOUNT}/lib64/libcuda.so.1; "
+                     f"readlink {MOUNT}/lib64/libGLX_indirect.so.0; test -x {MOUNT}/bin/nvidia-smi "
+                     f"&& touch {MOUNT}/x 2>/dev/null || echo read-only")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert f"libcuda.so.{v}" in lines and f"libGLX_nvidia.so.{v}" in lines
+    assert lines[-1] == "read-only"
+    assert any(line.endswith(f"libcuda.so -> libcuda.so.{v}") for line in lines)
+    assert any(line.endswith("nvidia-smi") for line in lines)
+    assert builds(daemon) == 1
+
+
+def test_plugin_restart_keeps_the_running_containers_count(
+        docker_engine: DockerEngine, running_plugin: StartPlugin, make_image: ImageFactory):
+    daemon = running_plugin()
+    name = f"nvidia_driver_{daemon.host.version}"
+    started = docker_run(make_image(), name, "sleep", "300", detach=True)
+    assert started.returncode == 0, started.stderr
+    container = docker_engine.client.containers.get(started.stdout.strip())
+    try:
+        daemon.restart()  # no Activate again: Docker re-dials the same socket
+        assert plugin_get(daemon, name)["Volume"]["Status"] == {"Mounts": 1}
+        container.stop(timeout=1)
+        assert plugin_get(daemon, name)["Volume"]["Status"] == {"Mounts": 0}
+    finally:
+        container.remove(force=True)
+    docker_engine.client.volumes.get(name).remove()
+    assert builds(daemon) == 1
+
+
+def test_fifty_concurrent_runs_share_one_build(running_plugin: StartPlugin,
+                                               make_image: ImageFactory):
+    daemon = running_plugin()
+    image, name = make_image(), f"nvidia_driver_{daemon.host.version}"
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        runs = list(pool.map(lambda _: docker_run(image, name, "ls", f"{MOUNT}/lib64"), range(50)))
+    failed = [r.stderr for r in runs if r.returncode != 0]
+    assert failed == []
+    assert all(f"libcuda.so.{daemon.host.version}" in r.stdout.split() for r in runs)
+    assert builds(daemon) == 1
+    assert plugin_get(daemon, name)["Volume"]["Status"] == {"Mounts": 0}
+
+
+def test_volumes_on_a_tmpfs_are_copies(running_plugin: StartPlugin, make_image: ImageFactory,
+                                       tmp_path: Path):
+    point = tmp_path / "tmpfs"
+    point.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(point)], check=True)
+    try:
+        daemon = running_plugin(volumes_dir=point / "volumes")
+        v = daemon.host.version
+        out = docker_run(make_image(), f"nvidia_driver_{v}", "sh", "-c",
+                         f"wc -c < {MOUNT}/lib64/libcuda.so.1")
+        assert out.returncode == 0, out.stderr
+        built = point / "volumes" / "nvidia_driver" / v / "lib64" / f"libcuda.so.{v}"
+        source = daemon.host.root / "usr/lib/x86_64-linux-gnu" / f"libcuda.so.{v}"
+        assert int(out.stdout) == source.stat().st_size
+        assert built.read_bytes() == source.read_bytes()
+        assert os.stat(built).st_dev != os.stat(source).st_dev
+        daemon.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_garbage_on_the_socket_leaves_the_daemon_healthy(
+        docker_engine: DockerEngine, running_plugin: StartPlugin):
+    daemon = running_plugin()
+    for payload in (b"\x00\xff garbage\r\n\r\n", b"POST /VolumeDriver.Create HTTP/1.1\r\n"
+                    b"Content-Length: 5\r\n\r\n{oops", b"POST /VolumeDriver.Mount HTTP/1.0\r\n"
+                    b"Content-Length: 30\r\n\r\n" + b'{"Name":"nvidia_driver_/../x"}'):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(str(daemon.socket_path))
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    assert _unix_post(daemon.socket_path, "/Plugin.Activate")
+    name = f"nvidia_driver_{daemon.host.version}"
+    docker_engine.client.volumes.create(name, driver="nvidia-docker").remove()
+    assert daemon.proc is not None and daemon.proc.poll() is None
