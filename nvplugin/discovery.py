@@ -88,13 +88,20 @@ def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
         entries = read_cache(root)
     except CacheFormatError:
         entries = []
-    links = [e.path for e in sorted(entries, key=lambda e: -e.bits) if e.key == "libcuda.so.1"]
-    links += [f"{d}/libcuda.so.1" for d in catalog.LIBRARY_DIRS]
-    for link in links:
-        match = _FILE_VERSION.search(_resolve_or_none(root, link) or "")
-        if match:
-            return match.group(1)
+    # The cache's first libcuda.so.1 is the one the loader would use; without a cache, the
+    # newest of the libcuda.so.1 links in the usual directories (stale drivers are older).
+    cached = [e.path for e in sorted(entries, key=lambda e: -e.bits) if e.key == "libcuda.so.1"]
+    scanned = [f"{d}/libcuda.so.1" for d in catalog.LIBRARY_DIRS]
+    for links, newest in ((cached, False), (scanned, True)):
+        versions = [m.group(1) for link in links
+                    if (m := _FILE_VERSION.search(_resolve_or_none(root, link) or ""))]
+        if versions:
+            return max(versions, key=_version_key) if newest else versions[0]
     return None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
 
 
 def find_nvml_library(driver_root: Path | str | HostRoot) -> str | None:

@@ -9,6 +9,7 @@ under a second after the first. `FakeHost` lists what discovery is expected to s
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
@@ -20,11 +21,12 @@ from pathlib import Path
 from typing import Literal
 
 from tests.fakehost import components as c
-from tests.fakehost.compiler import ObjectCache, gcc_m32_works
+from tests.fakehost.compiler import CompileError, ObjectCache, gcc_m32_works
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_NVML_SOURCE = REPO / "tests" / "fakenvml" / "fakenvml.c"
 _AUTO = Path("<auto>")
+log = logging.getLogger(__name__)
 Layout = Literal["usr-lib", "usr-local-nvidia"]
 
 
@@ -80,6 +82,22 @@ def _compile_libs(objects: ObjectCache, libs: Iterable[c.Lib], version: str, bit
     return built
 
 
+def _usable_fake_nvml(objects: ObjectCache, version: str) -> Path | None:
+    """tests/fakenvml/fakenvml.c when it exists and compiles, else None (a plain stub).
+
+    The file is another module's work in progress; a broken revision of it must not take every
+    fake host down, so the failure is logged and `FakeHost.nvml_source` says None.
+    """
+    if not FAKE_NVML_SOURCE.exists():
+        return None
+    try:
+        _compile_libs(objects, [c.LIBS_BY_NAME["nvidia-ml"]], version, 64, FAKE_NVML_SOURCE)
+    except CompileError as err:
+        log.warning("Not using %s for the fake host's NVML: %s", FAKE_NVML_SOURCE, err)
+        return None
+    return FAKE_NVML_SOURCE
+
+
 def _install_lib(root: Path, libdir: str, lib: c.Lib, version: str, obj: Path,
                  absolute_links: bool = False) -> str:
     """Copy the object in as its versioned name and add the .so.N and .so links; returns path."""
@@ -112,7 +130,7 @@ def build_fake_host(
 ) -> FakeHost:
     objects = objects or ObjectCache()
     if nvml_source == _AUTO:
-        nvml_source = FAKE_NVML_SOURCE if FAKE_NVML_SOURCE.exists() else None
+        nvml_source = _usable_fake_nvml(objects, version)
     if with_32bit is None:
         with_32bit = gcc_m32_works()
     root.mkdir(parents=True, exist_ok=True)
