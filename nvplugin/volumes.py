@@ -125,7 +125,8 @@ class VolumeStore:
                 raise VolumeInUse(f"volume {name} is in use by {held} container(s)")
             await asyncio.to_thread(self._delete, version)
             self.mounts.forget(name)
-            await self.mounts.persist()
+            with contextlib.suppress(OSError):  # nothing mounts it; a stale entry is harmless
+                await self.mounts.persist()
         log.info("Removed volume %s", name)
 
     async def mount(self, name: str, mount_id: str) -> str:
@@ -244,20 +245,24 @@ class VolumeStore:
 def build_volume(manifest: Manifest, kind_dir: Path, name: str, cloner: Cloner) -> Path:
     """Build `<kind_dir>/<version>` from `manifest` atomically (blocking)."""
     final = kind_dir / manifest.version
-    kind_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = kind_dir / f".{manifest.version}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir(mode=0o755)
-    os.chmod(tmp, 0o755)  # the volume's root is the container's /usr/local/nvidia
     try:
+        kind_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        tmp.mkdir(mode=0o755)
+        os.chmod(tmp, 0o755)  # the volume's root is the container's /usr/local/nvidia
         _fill(manifest, tmp, name, cloner)
         _flush(tmp)
         try:
             tmp.rename(final)
-        except OSError as err:
+        except OSError:
             if not final.is_dir():
-                raise VolumeBuildError(f"cannot build {name}: {final}: {err.strerror}") from err
+                raise
             shutil.rmtree(tmp, ignore_errors=True)  # someone else's build won; keep theirs
         fsync_dir(kind_dir)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = err.filename or kind_dir
+        raise VolumeBuildError(f"cannot build {name}: {where}: {err.strerror or err}") from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -252,3 +252,12 @@ async def test_list_and_get_report_created_at_in_rfc3339(store: VolumeStore):
     info = await store.get(NAME)
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", info.created_at or "")
     assert info.mountpoint == str(store.kind_dir / VERSION)
+
+
+async def test_an_unwritable_volumes_dir_is_a_build_error(store: VolumeStore, tmp_path: Path):
+    store.kind_dir.rmdir()
+    store.kind_dir.write_text("a file where the kind directory belongs")
+    with pytest.raises(VolumeBuildError) as info:
+        await store.create(NAME)
+    assert str(info.value).startswith(f"cannot build {NAME}: {store.kind_dir}")
+    assert "File exists" in str(info.value) or "Not a directory" in str(info.value)
