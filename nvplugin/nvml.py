@@ -111,7 +111,7 @@ def _load(library: str | None) -> str:
     """Make pynvml use `library` (None: the loader's search); returns the file's path."""
     where = library or SONAME
     try:
-        lib = ctypes.CDLL(where, mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(where)
     except OSError as err:
         reason = str(err).removeprefix(f"{where}: ")  # dlerror repeats the path
         raise NvmlError(f"NVML could not be loaded from {where}: {reason}") from err

@@ -5,6 +5,7 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
     top level   driver_version "580.159.04", cuda_version 13000, init_error "DRIVER_NOT_LOADED"|…,
                 missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
                 pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
+                call_delay_ms 1 (sleep at the start of every call: makes on-loop calls visible),
                 process_names {"<pid>": "name"} (nvmlSystemGetProcessName), gpus [...]
     per GPU     name, uuid, minor, bus_id, handle_error, memory_total/memory_used (bytes),
                 bar1_total/bar1_used (bytes), power_limit_mw, power_usage_mw,
@@ -144,7 +145,9 @@ def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), gcc: str = "gcc"
     tmp = out_dir / f".{SONAME}.tmp"
     cmd = [gcc, "-O2", "-Wall", "-shared", "-fPIC", f"-Wl,-soname,{SONAME}", *flags,
            "-o", str(tmp), str(SOURCE), "-lpthread"]
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"building the fake NVML failed:\n{result.stderr}")
     os.replace(tmp, target)
     stamp.write_text(digest)
     return target

@@ -190,6 +190,13 @@ static jv *cfg;
 static struct stat cfg_stat;
 static int initialized;
 static unsigned long long pcie_calls;
+static long long call_delay_us; /* "call_delay_ms": every entry point sleeps this long first */
+
+static void sleep_ms(double ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {(time_t)(ms / 1000), (long)((long long)(ms * 1e6) % 1000000000LL)};
+    nanosleep(&ts, NULL);
+}
 
 static int error_code(const char *name) {
     for (size_t i = 0; i < sizeof ERRORS / sizeof *ERRORS; i++)
@@ -225,6 +232,9 @@ static int reload(void) {
     jfree(cfg);
     cfg = parsed;
     cfg_stat = st;
+    jv *delay = jget(cfg, "call_delay_ms");
+    __atomic_store_n(&call_delay_us, delay && delay->type == J_NUM ? (long long)(delay->num * 1000) : 0,
+                     __ATOMIC_RELAXED);
     return OK;
 }
 
@@ -237,6 +247,7 @@ static int function_missing(const char *fn) {
 
 /* Every entry point starts here: takes the lock, refreshes the config, applies "missing". */
 static int enter(const char *fn, int need_init) {
+    sleep_ms((double)__atomic_load_n(&call_delay_us, __ATOMIC_RELAXED) / 1000.0);
     pthread_mutex_lock(&mu);
     int rc = reload();
     if (rc == OK && function_missing(fn)) rc = E_FUNCTION_NOT_FOUND;
@@ -332,9 +343,11 @@ const char *nvmlErrorString(nvmlReturn_t result) {
 
 /* Test-only entry points, reached through the same handle pynvml uses. */
 unsigned long long fakeNvmlPcieCalls(void) { return __atomic_load_n(&pcie_calls, __ATOMIC_SEQ_CST); }
+static void anchor(void) {}
+/* A static anchor: an exported symbol's address could be interposed by another loaded copy. */
 const char *fakeNvmlLibraryPath(void) {
     Dl_info info;
-    return dladdr((void *)fakeNvmlLibraryPath, &info) ? info.dli_fname : "";
+    return dladdr((void *)anchor, &info) ? info.dli_fname : "";
 }
 
 /* ---- system ------------------------------------------------------------------------------- */
@@ -660,10 +673,7 @@ nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, unsigned counter, unsig
     pthread_mutex_unlock(&mu);
     __atomic_add_fetch(&pcie_calls, 1, __ATOMIC_SEQ_CST);
     /* the real call samples the bus for ~20 ms; sleep outside the lock as the driver would */
-    if (delay_ms > 0) {
-        struct timespec ts = {(time_t)(delay_ms / 1000), (long)((long long)(delay_ms * 1e6) % 1000000000LL)};
-        nanosleep(&ts, NULL);
-    }
+    sleep_ms(delay_ms);
     return rc;
 }
 

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from nvplugin.devices import DeviceNode, MigDevice
+from nvplugin.devnodes import control_nodes, gpu_nodes, read_mig_minors
+from tests.gpu_layer.test_selection import make_gpu
+
+
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        (root / "dev" / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "dev" / name).touch()
+
+
+def test_control_nodes_that_exist_in_1_0_order(tmp_path):
+    touch(tmp_path, "nvidia-uvm-tools", "nvidia-uvm", "nvidiactl")
+    assert control_nodes(tmp_path, tmp_path) == (
+        DeviceNode(str(tmp_path / "dev/nvidiactl"), "/dev/nvidiactl"),
+        DeviceNode(str(tmp_path / "dev/nvidia-uvm"), "/dev/nvidia-uvm"),
+        DeviceNode(str(tmp_path / "dev/nvidia-uvm-tools"), "/dev/nvidia-uvm-tools"),
+    )
+    touch(tmp_path, "nvidia-modeset")
+    assert control_nodes(tmp_path, tmp_path)[-1].path == "/dev/nvidia-modeset"
+
+
+def test_modprobe_absence_is_no_error_and_missing_nodes_warn(tmp_path, caplog):
+    calls: list[list[str]] = []
+    touch(tmp_path, "nvidiactl")
+    assert [n.path for n in control_nodes(tmp_path, tmp_path, run=calls.append)] == [
+        "/dev/nvidiactl"]
+    assert calls == []  # a dev root other than / never runs nvidia-modprobe
+    assert "nvidia-uvm is missing" in caplog.text
+
+
+def test_modprobe_runs_only_for_the_real_dev_when_uvm_is_missing(tmp_path):
+    calls: list[list[str]] = []
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    (tmp_path / "usr/bin/nvidia-modprobe").touch()
+    nodes = control_nodes(Path("/"), tmp_path, run=calls.append)
+    uvm_present = Path("/dev/nvidia-uvm").exists()
+    assert calls == ([] if uvm_present else [[str(tmp_path / "usr/bin/nvidia-modprobe"),
+                                               "-u", "-c=0"]])
+    assert all(Path(n.host_path).exists() for n in nodes)
+
+
+def test_a_failing_modprobe_is_logged(tmp_path, caplog, monkeypatch):
+    def fail(argv: list[str]) -> None:
+        raise subprocess.CalledProcessError(1, argv)
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/nvidia-modprobe").touch()
+    if not Path("/dev/nvidia-uvm").exists():
+        control_nodes(Path("/"), tmp_path, run=fail)
+        assert "Could not load nvidia-uvm" in caplog.text
+
+
+def test_gpu_nodes_then_mig_caps(tmp_path):
+    caps = (str(tmp_path / "dev/nvidia-caps/nvidia-cap12"),
+            str(tmp_path / "dev/nvidia-caps/nvidia-cap13"))
+    mig = MigDevice(0, "MIG-1", caps=caps)
+    gpu0, gpu1 = make_gpu(0, "GPU-a"), make_gpu(1, "GPU-b", mig_mode=True, mig_devices=(mig,))
+    nodes = gpu_nodes([gpu1, gpu0], [(gpu1, mig), (gpu1, mig)])
+    assert [n.path for n in nodes] == ["/dev/nvidia3", "/dev/nvidia4",
+                                       "/dev/nvidia-caps/nvidia-cap12",
+                                       "/dev/nvidia-caps/nvidia-cap13"]
+    assert nodes[2].host_path == caps[0]
+
+
+def test_mig_minors_absent_means_none(tmp_path):
+    assert read_mig_minors(tmp_path) == {}
