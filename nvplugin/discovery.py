@@ -188,10 +188,12 @@ def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Ca
         cached = []
     scanned = [(f"{d}/{name}", f"found in {d}") for d in catalog.LIBRARY_DIRS
                for name in root.listdir(d)]
+    visited: set[str] = set()
     for path, found in cached + scanned:
         component = catalog.library(path.rsplit("/", 1)[-1])
-        if component is None:
+        if component is None or path in visited:
             continue
+        visited.add(path)
         try:
             inner = root.resolve(path)
         except RootEscapeError as err:

@@ -15,8 +15,8 @@ one `CacheFormatError` naming the file and the fault, never IndexError or struct
 
 from __future__ import annotations
 
-import os
 import struct
+import sys
 from dataclasses import dataclass
 
 from nvplugin.errors import CacheFormatError
@@ -29,6 +29,7 @@ _OLD_ENTRY_SIZE = 12  # i32 flags, u32 key, u32 value
 _NEW_HEADER = struct.Struct("<17s3sIIB3sI12s")
 _NEW_ENTRY = struct.Struct("<iIIIQ")
 _ENDIAN_BIG = 3
+_FS_ENCODING = sys.getfilesystemencoding()
 
 # Entry flags: low byte is the library type, high byte the architecture (glibc's ldconfig.h).
 FLAG_TYPE_MASK = 0x00FF
@@ -71,8 +72,8 @@ def parse(data: bytes, filename: str = "ld.so.cache") -> list[CacheEntry]:
         raise _error(filename, f"header announces {nlibs} entries but the file ends at byte "
                                f"{len(data)} (truncated)")
     entries: list[CacheEntry] = []
-    for index in range(nlibs):
-        eflags, key, value, _osv, hwcap = _NEW_ENTRY.unpack_from(data, table + index * 24)
+    rows = _NEW_ENTRY.iter_unpack(data[table: table + nlibs * _NEW_ENTRY.size])
+    for index, (eflags, key, value, _osv, hwcap) in enumerate(rows):
         if not eflags & FLAG_ELF:
             continue
         arch_byte = eflags & FLAG_ARCH_MASK
@@ -122,7 +123,7 @@ def _string(data: bytes, base: int, offset: int, filename: str, index: int, what
                                f"NUL-terminated (truncated)")
     if end == begin:
         raise _error(filename, f"entry {index}: {what} at offset {offset} is empty")
-    return os.fsdecode(data[begin:end])
+    return data[begin:end].decode(_FS_ENCODING, "surrogateescape")  # as os.fsdecode
 
 
 def _error(filename: str, what: str) -> CacheFormatError:
