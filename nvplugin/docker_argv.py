@@ -20,8 +20,10 @@ can always write `--opt=value`, which is unambiguous.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+# Not `from typing import TYPE_CHECKING`: `typing` alone costs ~10 ms without site's imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 # Global options (before the command), docker 28 `docker --help`.
 GLOBAL_VALUE_LONG = frozenset(
@@ -75,35 +77,70 @@ GLOBAL_SHORT_NAMES = {
 
 REWRITTEN = frozenset({"run", "create"})
 
+# The records below are plain slotted classes, not dataclasses: this module is imported on every
+# `nvidia-docker` call, and `dataclasses` (with `inspect`) costs ~8 ms of start-up.
 
-@dataclass(frozen=True, slots=True)
+
 class Option:
     """One parsed option: its long name (short letters mapped), value (None for booleans)."""
 
-    name: str
-    value: str | None
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, value: str | None) -> None:
+        self.name = name
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Option) and (self.name, self.value) == (other.name, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.value))
+
+    def __repr__(self) -> str:
+        return f"Option({self.name!r}, {self.value!r})"
 
 
-@dataclass(frozen=True, slots=True)
 class Scan:
     """Options up to the first positional, and that positional's index (None when absent)."""
 
-    options: tuple[Option, ...]
-    positional: int | None
-    after_dashdash: bool = False  # the positional follows a `--` that ended the options
+    __slots__ = ("after_dashdash", "options", "positional")
+
+    def __init__(
+        self, options: tuple[Option, ...], positional: int | None, after_dashdash: bool = False
+    ) -> None:
+        self.options = options
+        self.positional = positional
+        self.after_dashdash = after_dashdash  # the positional follows a `--` ending the options
 
 
-@dataclass(frozen=True, slots=True)
 class Invocation:
     """A docker command line split into its parts; indices refer to `args`."""
 
-    args: tuple[str, ...]
-    global_options: tuple[Option, ...]
-    command: str | None  # `run` for both `run` and `container run`
-    command_index: int | None
-    run_options: tuple[Option, ...] = ()
-    image_index: int | None = None
-    image_after_dashdash: bool = False
+    __slots__ = (
+        "args", "command", "command_index", "global_options", "image_after_dashdash",
+        "image_index", "run_options",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        args: tuple[str, ...],
+        global_options: tuple[Option, ...],
+        command: str | None,  # `run` for both `run` and `container run`
+        command_index: int | None,
+        run_options: tuple[Option, ...] = (),
+        image_index: int | None = None,
+        image_after_dashdash: bool = False,
+    ) -> None:
+        self.args = args
+        self.global_options = global_options
+        self.command = command
+        self.command_index = command_index
+        self.run_options = run_options
+        self.image_index = image_index
+        self.image_after_dashdash = image_after_dashdash
+
+    def __repr__(self) -> str:
+        return f"Invocation({self.args!r}, command={self.command!r}, image={self.image!r})"
 
     @property
     def rewritable(self) -> bool:

@@ -7,42 +7,51 @@ and volume to add (so its --driver-root/--dev-root apply), checks CUDA compatibi
 volume through the Docker API (never `--volume-driver`, which captured the user's own volumes in
 1.0, #112) and inserts `--device=…`/`--volume=…` right before the image.
 
-Only the standard library is imported on the pass-through path; the docker SDK is imported lazily.
+Start-up cost is paid before every container, so the pass-through path imports only `os`, `sys`
+and the pure argv parser: HTTP, JSON, regexes and the docker SDK are imported where first used.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import re
 import sys
-import time
-import traceback
-import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TextIO
 
 from nvplugin import __version__
 from nvplugin.docker_argv import Invocation, insert_before_image, split
 from nvplugin.errors import ConfigError, DockerError, NvpluginError, PluginDaemonError
 
+TYPE_CHECKING = False  # as in docker_argv: no `typing` import at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any, TextIO
+
+    ExecFn = Callable[[str, Sequence[str], Mapping[str, str]], Any]
+
 NEEDED_LABEL = "com.nvidia.volumes.needed"
 DEFAULT_PLUGIN_PORT = 3476
 PLUGIN_TIMEOUT_S = 5.0
 START_HINT = "start it with: systemctl start nvidia-docker (or set NV_HOST to where it listens)"
-ExecFn = Callable[[str, Sequence[str], Mapping[str, str]], Any]
-_NV_HOST = re.compile(
-    r"^(?:\[(?P<ip6>[0-9A-Fa-f.:]+)\]|(?P<host>[0-9A-Za-z.\-_]*))(?::(?P<port>\d*))?$"
-)
+_NV_HOST = r"^(?:\[(?P<ip6>[0-9A-Fa-f.:]+)\]|(?P<host>[0-9A-Za-z.\-_]*))(?::(?P<port>\d*))?$"
 
 
-@dataclass(frozen=True, slots=True)
 class PluginAddress:
-    scheme: str  # http or https
-    host: str
-    port: int
+    """Where the daemon's REST API listens (a plain class: see docker_argv on start-up cost)."""
+
+    __slots__ = ("host", "port", "scheme")
+
+    def __init__(self, scheme: str, host: str, port: int) -> None:
+        self.scheme = scheme  # http or https
+        self.host = host
+        self.port = port
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PluginAddress) and self.url == other.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __repr__(self) -> str:
+        return f"PluginAddress({self.url!r})"
 
     @property
     def url(self) -> str:
@@ -57,6 +66,9 @@ def plugin_address(nv_host: str | None, engine_host: str) -> PluginAddress:
     Without NV_HOST, a TCP engine (`-H`, DOCKER_HOST, context) means the GPUs are on that host, so
     1.0's rule applies: same host, port 3476.
     """
+    import re
+    import urllib.parse
+
     if nv_host and nv_host.strip():
         value = nv_host.strip()
         scheme, sep, rest = value.partition("://")
@@ -72,7 +84,7 @@ def plugin_address(nv_host: str | None, engine_host: str) -> PluginAddress:
             )
         if scheme not in ("http", "https", "tcp"):
             raise ConfigError(f"invalid remote host URI NV_HOST={value}: use http://HOST:PORT")
-        m = _NV_HOST.match(rest.rstrip("/"))
+        m = re.match(_NV_HOST, rest.rstrip("/"))
         if m is None:
             raise ConfigError(f"invalid remote host URI NV_HOST={value}: use http://HOST:PORT")
         host = m.group("ip6") or m.group("host") or "localhost"
@@ -86,7 +98,7 @@ def plugin_address(nv_host: str | None, engine_host: str) -> PluginAddress:
 
 def gpu_items(nv_gpu: str | None) -> list[str]:
     """NV_GPU items (indices, UUIDs or `GPU-` prefixes; commas and/or spaces); [] means all."""
-    items = [i for i in re.split(r"[,\s]+", nv_gpu or "") if i]
+    items = (nv_gpu or "").replace(",", " ").split()
     return [] if items in (["all"], ["*"]) else items
 
 
@@ -94,6 +106,9 @@ class PluginClient:
     """The two REST calls to nvidia-docker-plugin, over one keep-alive connection."""
 
     def __init__(self, address: PluginAddress, timeout: float = PLUGIN_TIMEOUT_S) -> None:
+        import http.client
+
+        self._http = http.client
         self.address = address
         cls = (
             http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
@@ -101,12 +116,15 @@ class PluginClient:
         self._conn = cls(address.host, address.port, timeout=timeout)
 
     def get_json(self, path: str) -> Any:
+        import json
+
+        http = self._http
         url = self.address.url + path
         try:
             self._conn.request("GET", path, headers={"Accept": "application/json"})
             response = self._conn.getresponse()
             body = response.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as e:
+        except (OSError, http.HTTPException) as e:
             raise PluginDaemonError(
                 f"cannot reach nvidia-docker-plugin at {self.address.url} "
                 f"({_reason(e)}); {START_HINT}"
@@ -128,6 +146,8 @@ class PluginClient:
         return self.get_json("/v1.0/gpu/info/json")
 
     def docker_cli(self, devices: Sequence[str], kinds: Sequence[str]) -> dict[str, Any]:
+        import urllib.parse
+
         query = {k: " ".join(v) for k, v in (("dev", devices), ("vol", kinds)) if v}
         suffix = "?" + urllib.parse.urlencode(query) if query else ""  # items joined by `+`
         return self.get_json("/v1.0/docker/cli/json" + suffix)
@@ -235,6 +255,9 @@ def plan(argv: Sequence[str], environ: Mapping[str, str], out: TextIO, err: Text
 
 
 def report(error: BaseException, environ: Mapping[str, str], err: TextIO) -> None:
+    import time
+    import traceback
+
     if environ.get("NV_DEBUG"):
         traceback.print_exception(error, file=err)
     message = (
