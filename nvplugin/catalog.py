@@ -14,6 +14,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+from nvplugin.elfinfo import ElfFacts, describe_abi, is_new_tls, is_nvidia_gl_loader
 from nvplugin.manifest import Kind
 
 
@@ -166,3 +167,22 @@ def library_links(directory: str, stem: str, filename: str, soname: str | None,
         links.append((f"{directory}/libnvidia-opticalflow.so", soname or filename,
                       "the Optical Flow SDK dlopens libnvidia-opticalflow.so"))
     return links
+
+
+def blacklisted(component: Component, facts: ElfFacts) -> str | None:
+    """Why a library file that matched the table must still be left out (1.0's blacklist)."""
+    stem = component.pattern
+    if facts.elf_type != "ET_DYN":
+        return f"not a shared library ({facts.elf_type})"
+    if facts.arch == "x32":
+        return "x32 ABI library; only 64-bit and 32-bit x86 builds are served"
+    if stem in GL_LOADERS and not is_nvidia_gl_loader(facts):
+        # Same SONAME as NVIDIA's/GLVND's loader but another vendor's (Mesa): it would bypass
+        # the NVIDIA driver inside the container.
+        needed = ", ".join(facts.needed) or "nothing"
+        return (f"{stem} built by another vendor (e.g. Mesa): DT_NEEDED has no libGLdispatch or "
+                f"libnvidia-e?glcore (needs {needed})")
+    if stem == "libnvidia-tls" and not is_new_tls(facts):
+        # Drivers < 390 shipped a classic-TLS copy beside the new-TLS one; only the latter works.
+        return f"classic-TLS build ({describe_abi(facts)}); only the 2.3.99 one is used"
+    return None

@@ -234,7 +234,7 @@ def _select_libraries(root: HostRoot, candidates: list[Candidate], version: str,
     """1.0's blacklist, then one file per (SONAME, ELF class), the running version first."""
     groups: dict[tuple[str, int], list[Candidate]] = {}
     for cand in candidates:
-        why = _blacklisted(cand)
+        why = catalog.blacklisted(cand.component, cand.facts)
         if why:
             log.debug("Skipping %s: %s", root.host(cand.inner), why)
             rejected.append(Rejected(root.host(cand.inner), why))
@@ -273,24 +273,6 @@ def _select_libraries(root: HostRoot, candidates: list[Candidate], version: str,
             links.setdefault(link[0], Link(*link))
     entries.sort(key=lambda e: e.dest)
     return entries, sorted(links.values(), key=lambda x: x.path)
-
-
-def _blacklisted(cand: Candidate) -> str | None:
-    facts, stem = cand.facts, cand.component.pattern
-    if facts.elf_type != "ET_DYN":
-        return f"not a shared library ({facts.elf_type})"
-    if facts.arch == "x32":
-        return "x32 ABI library; only 64-bit and 32-bit x86 builds are served"
-    if stem in catalog.GL_LOADERS and not elfinfo.is_nvidia_gl_loader(facts):
-        # Same SONAME as NVIDIA's/GLVND's loader but another vendor's (Mesa): it would bypass
-        # the NVIDIA driver inside the container.
-        needed = ", ".join(facts.needed) or "nothing"
-        return (f"{stem} built by another vendor (e.g. Mesa): DT_NEEDED has no libGLdispatch or "
-                f"libnvidia-e?glcore (needs {needed})")
-    if stem == "libnvidia-tls" and not elfinfo.is_new_tls(facts):
-        # Drivers < 390 shipped a classic-TLS copy beside the new-TLS one; only the latter works.
-        return f"classic-TLS build ({elfinfo.describe_abi(facts)}); only the 2.3.99 one is used"
-    return None
 
 
 def _loser(cand: Candidate, winner: Candidate | None, version: str) -> str:

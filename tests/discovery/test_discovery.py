@@ -190,3 +190,26 @@ def test_manifest_is_stable(fake_host):
     first = discovery.discover(fake_host.root)
     assert discovery.discover(fake_host.root) == first
     assert first.digest() == discovery.discover(fake_host.root).digest()
+
+
+def test_second_copy_of_a_binary_is_shadowed(fake_host):
+    extra = fake_host.path("/usr/local/nvidia/bin")
+    extra.mkdir(parents=True)
+    (extra / "nvidia-smi").write_bytes(fake_host.path("/usr/bin/nvidia-smi").read_bytes())
+    manifest = discovery.discover(fake_host.root)
+    smi = next(e for e in manifest.entries if e.dest == "bin/nvidia-smi")
+    assert smi.source == str(fake_host.path("/usr/bin/nvidia-smi"))
+    assert "shadowed by" in _rejected(manifest, fake_host)[str(extra / "nvidia-smi")]
+
+
+def test_config_files_under_etc_count_once(fake_host):
+    etc = fake_host.path("/etc/vulkan/icd.d")
+    etc.mkdir(parents=True)
+    (etc / "nvidia_icd.json").write_text("{}\n")
+    (etc / "nvidia_icd.x86_64.json").write_text("{}\n")
+    manifest = discovery.discover(fake_host.root)
+    dests = {e.dest: e.source for e in manifest.entries if e.kind == "config"}
+    assert dests["share/vulkan/icd.d/nvidia_icd.json"] == str(
+        fake_host.path("/usr/share/vulkan/icd.d/nvidia_icd.json"))
+    assert dests["share/vulkan/icd.d/nvidia_icd.x86_64.json"] == str(etc / "nvidia_icd.x86_64.json")
+    assert "comes from" in _rejected(manifest, fake_host)[str(etc / "nvidia_icd.json")]
