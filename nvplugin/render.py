@@ -8,19 +8,22 @@ them, so 1.0 clients keep working.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import unicodedata
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from nvplugin.devices import P2P_LINK_NAMES, Gpu, GpuInventory, GpuStatus, P2PLink
 from nvplugin.errors import SelectionError
 from nvplugin.selection import quote_item
 from nvplugin.tabwriter import align
 
+P = ParamSpec("P")
+R = TypeVar("R")
 NA = "N/A"
 VOLUME_DRIVER = "nvidia-docker"
 # 1.0's only volume kind: where it is mounted in containers, and how.
@@ -35,6 +38,24 @@ class DeviceNodeLike(Protocol):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def remember_last(fn: Callable[P, R]) -> Callable[P, R]:
+    """Keep the last result of a pure function: the static inventory is rendered on every
+    request, and comparing equal records (the same objects, mostly) is far cheaper than
+    laying out the page again."""
+    last: list[Any] = []
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        key = (args, kwargs)
+        if last and last[0] == key:
+            return last[1]  # type: ignore[no-any-return]
+        result = fn(*args, **kwargs)
+        last[:] = [key, result]
+        return result
+
+    return wrapper
 
 
 def _clean(value: object) -> str:
@@ -99,6 +120,7 @@ def one_line(message: str) -> str:
 # ---------------------------------------------------------------- gpu/info
 
 
+@remember_last
 def gpu_info_text(inventory: GpuInventory) -> str:
     lines = [
         "",
@@ -153,6 +175,7 @@ def gpu_info_document(inventory: GpuInventory) -> dict[str, Any]:
     }
 
 
+@remember_last
 def gpu_info_json(inventory: GpuInventory) -> str:
     return go_json(gpu_info_document(inventory))
 
@@ -349,6 +372,7 @@ def docker_cli_json(args: DockerArgs) -> str:
     )
 
 
+@remember_last
 def mesos_cli_text(inventory: GpuInventory) -> str:
     """`--attributes=gpus:<zlib+base64url of gpu/info/json> --resources=gpus:{uuid,...}`."""
     packed = zlib.compress(gpu_info_json(inventory).encode())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,7 @@ API_VERSION = "v1.0"
 TEXT = "text/plain"
 JSON = "application/json"
 MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
+CONTROL_NODES_MAX_AGE_S = 1.0
 
 
 class GpuSource(Protocol):
@@ -47,7 +49,41 @@ class GpuSource(Protocol):
 ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+NodeList = Sequence[render.DeviceNodeLike]
+
+
+class RecentNodes:
+    """The control nodes as they were at most `max_age` seconds ago, read by one request at a
+    time. They change only when a driver (un)loads, and reading them takes a thread hop that
+    would otherwise be most of a docker/cli request's cost."""
+
+    def __init__(self, read: Callable[[], Awaitable[NodeList]], max_age: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._clock = clock
+        self._value: tuple[float, NodeList] | None = None
+        self._flight: asyncio.Future[NodeList] | None = None
+
+    async def get(self) -> NodeList:
+        if self._value is not None and self._clock() - self._value[0] < self._max_age:
+            return self._value[1]
+        if self._flight is None:
+            self._flight = asyncio.ensure_future(self._refresh())
+        # Shielded: a cancelled request must not cancel the read others are waiting for.
+        return await asyncio.shield(self._flight)
+
+    async def _refresh(self) -> NodeList:
+        try:
+            nodes = await self._read()
+            self._value = (self._clock(), nodes)
+            return nodes
+        finally:
+            self._flight = None
+
+
 GPUS = web.AppKey("gpus", GpuSource)
+NODES = web.AppKey("control_nodes", RecentNodes)
 MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
 CONFIG = web.AppKey("config", Config)
 
@@ -95,7 +131,10 @@ async def _docker_args(request: web.Request) -> render.DockerArgs:
     gpus = _gpus(request)
     dev = request.query.get("dev")
     selected = gpus.select(None if dev is None or dev.strip(" ") in ("", "*") else dev)
-    nodes, version = await asyncio.gather(gpus.control_nodes(), gpus.driver_version())
+    # The volume is named after the driver files the daemon discovered (and can build), which
+    # also saves an NVML call per request; no files means no volume to offer: 503.
+    version = request.app[MANIFEST]().version
+    nodes = await request.app[NODES].get()
     map_paths = request.app[CONFIG].dev_root != Path("/")
     return render.docker_args(version, kinds, nodes, selected, map_paths=map_paths)
 
@@ -177,6 +216,7 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
     """The REST application; the daemon serves it on `config.listen`."""
     app = web.Application(middlewares=[error_middleware])
     app[GPUS] = gpus
+    app[NODES] = RecentNodes(gpus.control_nodes, CONTROL_NODES_MAX_AGE_S)
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
     for prefix in (f"/{API_VERSION}", ""):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -228,3 +229,55 @@ def test_routes_are_registered_under_both_prefixes() -> None:
     paths = {r.canonical for r in app.router.resources()}
     assert paths == {p + path for p in PREFIXES for path, _ in rest_api.ROUTES}
     assert isinstance(app, web.Application)
+
+
+async def test_docker_cli_without_driver_files_is_503(aiohttp_client: MakeClient,
+                                                       gpus: RecordGpus) -> None:
+    client = await aiohttp_client(rest_api.make_app(gpus, no_driver, Config()))
+    response = await client.get("/docker/cli")
+    assert response.status == 503
+    assert (await response.text()).startswith("no NVIDIA driver under /")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_recent_nodes_reads_once_per_max_age() -> None:
+    clock, reads = Clock(), []
+    gate = asyncio.Event()
+
+    async def read() -> tuple[Node, ...]:
+        reads.append(clock.now)
+        await gate.wait()
+        return (Node(f"/dev/n{len(reads)}", "/dev/n"),)
+
+    nodes = rest_api.RecentNodes(read, 1.0, clock)
+    waiting = [asyncio.ensure_future(nodes.get()) for _ in range(20)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*waiting)
+    assert reads == [100.0] and {r[0].host_path for r in results} == {"/dev/n1"}
+    clock.now += 0.9
+    assert (await nodes.get())[0].host_path == "/dev/n1"
+    clock.now += 0.2
+    assert (await nodes.get())[0].host_path == "/dev/n2" and len(reads) == 2
+
+
+async def test_recent_nodes_failure_reaches_waiters_and_is_retried() -> None:
+    calls = []
+
+    async def read() -> tuple[Node, ...]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("stat failed")
+        return ()
+
+    nodes = rest_api.RecentNodes(read, 1.0, Clock())
+    with pytest.raises(OSError, match="stat failed"):
+        await nodes.get()
+    assert await nodes.get() == () and len(calls) == 2
