@@ -78,7 +78,7 @@ def test_unlabelled_image_is_untouched_unless_nv_gpu(plugin: PluginDaemon, plain
 @pytest.mark.parametrize("by", ["index", "uuid-prefix"])
 def test_nv_gpu_selects_devices(plugin: PluginDaemon, gpu_image: str, by: str) -> None:
     uuids = plugin.host.uuids  # type: ignore[attr-defined]
-    nv_gpu = "0,1" if by == "index" else f"{uuids[1][:12]} {uuids[0][:10]}"
+    nv_gpu = "0,1" if by == "index" else f"{uuids[1][:12]} {uuids[0][:12]}"
     done = nvidia_docker("run", "--rm", "--net=none", gpu_image, "ls", "/dev",
                          nv_host=plugin.url, NV_GPU=nv_gpu)
     assert done.returncode == 0, done.stderr
