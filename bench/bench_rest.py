@@ -1,0 +1,241 @@
+"""REST API latency, throughput and memory against aiohttp's own floor, measured in one run.
+
+    python3 bench/bench_rest.py [--requests 10000] [--connections 50] [--rate 2000]
+
+Builds a fake driver host (gcc ELF files, ld.so.cache, device nodes; needs root for mknod) with
+the fake NVML as its libnvidia-ml.so.1, then starts two server processes, each one asyncio loop
+like the daemon: the REST app on that host, and a minimal aiohttp app answering "hello" (the
+framework's floor). Load comes from this process (aiohttp client, one keep-alive connection per
+worker), in two shapes:
+
+* closed loop: every connection sends its next request as soon as the last one is answered, so
+  latency includes queueing behind the other connections; this gives throughput;
+* open loop: requests are sent on a fixed schedule (`--rate` per second over all connections)
+  and latency is measured from the scheduled time, so queueing is counted but not provoked.
+
+Prints figures and ratios; asserts nothing (targets are in the brief: docker/cli p50 < 1 ms and
+p99 < 5 ms, status p50 < 2 ms, within 2x of hello, RSS < 60 MB and flat).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+ROUTES = {"docker/cli": "/v1.0/docker/cli?dev=0", "gpu/status/json": "/v1.0/gpu/status/json",
+          "gpu/info": "/v1.0/gpu/info"}
+
+
+# ---------------------------------------------------------------- servers (child processes)
+
+
+def serve_hello(port: int) -> None:
+    async def hello(_: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def serve_rest(port: int, root: Path) -> None:
+    from nvplugin import discovery, rest_api
+    from nvplugin.config import Config
+    from nvplugin.gpus import GpuService
+
+    async def make() -> web.Application:
+        gpus = await GpuService.start(driver_root=root, dev_root=root,
+                                      nvml_library=discovery.find_nvml_library(root))
+        manifest = await asyncio.to_thread(discovery.discover, root,
+                                           await gpus.driver_version())
+        return rest_api.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
+
+    web.run_app(make(), host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+# ---------------------------------------------------------------- load (this process)
+
+
+@dataclass
+class Result:
+    latencies: list[float]
+    seconds: float
+    errors: int
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds
+
+
+async def closed_loop(url: str, total: int, connections: int) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    per_worker = total // connections
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for _ in range(per_worker):
+            start = time.perf_counter()
+            async with session.get(url) as response:
+                await response.read()
+                errors += response.status != 200
+            latencies.append(time.perf_counter() - start)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(connections)))
+        return Result(latencies, time.perf_counter() - began, errors)
+
+
+async def open_loop(url: str, total: int, connections: int, rate: float) -> Result:
+    latencies: list[float] = []
+    errors = 0
+    per_worker = total // connections
+    interval = connections / rate  # each worker's share of the schedule
+
+    async def worker(session: aiohttp.ClientSession, offset: float, began: float) -> None:
+        nonlocal errors
+        for i in range(per_worker):
+            due = began + offset + i * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with session.get(url) as response:
+                await response.read()
+                errors += response.status != 200
+            latencies.append(time.perf_counter() - due)
+
+    connector = aiohttp.TCPConnector(limit=connections)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        began = time.perf_counter() + 0.05
+        await asyncio.gather(*(worker(session, k * interval / connections, began)
+                               for k in range(connections)))
+        return Result(latencies, time.perf_counter() - began, errors)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def build_host(base: Path) -> Path:
+    from tests.fakehost.build import build_fake_host, make_dev_nodes
+    from tests.fakenvml.build import make_config, write_config
+
+    host = build_fake_host(base / "host")
+    make_dev_nodes(host.root, [0, 1])
+    os.environ["FAKE_NVML_CONFIG"] = str(write_config(base / "fakenvml.json", make_config(2)))
+    return host.root
+
+
+def start(args: list[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, __file__, *args], cwd=REPO)
+
+
+async def wait_ready(url: str) -> None:
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def line(name: str, result: Result, floor: Result | None) -> str:
+    ratio = "" if floor is None else (
+        f"  p50 x{result.pct(0.5) / floor.pct(0.5):.2f}  rps x{result.rps / floor.rps:.2f}")
+    return (f"  {name:<18} p50 {result.pct(0.5):6.2f} ms  p99 {result.pct(0.99):6.2f} ms  "
+            f"mean {statistics.fmean(result.latencies) * 1000:6.2f} ms  {result.rps:8.0f} req/s"
+            f"  errors {result.errors}{ratio}")
+
+
+async def bench(opts: argparse.Namespace) -> None:
+    base = Path(tempfile.mkdtemp(prefix="nvplugin-bench-"))
+    root = build_host(base)
+    rest_port, hello_port = 39476, 39477
+    servers = {"rest": start(["--serve-rest", str(rest_port), "--root", str(root)]),
+               "hello": start(["--serve-hello", str(hello_port)])}
+    try:
+        rest = f"http://127.0.0.1:{rest_port}"
+        hello = f"http://127.0.0.1:{hello_port}/hello"
+        await wait_ready(rest + "/v1.0/gpu/info")
+        await wait_ready(hello)
+        n, conns = opts.requests, opts.connections
+        for url in (hello, *(rest + r for r in ROUTES.values())):  # warm-up
+            await closed_loop(url, 1000, conns)
+        rss_start = rss_mib(servers["rest"].pid)
+        print(f"{n} requests per target, {conns} connections, fake host with 2 GPUs\n")
+        for shape in ("closed", "open"):
+            title = ("closed loop (saturating)" if shape == "closed"
+                     else f"open loop at {opts.rate:.0f} req/s")
+            print(title)
+
+            async def run(url: str, shape: str = shape) -> Result:
+                if shape == "closed":
+                    return await closed_loop(url, n, conns)
+                return await open_loop(url, n, conns, opts.rate)
+
+            floor = await run(hello)
+            print(line("hello (floor)", floor, None))
+            for name, route in ROUTES.items():
+                print(line(name, await run(rest + route), floor))
+            print()
+        rss_after = rss_mib(servers["rest"].pid)
+        await closed_loop(rest + ROUTES["docker/cli"], 10_000, conns)
+        rss_more = rss_mib(servers["rest"].pid)
+        served = 2 * n * len(ROUTES)
+        print(f"REST server RSS: {rss_start:.1f} MiB after warm-up, {rss_after:.1f} MiB after "
+              f"{served} more requests, {rss_more:.1f} MiB after 10000 more "
+              f"(growth {rss_more - rss_after:+.1f} MiB); hello server "
+              f"{rss_mib(servers['hello'].pid):.1f} MiB")
+    finally:
+        for proc in servers.values():
+            proc.terminate()
+            proc.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--serve-hello", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-rest", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.serve_hello:
+        serve_hello(opts.serve_hello)
+    elif opts.serve_rest:
+        serve_rest(opts.serve_rest, opts.root)
+    else:
+        asyncio.run(bench(opts))
+
+
+if __name__ == "__main__":
+    main()
