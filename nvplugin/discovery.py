@@ -290,10 +290,13 @@ def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
     entries: list[Entry] = []
     for comp in catalog.BINARIES:
         chosen: str | None = None
+        seen: set[str] = set()
+        skipped: list[ElfError] = []
         for directory in catalog.BINARY_DIRS:
             inner = _resolve_or_none(root, f"{directory}/{comp.pattern}")
-            if inner is None or inner == chosen or not root.is_file(inner):
+            if inner is None or inner in seen or not root.is_file(inner):
                 continue
+            seen.add(inner)  # /bin -> usr/bin on merged-/usr hosts: one file, one verdict
             host = root.host(inner)
             if chosen is not None:
                 rejected.append(Rejected(host, f"shadowed by {root.host(chosen)}"))
@@ -301,8 +304,9 @@ def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
             try:
                 facts = elfinfo.inspect_cached(host)
             except ElfError as err:
-                # 1.0 failed the whole volume here (a shell-wrapper nvidia-smi, for one).
-                log.warning("Skipping %s", err)
+                # 1.0 failed the whole volume here; the H200 host has shell wrappers in
+                # /usr/bin and the real binaries in /usr/local/nvidia/bin.
+                skipped.append(err)
                 rejected.append(Rejected(host, str(err).removeprefix(f"{host}: ")))
                 continue
             chosen = inner
@@ -310,6 +314,8 @@ def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
                                  capability=comp.capability,
                                  reason=f"{comp.reason} (found in {directory})",
                                  arch=facts.arch))
+        for err in skipped:  # only worth a warning when no usable copy was found
+            log.log(logging.DEBUG if chosen else logging.WARNING, "Skipping %s", err)
     return entries
 
 

@@ -73,16 +73,21 @@ def parse(data: bytes, filename: str = "ld.so.cache") -> list[CacheEntry]:
                                f"{len(data)} (truncated)")
     entries: list[CacheEntry] = []
     rows = _NEW_ENTRY.iter_unpack(data[table: table + nlibs * _NEW_ENTRY.size])
+    find, size, enc = data.find, len(data), _FS_ENCODING
     for index, (eflags, key, value, _osv, hwcap) in enumerate(rows):
         if not eflags & FLAG_ELF:
             continue
-        arch_byte = eflags & FLAG_ARCH_MASK
-        arch, bits = ARCHES.get(arch_byte, (f"flags=0x{eflags & 0xFFFF:04x}", 0))
-        entries.append(CacheEntry(
-            key=_string(data, start, key, filename, index, "name"),
-            path=_string(data, start, value, filename, index, "path"),
-            arch=arch, bits=bits, flags=eflags, hwcap=hwcap,
-        ))
+        # Inlined string reads (this loop runs for every library on the host); any doubt is
+        # handed to _string, which says exactly what is wrong.
+        k, v = start + key, start + value
+        k_end, v_end = find(b"\0", k), find(b"\0", v)
+        if not (k < k_end and v < v_end and k < size and v < size):
+            _string(data, start, key, filename, index, "name")
+            _string(data, start, value, filename, index, "path")
+        arch, bits = ARCHES.get(eflags & FLAG_ARCH_MASK, (f"flags=0x{eflags & 0xFFFF:04x}", 0))
+        entries.append(CacheEntry(data[k:k_end].decode(enc, "surrogateescape"),
+                                  data[v:v_end].decode(enc, "surrogateescape"),
+                                  arch, bits, eflags, hwcap))
     return entries
 
 

@@ -213,3 +213,26 @@ def test_config_files_under_etc_count_once(fake_host):
         fake_host.path("/usr/share/vulkan/icd.d/nvidia_icd.json"))
     assert dests["share/vulkan/icd.d/nvidia_icd.x86_64.json"] == str(etc / "nvidia_icd.x86_64.json")
     assert "comes from" in _rejected(manifest, fake_host)[str(etc / "nvidia_icd.json")]
+
+
+def test_h200_wrapper_scripts_give_way_to_the_real_binaries(fake_host_factory, caplog):
+    # The H200 host: /usr/bin/nvidia-smi is a shell wrapper, /bin -> usr/bin, and the ELF
+    # binaries live in the read-only /usr/local/nvidia/bin.
+    host = fake_host_factory(layout="usr-local-nvidia")
+    with caplog.at_level(logging.DEBUG, logger="nvplugin.discovery"):
+        manifest = discovery.discover(host.root)
+    bins = {e.dest: e.source for e in manifest.entries if e.kind == "bin"}
+    assert bins["bin/nvidia-smi"] == str(host.path("/usr/local/nvidia/bin/nvidia-smi"))
+    wrapper = str(host.path("/usr/bin/nvidia-smi"))
+    assert [r.reason for r in manifest.rejected if r.path == wrapper] == [
+        "not an ELF file (starts with b'#!/b')"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "nvidia-smi" in
+                r.getMessage()]
+
+
+def test_missing_binary_is_warned_about(fake_host, caplog):
+    smi = fake_host.path("/usr/bin/nvidia-smi")
+    smi.write_text("#!/bin/sh\n")
+    with caplog.at_level(logging.WARNING, logger="nvplugin.discovery"):
+        discovery.discover(fake_host.root)
+    assert any(str(smi) in r.getMessage() for r in caplog.records)

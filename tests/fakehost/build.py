@@ -162,7 +162,8 @@ def build_fake_host(
     if layout == "usr-local-nvidia":
         # The H200 squashfs: `lib -> lib64`; the cache is built through the symlinked name.
         os.symlink("lib64", root / "usr/local/nvidia/lib")
-        conf_dirs = ["/usr/local/nvidia/lib"]
+        conf_dirs = ["/usr/local/nvidia/lib", "/lib"]
+        (root / "lib").mkdir(exist_ok=True)
     if mesa_lookalikes:
         mesa_dir = "/usr/lib/x86_64-linux-gnu/mesa"
         built = _compile_libs(objects, c.MESA_LOOKALIKES, "mesa-23.2", 64, None)
@@ -194,6 +195,8 @@ def build_fake_host(
         host.expected_rejected.add(path)
 
     _install_binaries(host, objects)
+    if layout == "usr-local-nvidia":
+        _h200_extras(host, absolute_to=lib64)
     for rel, content in c.CONFIG_FILES:
         _write(root, f"{prefix}/{rel}", content.encode())
         host.expected_dests.add(rel)
@@ -218,6 +221,19 @@ def _install_binaries(host: FakeHost, objects: ObjectCache) -> None:
         shutil.copyfile(obj, directory / name)
         os.chmod(directory / name, 0o755)
         host.expected_dests.add(f"bin/{name}")
+
+
+def _h200_extras(host: FakeHost, absolute_to: str) -> None:
+    """What the real H200 host has besides the squashfs: shell wrappers in /usr/bin (the real
+    binaries are in /usr/local/nvidia/bin), /bin -> usr/bin, and /lib links into the driver."""
+    for name in c.BINARIES:
+        path = f"/usr/bin/{name}"
+        _write(host.root, path, f'#!/bin/sh\nexec /usr/local/nvidia/bin/{name} "$@"\n'.encode())
+        os.chmod(host.path(path), 0o755)
+        host.expected_rejected.add(path)
+    os.symlink("usr/bin", host.root / "bin")
+    for name in ("libcuda.so.1", "libnvidia-ml.so.1", "libnvidia-nvvm.so.4"):
+        os.symlink(f"{absolute_to}/{name}", host.path(f"/lib/{name}"))
 
 
 def _write(root: Path, inner: str, data: bytes) -> None:
