@@ -128,9 +128,7 @@ async def gpu_status_json(request: web.Request) -> web.Response:
 
 async def _docker_args(request: web.Request) -> render.DockerArgs:
     kinds = render.volume_kinds(request.query.get("vol"))
-    gpus = _gpus(request)
-    dev = request.query.get("dev")
-    selected = gpus.select(None if dev is None or dev.strip(" ") in ("", "*") else dev)
+    selected = _gpus(request).select(request.query.get("dev"))  # absent, "", "*": every GPU
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
