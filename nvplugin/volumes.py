@@ -27,6 +27,7 @@ from typing import Any
 from nvplugin.atomicfile import fsync_dir
 from nvplugin.clone import CloneError, Cloner
 from nvplugin.errors import (
+    ConfigError,
     NvpluginError,
     VolumeBuildError,
     VolumeError,
@@ -91,7 +92,13 @@ class VolumeStore:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Create the directories, remove what a crash left behind, load the mount table."""
-        await asyncio.to_thread(self._prepare)
+        try:
+            await asyncio.to_thread(self._prepare)
+        except OSError as err:
+            where = "" if Path(err.filename or self.volumes_dir) == self.volumes_dir else (
+                f"{err.filename}: ")
+            raise ConfigError(f"cannot use the volumes directory {self.volumes_dir}: "
+                              f"{where}{err.strerror}; choose another with -d") from err
 
     def _prepare(self) -> None:
         for d in (self.volumes_dir, self.kind_dir):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from nvplugin.errors import (
+    ConfigError,
     DriverNotFound,
     VolumeBuildError,
     VolumeInUse,
@@ -261,3 +262,11 @@ async def test_an_unwritable_volumes_dir_is_a_build_error(store: VolumeStore, tm
         await store.create(NAME)
     assert str(info.value).startswith(f"cannot build {NAME}: {store.kind_dir}")
     assert "File exists" in str(info.value) or "Not a directory" in str(info.value)
+
+
+async def test_an_unusable_volumes_dir_stops_the_start_with_a_reason(tmp_path: Path,
+                                                                     driver: Driver):
+    (tmp_path / "file").write_text("not a directory")
+    store = VolumeStore(tmp_path / "file" / "volumes", driver)
+    with pytest.raises(ConfigError, match=r"volumes: Not a directory; choose another with -d$"):
+        await store.start()
