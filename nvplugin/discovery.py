@@ -186,8 +186,8 @@ def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Ca
         log.warning("%s; scanning the usual library directories instead", err)
         rejected.append(Rejected(root.host(LD_CACHE), str(err)))
         cached = []
-    scanned = [(f"{d}/{name}", f"found in {d}") for d in catalog.LIBRARY_DIRS
-               for name in root.listdir(d)]
+    scanned = [(f"{d}/{name}", f"found in {d}") for d in _distinct_dirs(root, catalog.LIBRARY_DIRS)
+               for name in root.listdir(d) if name.startswith("lib") and ".so" in name]
     visited: set[str] = set()
     for path, found in cached + scanned:
         component = catalog.library(path.rsplit("/", 1)[-1])
@@ -209,6 +209,18 @@ def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Ca
         candidate = _inspect(root, inner, found, real, rejected)
         if candidate is not None:
             yield candidate
+
+
+def _distinct_dirs(root: HostRoot, dirs: tuple[str, ...]) -> list[str]:
+    """The directories that exist, each once: /lib is /usr/lib on merged-/usr hosts."""
+    seen: set[str] = set()
+    found = []
+    for directory in dirs:
+        real = _resolve_or_none(root, directory)
+        if real is not None and real not in seen and root.is_dir(real):
+            seen.add(real)
+            found.append(directory)
+    return found
 
 
 def _inspect(root: HostRoot, inner: str, found: str, component: Component,
