@@ -27,7 +27,9 @@ COPY --from=build /opt/nvplugin /opt/nvplugin
 ENV PATH=/opt/nvplugin/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     NVP_DRIVER_ROOT=/host \
     NVP_DEV_ROOT=/host \
+    NVP_LISTEN=127.0.0.1:3476 \
     PYTHONDONTWRITEBYTECODE=1
+# 127.0.0.1 rather than localhost: containers often have no ::1, and binding it would fail.
 LABEL org.opencontainers.image.title="nvidia-docker-plugin" \
       org.opencontainers.image.description="NVIDIA Docker volume plugin and GPU REST API" \
       org.opencontainers.image.licenses="BSD-3-Clause"

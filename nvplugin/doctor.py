@@ -99,8 +99,9 @@ def node_check(name: str, path: Path, mode: int | None, accessible: bool) -> Che
         return Check(name, FAIL, f"{path} is not a character device",
                      f"remove {path} and reload the driver (nvidia-modprobe -u -c=0)")
     if not accessible:
-        return Check(name, FAIL, f"{path} is not readable and writable by this user",
-                     "run as root, or set NVreg_DeviceFileMode=0666 for the nvidia module")
+        return Check(name, FAIL, f"{path} cannot be opened read-write here (file mode, or a "
+                     "device cgroup)", "run as root; in a container add --device for each "
+                     "/dev/nvidia* node; under systemd keep DeviceAllow=char-nvidia*")
     if mode & 0o006 != 0o006:
         return Check(name, WARN, f"{path} has mode {stat.S_IMODE(mode):04o}: containers running "
                      "as other users cannot open it",

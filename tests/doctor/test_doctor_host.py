@@ -141,7 +141,7 @@ def test_node_unreadable_under_the_units_capabilities_fails(daemon):
     rc, checks = doctor_for(daemon, prefix=(setpriv, "--bounding-set=-all,+fowner,+chown", "--"))
     nodes = checks["device-nodes"]
     assert rc == 1 and nodes["status"] == "FAIL"
-    assert f"{node} is not readable and writable by this user" in nodes["detail"]
+    assert f"{node} cannot be opened read-write here" in nodes["detail"]
 
 
 def test_docker_unreachable(daemon, tmp_path):
