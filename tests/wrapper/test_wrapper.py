@@ -268,3 +268,33 @@ def test_global_host_option_picks_the_engine(run: Any, gpu_image: str) -> None:
     assert "unix:///nonexistent.sock" in via_env.error
     via_nv_docker = run("run", gpu_image, NV_DOCKER="docker -H unix:///nonexistent.sock")
     assert "unix:///nonexistent.sock" in via_nv_docker.error
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+def test_nv_debug_adds_the_traceback(run: Any, gpu_image: str) -> None:
+    quiet = run("run", gpu_image, NV_GPU="9")
+    assert "Traceback" not in quiet.err
+    loud = run("run", gpu_image, NV_GPU="9", NV_DEBUG="1")
+    assert "Traceback (most recent call last)" in loud.err
+    assert "PluginDaemonError: invalid device: 9" in loud.err
+    assert loud.error == "invalid device: 9"
+
+
+def test_unexpected_errors_are_one_line(
+    run: Any, gpu_image: str, fake_plugin: FakePlugin
+) -> None:
+    fake_plugin.fail = (200, "not json at all\n")
+    result = run("run", gpu_image)
+    assert (result.code, result.error) == (
+        1, f"nvidia-docker-plugin sent invalid JSON for {fake_plugin.url}/v1.0/gpu/info/json"
+    )
+
+
+def test_plain_bad_status_names_the_url(run: Any, gpu_image: str, fake_plugin: FakePlugin):
+    fake_plugin.fail = (500, "boom\n")
+    result = run("run", gpu_image)
+    assert result.error == (
+        f"nvidia-docker-plugin answered {fake_plugin.url}/v1.0/gpu/info/json with HTTP 500 "
+        "Internal Server Error: boom"
+    )
