@@ -8,6 +8,7 @@ environment. Containers run with `--net=none`: the engine runs without a bridge.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -38,6 +39,7 @@ GPU_IMAGE_ENV = {
     "LD_LIBRARY_PATH": "/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
 }
 PLUGIN_SOCKET_DIR = Path("/run/docker/plugins")
+E2E_LOCK = Path("/run/lock/nvplugin-docker-e2e.lock")
 DOCKERD_FLAGS = (
     "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
     "--ip-masq=false",
@@ -265,6 +267,11 @@ def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
     """Start plugin daemons on fake hosts; all are stopped and their volumes removed after."""
     need_root()
     started: list[PluginDaemon] = []
+    # The plugin socket and volume names are host-global: test runs from several checkouts on
+    # one engine take turns, test by test.
+    E2E_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(E2E_LOCK, "a")  # noqa: SIM115 - held until the fixture ends
+    fcntl.flock(lock, fcntl.LOCK_EX)
 
     class _Tracked(PluginDaemon):
         def start(self, timeout: float = 30.0) -> None:
@@ -280,6 +287,7 @@ def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
     if in_ci():
         for daemon in started:
             print(f"--- plugin daemon log ({daemon.log_path}) ---\n{daemon.log()[-4000:]}")
+    lock.close()
 
 
 @dataclass

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,17 +19,6 @@ from tests.requirements import need_tool
 pytestmark = pytest.mark.docker
 MOUNT = "/usr/local/nvidia"
 StartPlugin = Callable[..., PluginDaemon]
-# /run/docker/plugins/nvidia-docker.sock and the volume names are host-global: e2e runs from
-# several checkouts on one engine must take turns (see tests/dockerenv.py).
-E2E_LOCK = Path("/run/lock/nvplugin-docker-e2e.lock")
-
-
-@pytest.fixture(autouse=True)
-def _one_e2e_run_at_a_time() -> Iterator[None]:
-    E2E_LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(E2E_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def docker_run(image: str, volume: str, *command: str, detach: bool = False,
