@@ -40,7 +40,7 @@ _FILE_VERSION = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _CORE = ("libcuda", "libnvidia-ml")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     inner: str  # real file, in-root path (symlinks resolved)
     found: str  # how it was found, for the reasons
@@ -197,6 +197,7 @@ def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Ca
         try:
             inner = root.resolve(path)
         except RootEscapeError as err:
+            log.warning("Skipping %s", err)
             rejected.append(Rejected(root.host(path), str(err)))
             continue
         except OSError as err:
