@@ -5,13 +5,14 @@
 Builds a fake driver host (gcc ELF files, ld.so.cache, device nodes; needs root for mknod) with
 the fake NVML as its libnvidia-ml.so.1, then starts two server processes, each one asyncio loop
 like the daemon: the REST app on that host, and a minimal aiohttp app answering "hello" (the
-framework's floor). Load comes from this process (aiohttp client, one keep-alive connection per
-worker), in two shapes:
+framework's floor). Load comes from other processes, in two shapes:
 
 * closed loop: every connection sends its next request as soon as the last one is answered, so
-  latency includes queueing behind the other connections; this gives throughput;
-* open loop: requests are sent on a fixed schedule (`--rate` per second over all connections)
-  and latency is measured from the scheduled time, so queueing is counted but not provoked.
+  latency includes queueing behind the other connections; this gives throughput. `wrk` drives
+  it when installed (its C client costs the servers' CPUs little), else an aiohttp client;
+* open loop: requests are sent on a fixed schedule (`--rate` per second over all connections,
+  aiohttp client in this process) and latency is measured from the scheduled time, so queueing
+  is counted but not provoked: this is the latency a caller sees on an unsaturated daemon.
 
 Prints figures and ratios; asserts nothing (targets are in the brief: docker/cli p50 < 1 ms and
 p99 < 5 ms, status p50 < 2 ms, within 2x of hello, RSS < 60 MB and flat).
@@ -22,7 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,14 +77,19 @@ class Result:
     latencies: list[float]
     seconds: float
     errors: int
+    requests: int = 0  # when latencies is a summary rather than every request
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     @property
+    def count(self) -> int:
+        return self.requests or len(self.latencies)
+
+    @property
     def rps(self) -> float:
-        return len(self.latencies) / self.seconds
+        return self.count / self.seconds
 
 
 async def closed_loop(url: str, total: int, connections: int) -> Result:
@@ -132,6 +139,27 @@ async def open_loop(url: str, total: int, connections: int, rate: float) -> Resu
         return Result(latencies, time.perf_counter() - began, errors)
 
 
+UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
+
+
+def wrk(url: str, seconds: float, connections: int) -> Result:
+    """Closed loop with wrk; its latency percentiles stand in for the full sample."""
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    pcts = {float(q) / 100: float(v) * UNITS[u]
+            for q, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s)", out)
+    if total is None:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    count, took = int(total.group(1)), float(total.group(2)) * UNITS[total.group(3)]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    # Expand the four percentiles into a sample with the same quantiles (for pct()).
+    sample = [pcts[q] for q in sorted(pcts) for _ in range(25)]
+    return Result(sample, took, int(non_2xx.group(1)) if non_2xx else 0, requests=count)
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -171,7 +199,7 @@ def line(name: str, result: Result, floor: Result | None) -> str:
     ratio = "" if floor is None else (
         f"  p50 x{result.pct(0.5) / floor.pct(0.5):.2f}  rps x{result.rps / floor.rps:.2f}")
     return (f"  {name:<18} p50 {result.pct(0.5):6.2f} ms  p99 {result.pct(0.99):6.2f} ms  "
-            f"mean {statistics.fmean(result.latencies) * 1000:6.2f} ms  {result.rps:8.0f} req/s"
+            f"{result.count:7d} req  {result.rps:8.0f} req/s"
             f"  errors {result.errors}{ratio}")
 
 
@@ -187,19 +215,24 @@ async def bench(opts: argparse.Namespace) -> None:
         await wait_ready(rest + "/v1.0/gpu/info")
         await wait_ready(hello)
         n, conns = opts.requests, opts.connections
+        use_wrk = shutil.which("wrk") is not None and not opts.no_wrk
         for url in (hello, *(rest + r for r in ROUTES.values())):  # warm-up
-            await closed_loop(url, 1000, conns)
+            await closed_loop(url, 500, conns)
         rss_start = rss_mib(servers["rest"].pid)
-        print(f"{n} requests per target, {conns} connections, fake host with 2 GPUs\n")
+        print(f"{conns} connections, fake host with 2 GPUs; closed loop by "
+              f"{'wrk, ' + str(opts.seconds) + ' s per target' if use_wrk else 'aiohttp'}, "
+              f"open loop {n} requests per target\n")
         for shape in ("closed", "open"):
             title = ("closed loop (saturating)" if shape == "closed"
                      else f"open loop at {opts.rate:.0f} req/s")
             print(title)
 
             async def run(url: str, shape: str = shape) -> Result:
-                if shape == "closed":
-                    return await closed_loop(url, n, conns)
-                return await open_loop(url, n, conns, opts.rate)
+                if shape == "open":
+                    return await open_loop(url, n, conns, opts.rate)
+                if use_wrk:
+                    return await asyncio.to_thread(wrk, url, opts.seconds, conns)
+                return await closed_loop(url, n, conns)
 
             floor = await run(hello)
             print(line("hello (floor)", floor, None))
@@ -209,9 +242,8 @@ async def bench(opts: argparse.Namespace) -> None:
         rss_after = rss_mib(servers["rest"].pid)
         await closed_loop(rest + ROUTES["docker/cli"], 10_000, conns)
         rss_more = rss_mib(servers["rest"].pid)
-        served = 2 * n * len(ROUTES)
         print(f"REST server RSS: {rss_start:.1f} MiB after warm-up, {rss_after:.1f} MiB after "
-              f"{served} more requests, {rss_more:.1f} MiB after 10000 more "
+              f"the runs above, {rss_more:.1f} MiB after 10000 more docker/cli requests "
               f"(growth {rss_more - rss_after:+.1f} MiB); hello server "
               f"{rss_mib(servers['hello'].pid):.1f} MiB")
     finally:
@@ -224,7 +256,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--rate", type=float, default=2000.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    parser.add_argument("--no-wrk", action="store_true", help="closed loop with aiohttp only")
     parser.add_argument("--serve-hello", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--serve-rest", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)

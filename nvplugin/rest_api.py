@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -28,7 +28,7 @@ API_VERSION = "v1.0"
 TEXT = "text/plain"
 JSON = "application/json"
 MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
-CONTROL_NODES_MAX_AGE_S = 1.0
+RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may be
 
 
 class GpuSource(Protocol):
@@ -50,22 +50,26 @@ ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 NodeList = Sequence[render.DeviceNodeLike]
+T = TypeVar("T")
 
 
-class RecentNodes:
-    """The control nodes as they were at most `max_age` seconds ago, read by one request at a
-    time. They change only when a driver (un)loads, and reading them takes a thread hop that
-    would otherwise be most of a docker/cli request's cost."""
+class Recent(Generic[T]):
+    """A value read at most `max_age` seconds ago, by one request at a time.
 
-    def __init__(self, read: Callable[[], Awaitable[NodeList]], max_age: float,
+    For facts that change only when a driver (un)loads or the daemon re-discovers: the control
+    nodes and the static inventory. Reading them takes a thread hop (stat calls, NVML), which
+    would otherwise be most of a docker/cli or gpu/info request's cost.
+    """
+
+    def __init__(self, read: Callable[[], Awaitable[T]], max_age: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._read = read
         self._max_age = max_age
         self._clock = clock
-        self._value: tuple[float, NodeList] | None = None
-        self._flight: asyncio.Future[NodeList] | None = None
+        self._value: tuple[float, T] | None = None
+        self._flight: asyncio.Future[T] | None = None
 
-    async def get(self) -> NodeList:
+    async def get(self) -> T:
         if self._value is not None and self._clock() - self._value[0] < self._max_age:
             return self._value[1]
         if self._flight is None:
@@ -73,17 +77,19 @@ class RecentNodes:
         # Shielded: a cancelled request must not cancel the read others are waiting for.
         return await asyncio.shield(self._flight)
 
-    async def _refresh(self) -> NodeList:
+    async def _refresh(self) -> T:
         try:
-            nodes = await self._read()
-            self._value = (self._clock(), nodes)
-            return nodes
+            value = await self._read()
+            self._value = (self._clock(), value)
+            return value
         finally:
             self._flight = None
 
 
 GPUS = web.AppKey("gpus", GpuSource)
-NODES = web.AppKey("control_nodes", RecentNodes)
+NODES = web.AppKey("control_nodes", Recent[NodeList])
+INVENTORY = web.AppKey("inventory", Recent[GpuInventory])
+MAP_PATHS = web.AppKey("map_paths", bool)
 MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
 CONFIG = web.AppKey("config", Config)
 
@@ -104,22 +110,26 @@ def _gpus(request: web.Request) -> GpuSource:
     return gpus
 
 
+async def _inventory(request: web.Request) -> GpuInventory:
+    _gpus(request)
+    return await request.app[INVENTORY].get()
+
+
 # ---------------------------------------------------------------- handlers
 
 
 async def gpu_info(request: web.Request) -> web.Response:
-    return _text(render.gpu_info_text(await _gpus(request).inventory()))
+    return _text(render.gpu_info_text(await _inventory(request)))
 
 
 async def gpu_info_json(request: web.Request) -> web.Response:
-    return _json(render.gpu_info_json(await _gpus(request).inventory()))
+    return _json(render.gpu_info_json(await _inventory(request)))
 
 
 async def gpu_status(request: web.Request) -> web.Response:
-    gpus = _gpus(request)
-    # The page prints "used / total": totals come from the static inventory (cached by the service).
-    inventory, statuses = await asyncio.gather(gpus.inventory(), gpus.status())
-    return _text(render.gpu_status_text(inventory, statuses))
+    # The page prints "used / total": the totals come from the static inventory.
+    statuses = await _gpus(request).status()
+    return _text(render.gpu_status_text(await _inventory(request), statuses))
 
 
 async def gpu_status_json(request: web.Request) -> web.Response:
@@ -133,8 +143,7 @@ async def _docker_args(request: web.Request) -> render.DockerArgs:
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
     nodes = await request.app[NODES].get()
-    map_paths = request.app[CONFIG].dev_root != Path("/")
-    return render.docker_args(version, kinds, nodes, selected, map_paths=map_paths)
+    return render.docker_args(version, kinds, nodes, selected, map_paths=request.app[MAP_PATHS])
 
 
 async def docker_cli(request: web.Request) -> web.Response:
@@ -146,7 +155,7 @@ async def docker_cli_json(request: web.Request) -> web.Response:
 
 
 async def mesos_cli(request: web.Request) -> web.Response:
-    return _text(render.mesos_cli_text(await _gpus(request).inventory()))
+    return _text(render.mesos_cli_text(await _inventory(request)))
 
 
 async def driver_files(request: web.Request) -> web.Response:
@@ -214,7 +223,10 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
     """The REST application; the daemon serves it on `config.listen`."""
     app = web.Application(middlewares=[error_middleware])
     app[GPUS] = gpus
-    app[NODES] = RecentNodes(gpus.control_nodes, CONTROL_NODES_MAX_AGE_S)
+    app[NODES] = Recent(gpus.control_nodes, RECENT_MAX_AGE_S)
+    app[INVENTORY] = Recent(gpus.inventory, RECENT_MAX_AGE_S)
+    # Devices under another root are passed as host:container pairs.
+    app[MAP_PATHS] = config.dev_root != Path("/")
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
     for prefix in (f"/{API_VERSION}", ""):

@@ -256,7 +256,7 @@ async def test_recent_nodes_reads_once_per_max_age() -> None:
         await gate.wait()
         return (Node(f"/dev/n{len(reads)}", "/dev/n"),)
 
-    nodes = rest_api.RecentNodes(read, 1.0, clock)
+    nodes = rest_api.Recent(read, 1.0, clock)
     waiting = [asyncio.ensure_future(nodes.get()) for _ in range(20)]
     await asyncio.sleep(0)
     gate.set()
@@ -277,7 +277,7 @@ async def test_recent_nodes_failure_reaches_waiters_and_is_retried() -> None:
             raise OSError("stat failed")
         return ()
 
-    nodes = rest_api.RecentNodes(read, 1.0, Clock())
+    nodes = rest_api.Recent(read, 1.0, Clock())
     with pytest.raises(OSError, match="stat failed"):
         await nodes.get()
     assert await nodes.get() == () and len(calls) == 2
