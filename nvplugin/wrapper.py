@@ -9,6 +9,9 @@ volume through the Docker API (never `--volume-driver`, which captured the user'
 
 Start-up cost is paid before every container, so the pass-through path imports only `os`, `sys`
 and the pure argv parser: HTTP, JSON, regexes and the docker SDK are imported where first used.
+
+Limits: the wrapper itself talks to the engine as the calling user, so `NV_DOCKER='sudo docker'`
+only elevates the final exec; NVIDIA_* variables from `--env-file` are not seen by the CUDA check.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ TYPE_CHECKING = False  # as in docker_argv: no `typing` import at run time
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, TextIO
+
+    from nvplugin.docker_client import Engine, ImageFacts
 
     ExecFn = Callable[[str, Sequence[str], Mapping[str, str]], Any]
 
@@ -194,6 +199,22 @@ def docker_globals(command: Sequence[str]) -> list[str]:
     return []
 
 
+def image_facts(engine: Engine, inv: Invocation, err: TextIO) -> ImageFacts | None:
+    """Inspect the image, pulling it first as `docker run` would; None if pulling is refused."""
+    image = inv.image or ""
+    facts = engine.inspect_image(image)
+    if facts is None:
+        if "never" in inv.run_values("pull"):
+            return None
+        platform = (inv.run_values("platform") or [None])[-1]
+        quiet = any(o.name == "quiet" for o in inv.run_options)
+        engine.pull(image, err, platform=platform, quiet=quiet)
+        facts = engine.inspect_image(image)
+        if facts is None:
+            raise DockerError(f"image '{image}' is still missing after a successful pull")
+    return facts
+
+
 def rewrite(
     inv: Invocation, environ: Mapping[str, str], command: Sequence[str], err: TextIO
 ) -> list[str]:
@@ -203,17 +224,9 @@ def rewrite(
     engine_inv = split([*docker_globals(command), *inv.args])
     endpoint = docker_client.resolve_endpoint(engine_inv, environ)
     engine = docker_client.Engine(endpoint)
-    image = inv.image or ""
-    facts = engine.inspect_image(image)
+    facts = image_facts(engine, inv, err)
     if facts is None:
-        if "never" in inv.run_values("pull"):
-            return list(inv.args)  # docker reports the missing image itself
-        platform = (inv.run_values("platform") or [None])[-1]
-        quiet = any(o.name == "quiet" for o in inv.run_options)
-        engine.pull(image, err, platform=platform, quiet=quiet)
-        facts = engine.inspect_image(image)
-        if facts is None:
-            raise PluginDaemonError(f"image '{image}' is still missing after a successful pull")
+        return list(inv.args)  # `--pull=never` of a missing image: docker reports it
     kinds = facts.labels.get(NEEDED_LABEL, "").split()
     nv_gpu = environ.get("NV_GPU", "")
     if not kinds and not nv_gpu.strip():
