@@ -8,6 +8,7 @@ Slow the first time (debootstrap, ~1-2 min); the rootfs and wheels are cached af
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.dockerenv import PLUGIN_SOCKET_DIR, _unix_post
+from tests.dockerenv import E2E_LOCK, PLUGIN_SOCKET_DIR, _unix_post
 from tests.packaging import image
 from tests.requirements import need, need_root
 
@@ -44,33 +45,37 @@ def plugin_image(docker_engine, tmp_path_factory) -> str:
 @pytest.fixture
 def plugin_container(plugin_image, docker_engine, gpu_host_factory, tmp_path,
                      ) -> Iterator[docker.models.containers.Container]:
-    host = gpu_host_factory()
-    for node in (host.root / "dev").glob("nvidia*"):
-        node.chmod(0o666)
-    volumes_dir = tmp_path / "volumes"
-    volumes_dir.mkdir()
-    PLUGIN_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
-    container = docker_engine.client.containers.run(
-        plugin_image, detach=True, network_mode="none", name=f"nvplugin-image-{os.getpid()}",
-        volumes={
-            str(host.root): {"bind": "/host", "mode": "ro"},
-            str(PLUGIN_SOCKET_DIR): {"bind": str(PLUGIN_SOCKET_DIR), "mode": "rw"},
-            str(volumes_dir): {"bind": str(volumes_dir), "mode": "rw"},
-            str(host.nvml_config): {"bind": "/etc/fakenvml.json", "mode": "ro"},
-        },
-        # As on a real host: NVML opens the nodes, so the container's device cgroup allows them.
-        devices=[f"{node}:/dev/{node.name}:rwm" for node in (host.root / "dev").glob("nvidia*")],
-        environment={"NVP_VOLUMES_DIR": str(volumes_dir), "FAKE_NVML_CONFIG": "/etc/fakenvml.json"},
-    )
-    container.host = host  # type: ignore[attr-defined]
-    try:
-        yield container
-    finally:
-        for volume in docker_engine.client.volumes.list(filters={"driver": "nvidia-docker"}):
-            # The plugin may be stopped already; force drops Docker's record anyway.
-            with contextlib.suppress(docker.errors.APIError):
-                volume.remove(force=True)
-        container.remove(force=True)
+    # The plugin name and socket are host-wide: hold the lock every daemon-starting test takes.
+    with open(E2E_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        host = gpu_host_factory()
+        for node in (host.root / "dev").glob("nvidia*"):
+            node.chmod(0o666)
+        volumes_dir = tmp_path / "volumes"
+        volumes_dir.mkdir()
+        PLUGIN_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        container = docker_engine.client.containers.run(
+            plugin_image, detach=True, network_mode="none", name=f"nvplugin-image-{os.getpid()}",
+            volumes={
+                str(host.root): {"bind": "/host", "mode": "ro"},
+                str(PLUGIN_SOCKET_DIR): {"bind": str(PLUGIN_SOCKET_DIR), "mode": "rw"},
+                str(volumes_dir): {"bind": str(volumes_dir), "mode": "rw"},
+                str(host.nvml_config): {"bind": "/etc/fakenvml.json", "mode": "ro"},
+            },
+            # As on a real host: NVML opens the nodes, so the device cgroup must allow them.
+            devices=[f"{n}:/dev/{n.name}:rwm" for n in (host.root / "dev").glob("nvidia*")],
+            environment={"NVP_VOLUMES_DIR": str(volumes_dir),
+                         "FAKE_NVML_CONFIG": "/etc/fakenvml.json"},
+        )
+        container.host = host  # type: ignore[attr-defined]
+        try:
+            yield container
+        finally:
+            for volume in docker_engine.client.volumes.list(filters={"driver": "nvidia-docker"}):
+                # The plugin may be stopped already; force drops Docker's record anyway.
+                with contextlib.suppress(docker.errors.APIError):
+                    volume.remove(force=True)
+            container.remove(force=True)
 
 
 def wait_until_serving(container, timeout: float = 120.0) -> None:
