@@ -80,6 +80,8 @@ def start_stub() -> tuple[ThreadingHTTPServer, str]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are two writes: without this, Nagle + delayed ACK stall 40 ms.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             data = (json.dumps(answers[self.path.partition("?")[0]]) + "\n").encode()

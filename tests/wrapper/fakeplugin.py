@@ -91,6 +91,8 @@ class FakePlugin:
 def _handler(plugin: FakePlugin) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body are two writes: without this, Nagle + delayed ACK stall 40 ms.
+        disable_nagle_algorithm = True
 
         def do_GET(self) -> None:
             status, body = plugin.handle(self.path)
