@@ -45,7 +45,10 @@ class Config:
 
     @property
     def needs_spec_file(self) -> bool:
-        return self.socket_dir != Path(DEFAULT_SOCKET_DIR)
+        # Docker finds `<dir>/<name>.sock` and `<dir>/<name>/<name>.sock` in its plugin dir on
+        # its own; anywhere else it needs a spec file pointing at the socket.
+        default = Path(DEFAULT_SOCKET_DIR)
+        return self.socket_dir not in (default, default / self.plugin_name)
 
     @property
     def listen_host_port(self) -> tuple[str, int] | None:

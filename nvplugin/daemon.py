@@ -99,14 +99,19 @@ class Daemon:
                                     access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await rest_runner.setup()
         self._cleanups.append(rest_runner.cleanup)
-        site = web.TCPSite(rest_runner, address[0], address[1])
+        host, port = address
         try:
-            await site.start()
+            await web.TCPSite(rest_runner, _loopback_v4(host), port).start()
         except OSError as err:
             raise NvpluginError(
                 f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
                 "choose another address with -l, or -l '' to disable it"
             ) from err
+        if host == "localhost":
+            # Also ::1 where the host has IPv6; hosts and containers without it are common, so
+            # only the IPv4 loopback is required.
+            with contextlib.suppress(OSError):
+                await web.TCPSite(rest_runner, "::1", port).start()
         log.info("Serving remote API at %s", cfg.listen)
 
     async def _nvml_driver_version(self) -> str | None:
@@ -137,6 +142,10 @@ class Daemon:
             except Exception:  # shutdown must run every step, whatever one of them does
                 log.exception("Error during shutdown")
         self._cleanups.clear()
+
+
+def _loopback_v4(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host
 
 
 def _subcommand(argv: Sequence[str]) -> int | None:

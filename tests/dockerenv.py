@@ -281,9 +281,11 @@ def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
 
     yield _Tracked
     for daemon in started:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            remove_plugin_volumes(docker_engine)
-        daemon.stop()
+        try:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                remove_plugin_volumes(docker_engine)
+        finally:
+            daemon.stop()
     if in_ci():
         for daemon in started:
             print(f"--- plugin daemon log ({daemon.log_path}) ---\n{daemon.log()[-4000:]}")

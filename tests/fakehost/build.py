@@ -274,5 +274,6 @@ def make_dev_nodes(dev_root: Path, minors: list[int], *, uvm_tools: bool = True,
         path = dev / name
         path.unlink(missing_ok=True)
         os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+        os.chmod(path, 0o666)  # as the driver makes them, whatever the umask
         made.append(path)
     return made

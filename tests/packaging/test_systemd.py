@@ -75,15 +75,7 @@ def test_exposure_score_stays_low(tmp_path):
     assert float(match.group(1)) <= MAX_EXPOSURE, done.stdout
 
 
-USER_SPEC_FILE = pytest.mark.xfail(
-    strict=True,
-    reason="config.needs_spec_file is true for /run/docker/plugins/nvidia-docker, which Docker "
-    "finds without a spec file; the unprivileged user cannot write /etc/docker/plugins",
-)
-
-
-@pytest.mark.parametrize("drop_in", [None, pytest.param("user.conf.example", marks=USER_SPEC_FILE)],
-                         ids=["root", "user"])
+@pytest.mark.parametrize("drop_in", [None, "user.conf.example"], ids=["root", "user"])
 def test_exec_start_is_accepted_by_the_daemon_and_its_dirs_are_writable(drop_in):
     paths = [UNIT] + ([DROP_IN_DIR / drop_in] if drop_in else [])
     unit = parse(*paths)

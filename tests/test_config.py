@@ -1,0 +1,54 @@
+"""The daemon's settings: flags, their environment variables, defaults and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nvplugin import config
+from nvplugin.errors import ConfigError
+
+
+def test_defaults_are_1_0s():
+    cfg = config.load([], environ={})
+    assert cfg.listen_host_port == ("localhost", 3476)
+    assert cfg.socket_path == Path("/run/docker/plugins/nvidia-docker.sock")
+    assert cfg.volumes_dir == Path("/var/lib/nvidia-docker/volumes")
+    assert cfg.driver_root == Path("/") and cfg.dev_root == Path("/")
+    assert not cfg.needs_spec_file
+
+
+def test_environment_sets_what_flags_do_and_flags_win():
+    environ = {"NVP_LISTEN": ":9000", "NVP_SOCKET_DIR": "/var/lib/nvidia-docker",
+               "NVP_DRIVER_ROOT": "/host", "NVP_LOG_LEVEL": "DEBUG"}
+    cfg = config.load([], environ=environ)
+    assert cfg.listen_host_port == ("0.0.0.0", 9000)
+    assert cfg.dev_root == Path("/host")  # the driver root, unless told otherwise
+    assert cfg.log_level == "debug"
+    assert cfg.needs_spec_file and cfg.spec_path == Path("/etc/docker/plugins/nvidia-docker.spec")
+    assert config.load(["-l", "127.0.0.1:1"], environ=environ).listen == "127.0.0.1:1"
+
+
+@pytest.mark.parametrize("socket_dir", ["/run/docker/plugins", "/run/docker/plugins/nvidia-docker"])
+def test_docker_finds_these_sockets_without_a_spec_file(socket_dir):
+    assert not config.load(["-s", socket_dir], environ={}).needs_spec_file
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("", None), (":3476", ("0.0.0.0", 3476)), ("[::1]:80", ("::1", 80)),
+    ("localhost:0", ("localhost", 0)),
+], ids=["disabled", "all", "ipv6", "port0"])
+def test_listen_addresses(value, expected):
+    assert config.parse_listen(value) == expected
+
+
+@pytest.mark.parametrize("value", ["3476", "host:", "host:99999", "host:http"])
+def test_bad_listen_addresses_are_named(value):
+    with pytest.raises(ConfigError, match=f"invalid listen address {value!r}"):
+        config.parse_listen(value)
+
+
+def test_empty_paths_are_refused():
+    with pytest.raises(ConfigError, match="--volumes-dir must not be empty"):
+        config.load(["-d", ""], environ={})
