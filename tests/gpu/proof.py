@@ -27,7 +27,10 @@ from typing import Any
 
 from tests.gpu.report import (
     SMI_FIELDS,
+    SMI_LIVE,
+    SMI_STATIC,
     Report,
+    compare_fields,
     compare_info,
     format_summary,
     ldd_paths,
@@ -135,6 +138,23 @@ class Proof:
         self.report.facts["driver"] = self.version
         self.report.facts["cuda"] = str(info["Version"]["CUDA"])
         self.report.facts["gpus"] = ", ".join(d["Model"] for d in info["Devices"])
+
+    def check_smi_fields(self) -> None:
+        """gpu/info and gpu/status against the same fields of `nvidia-smi -q`."""
+        detail, problems = [], []
+        for label, fields, route in (("info", SMI_STATIC, "/v1.0/gpu/info/json"),
+                                     ("status", SMI_LIVE, "/v1.0/gpu/status/json")):
+            ours = json.loads(get(route)[1])["Devices"]
+            smi = sh("nvidia-smi", f"--query-gpu={','.join(fields)}",
+                     "--format=csv,noheader,nounits")
+            for index, csv_line in enumerate(smi.stdout.strip().splitlines()):
+                cells = (cell.strip() for cell in csv_line.split(","))
+                row = dict(zip(fields, cells, strict=False))
+                pairs, wrong = compare_fields(row, ours[index], fields)
+                detail += [f"GPU {index} {label} {pair}" for pair in pairs]
+                problems += [f"GPU {index} {label} {problem}" for problem in wrong]
+        self.report.add("gpu/info and gpu/status agree with nvidia-smi -q", not problems,
+                        "\n".join(detail + problems))
 
     def check_list(self) -> None:
         result = sh(str(self.venv / "bin/nvidia-docker-plugin"), "list", "--json")
@@ -317,7 +337,8 @@ class Proof:
         shutil.rmtree(self.work, ignore_errors=True)
 
     def run(self) -> int:
-        steps = (self.install, self.start_daemon, self.check_info, self.check_list,
+        steps = (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
+                 self.check_list,
                  self.create_volume, self.build_image, self.run_ways,
                  self.selection_and_refusal, self.restart_while_running, self.timings)
         try:

@@ -139,3 +139,60 @@ def missing_files(listing: Mapping[str, Any], version: str, wanted_libs: Sequenc
         if not any(f.get("kind") == "bin" and str(f.get("dest")) == f"bin/{binary}" for f in files):
             problems.append(f"{binary}: not selected")
     return problems
+
+
+# nvidia-smi fields and where the same value sits in our JSON; the tolerance allows for live
+# readings that move between the two reads (absolute, or a fraction of nvidia-smi's value).
+SMI_STATIC = {
+    "power.limit": (("Power",), 0.01),
+    "clocks.max.sm": (("Clocks", "Cores"), 0),
+    "clocks.max.memory": (("Clocks", "Memory"), 0),
+    "pcie.link.gen.max": (("PCI", "Generation"), 0),
+    "pcie.link.width.max": (("PCI", "Width"), 0),
+    "compute_cap": (("Arch",), 0),
+}
+SMI_LIVE = {
+    "temperature.gpu": (("Temperature",), 3),
+    "power.draw": (("Power",), 0.25),
+    "memory.used": (("Memory", "GlobalUsed"), 0.02),
+    "clocks.sm": (("Clocks", "Cores"), 0.25),
+    "clocks.mem": (("Clocks", "Memory"), 0.05),
+    "utilization.gpu": (("Utilization", "GPU"), 15),
+}
+
+
+def _dig(document: Mapping[str, Any], path: Sequence[str]) -> Any:
+    value: Any = document
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None  # "[N/A]", "[Not Supported]"
+
+
+FieldMap = Mapping[str, tuple[tuple[str, ...], float]]
+
+
+def compare_fields(smi_row: Mapping[str, str], ours: Mapping[str, Any],
+                   fields: FieldMap) -> tuple[list[str], list[str]]:
+    """(lines showing each pair, problems) for one GPU; N/A on both sides agrees."""
+    lines, problems = [], []
+    for name, (path, tolerance) in fields.items():
+        theirs_text, value = smi_row.get(name, ""), _dig(ours, path)
+        theirs = _number(theirs_text)
+        lines.append(f"{name}: nvidia-smi {theirs_text}, ours {value}")
+        if theirs is None or value is None:
+            if (theirs is None) != (value is None):
+                problems.append(f"{name}: nvidia-smi {theirs_text!r}, ours {value!r}")
+            continue
+        ours_number = float(value)
+        allowed = tolerance * abs(theirs) if 0 < tolerance < 1 else tolerance
+        # Integer conversions (mW to W, rounding of MHz) may differ by one unit.
+        if abs(ours_number - theirs) > max(allowed, 1.0):
+            problems.append(f"{name}: nvidia-smi {theirs_text}, ours {value}")
+    return lines, problems

@@ -92,3 +92,18 @@ def test_percentile_and_arguments():
     assert percentile([3, 1, 2], 50) == 2
     args = parse_args(["--wheels", "w", "--report", "r"])
     assert (args.wheels, args.report, args.keep_log) == ("w", "r", None)
+
+
+def test_smi_fields_within_tolerance_agree_and_others_are_named():
+    from tests.gpu.report import SMI_LIVE, compare_fields
+
+    ours = {"Temperature": 33, "Power": 120, "Memory": {"GlobalUsed": 500},
+            "Clocks": {"Cores": 345, "Memory": 3201}, "Utilization": {"GPU": None}}
+    row = {"temperature.gpu": "34", "power.draw": "118.52", "memory.used": "501",
+           "clocks.sm": "345", "clocks.mem": "3201", "utilization.gpu": "[N/A]"}
+    lines, problems = compare_fields(row, ours, SMI_LIVE)
+    assert problems == [] and len(lines) == len(SMI_LIVE)
+    row["temperature.gpu"], row["utilization.gpu"] = "40", "0"
+    _, problems = compare_fields(row, ours, SMI_LIVE)
+    assert problems == ["temperature.gpu: nvidia-smi 40, ours 33",
+                        "utilization.gpu: nvidia-smi '0', ours None"]
