@@ -33,6 +33,7 @@ from tests.gpu.report import (
     compare_fields,
     compare_info,
     format_summary,
+    ldconfig_driver_libraries,
     ldd_paths,
     median_ms,
     missing_files,
@@ -169,6 +170,13 @@ class Proof:
                  for kind in ("lib", "bin", "firmware", "config")}
         detail = (f"{len(files)} files selected {kinds}, {len(listing.get('Links') or [])} links, "
                   f"{len(listing.get('Rejected') or [])} rejected")
+        listed = {str(f["dest"]).rsplit("/", 1)[-1] for f in files if f["kind"] == "lib"}
+        wanted = ldconfig_driver_libraries(sh("ldconfig", "-p").stdout, os.path.realpath,
+                                           self.version)
+        problems += [f"{name}: listed by ldconfig -p, not selected"
+                     for name in sorted(wanted - listed)]
+        detail += f"\nevery one of the {len(wanted)} driver libraries ldconfig -p lists: "
+        detail += "selected" if wanted <= listed else "NOT all selected"
         self.report.add("list finds the driver files", not problems,
                         "\n".join([detail, *problems]))
 

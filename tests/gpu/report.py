@@ -9,7 +9,7 @@ import csv
 import io
 import re
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,3 +196,17 @@ def compare_fields(smi_row: Mapping[str, str], ours: Mapping[str, Any],
         if abs(ours_number - theirs) > max(allowed, 1.0):
             problems.append(f"{name}: nvidia-smi {theirs_text}, ours {value}")
     return lines, problems
+
+
+def ldconfig_driver_libraries(ldconfig_p: str, realpath: Callable[[str], str],
+                              version: str) -> set[str]:
+    """File names of the driver's libraries (`*.so.<version>`) that `ldconfig -p` reaches."""
+    names = set()
+    for line in ldconfig_p.splitlines():
+        match = re.search(r"=>\s+(/\S+)$", line.strip())
+        if match:
+            real = realpath(match.group(1))
+            name = real.rsplit("/", 1)[-1]
+            if name.endswith(f".so.{version}"):
+                names.add(name)
+    return names

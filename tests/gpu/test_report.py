@@ -107,3 +107,17 @@ def test_smi_fields_within_tolerance_agree_and_others_are_named():
     _, problems = compare_fields(row, ours, SMI_LIVE)
     assert problems == ["temperature.gpu: nvidia-smi 40, ours 33",
                         "utilization.gpu: nvidia-smi '0', ours None"]
+
+
+def test_ldconfig_driver_libraries_resolve_links_to_versioned_files():
+    from tests.gpu.report import ldconfig_driver_libraries
+
+    text = """3 libs found in cache `/etc/ld.so.cache'
+\tlibcuda.so.1 (libc6,x86-64) => /usr/local/nvidia/lib64/libcuda.so.1
+\tlibcuda.so.1 (libc6,x86-64) => /lib/libcuda.so.1
+\tlibz.so.1 (libc6,x86-64) => /lib/x86_64-linux-gnu/libz.so.1
+"""
+    links = {"/usr/local/nvidia/lib64/libcuda.so.1": "/usr/local/nvidia/lib64/libcuda.so.580.1",
+             "/lib/libcuda.so.1": "/usr/local/nvidia/lib64/libcuda.so.580.1"}
+    found = ldconfig_driver_libraries(text, lambda p: links.get(p, p), "580.1")
+    assert found == {"libcuda.so.580.1"}
