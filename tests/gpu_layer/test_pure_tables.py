@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from nvplugin import nvml
+from nvplugin import gpu_facts
 from nvplugin.devnodes import parse_mig_minors
 
 
@@ -15,14 +15,14 @@ from nvplugin.devnodes import parse_mig_minors
     ((4, 0), None, None),
 ], ids=str)
 def test_family_and_cores_per_sm(cc: tuple[int, int], family: str | None, per_sm: int | None):
-    assert nvml.family(*cc) == family
-    assert nvml.cores_per_sm(*cc) == per_sm
+    assert gpu_facts.family(*cc) == family
+    assert gpu_facts.cores_per_sm(*cc) == per_sm
 
 
 @pytest.mark.parametrize(("value", "text"), [(13000, "13.0"), (12080, "12.8"), (8000, "8.0"),
                                              (9020, "9.2"), (10010, "10.1")])
 def test_cuda_version(value: int, text: str):
-    assert nvml.cuda_version(value) == text
+    assert gpu_facts.cuda_version(value) == text
 
 
 @pytest.mark.parametrize(("gen", "width", "mbs"), [(1, 16, 4000), (3, 16, 15760), (4, 8, 15752),
@@ -30,13 +30,13 @@ def test_cuda_version(value: int, text: str):
                                                    (9, 16, None), (None, 16, None),
                                                    (5, None, None)])
 def test_pcie_bandwidth(gen: int | None, width: int | None, mbs: int | None):
-    assert nvml.pcie_bandwidth(gen, width) == mbs
+    assert gpu_facts.pcie_bandwidth(gen, width) == mbs
 
 
 def test_memory_bandwidth_is_double_data_rate_over_the_bus():
-    assert nvml.memory_bandwidth(715, 4096) == 2 * 715 * 512
-    assert nvml.memory_bandwidth(None, 4096) is None
-    assert nvml.memory_bandwidth(715, None) is None
+    assert gpu_facts.memory_bandwidth(715, 4096) == 2 * 715 * 512
+    assert gpu_facts.memory_bandwidth(None, 4096) is None
+    assert gpu_facts.memory_bandwidth(715, None) is None
 
 
 @pytest.mark.parametrize(("line", "version"), [
@@ -49,17 +49,17 @@ def test_memory_bandwidth_is_double_data_rate_over_the_bus():
     ("garbage", None),
 ], ids=["proprietary", "open", "old", "garbage"])
 def test_kernel_module_version_both_wordings(line: str, version: str | None):
-    assert nvml.kernel_module_version(line + "\nGCC version: gcc 12\n") == version
+    assert gpu_facts.kernel_module_version(line + "\nGCC version: gcc 12\n") == version
 
 
 def test_sysfs_bus_id_uses_the_four_digit_lower_case_domain():
-    assert nvml.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
-    assert nvml.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
+    assert gpu_facts.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
+    assert gpu_facts.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
 
 
 def test_library_version_from_the_file_name():
-    assert nvml.library_version("/usr/lib64/libnvidia-ml.so.580.159.04") == "580.159.04"
-    assert nvml.library_version("/usr/lib64/libnvidia-ml.so.1") is None
+    assert gpu_facts.library_version("/usr/lib64/libnvidia-ml.so.580.159.04") == "580.159.04"
+    assert gpu_facts.library_version("/usr/lib64/libnvidia-ml.so.1") is None
 
 
 def test_mig_minors_and_cap_paths(tmp_path):
@@ -68,7 +68,7 @@ def test_mig_minors_and_cap_paths(tmp_path):
     minors = parse_mig_minors(text)
     assert minors["config"] == 1 and minors["gpu1/gi2/ci0/access"] == 31
     assert "broken" not in minors
-    assert nvml.mig_cap_paths(minors, 1, 2, 0, tmp_path) == (
+    assert gpu_facts.mig_cap_paths(minors, 1, 2, 0, tmp_path) == (
         str(tmp_path / "dev/nvidia-caps/nvidia-cap30"),
         str(tmp_path / "dev/nvidia-caps/nvidia-cap31"))
-    assert nvml.mig_cap_paths(minors, 7, 0, 0, tmp_path) == ()
+    assert gpu_facts.mig_cap_paths(minors, 7, 0, 0, tmp_path) == ()
