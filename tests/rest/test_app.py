@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -12,8 +13,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from nvplugin import render, rest_api
+from nvplugin import cli_args, render_json, render_text, rest_api
 from nvplugin.config import Config
+from nvplugin.devices import GpuInventory
 from nvplugin.errors import DriverNotFound
 from nvplugin.manifest import Entry, Link, Manifest
 from tests.rest import records
@@ -48,12 +50,12 @@ async def client(aiohttp_client: MakeClient, gpus: RecordGpus) -> TestClient:
 async def test_every_route_renders_the_records(client: TestClient, prefix: str) -> None:
     inventory, statuses = records.v1_sample_host()
     expected = {
-        "/gpu/info": (render.gpu_info_text(inventory), "text/plain"),
-        "/gpu/info/json": (render.gpu_info_json(inventory), "application/json"),
-        "/gpu/status": (render.gpu_status_text(inventory, statuses), "text/plain"),
-        "/gpu/status/json": (render.gpu_status_json(statuses), "application/json"),
-        "/mesos/cli": (render.mesos_cli_text(inventory), "text/plain"),
-        "/driver/files": (render.go_json(MANIFEST.to_json()), "application/json"),
+        "/gpu/info": (render_text.gpu_info_text(inventory), "text/plain"),
+        "/gpu/info/json": (render_json.gpu_info_json(inventory), "application/json"),
+        "/gpu/status": (render_text.gpu_status_text(inventory, statuses), "text/plain"),
+        "/gpu/status/json": (render_json.gpu_status_json(statuses), "application/json"),
+        "/mesos/cli": (cli_args.mesos_cli_text(inventory), "text/plain"),
+        "/driver/files": (render_json.go_json(MANIFEST.to_json()), "application/json"),
     }
     for path, (body, content_type) in expected.items():
         response = await client.get(prefix + path)
@@ -281,3 +283,30 @@ async def test_recent_nodes_failure_reaches_waiters_and_is_retried() -> None:
     with pytest.raises(OSError, match="stat failed"):
         await nodes.get()
     assert await nodes.get() == () and len(calls) == 2
+
+
+def test_last_pages_renders_again_only_for_other_records() -> None:
+    pages, calls = rest_api.LastPages(), []
+
+    def renderer(inventory: GpuInventory) -> str:
+        calls.append(inventory)
+        return f"page {len(calls)}"
+
+    one, _ = records.one_gpu_host()
+    two, _ = records.two_gpu_host()
+    assert pages.render(renderer, one) == "page 1"
+    assert pages.render(renderer, dataclasses.replace(one)) == "page 1"  # equal records
+    assert pages.render(renderer, two) == "page 2"
+    assert pages.render(render_text.gpu_info_text, one) == render_text.gpu_info_text(one)
+    assert len(calls) == 2
+
+
+async def test_each_app_keeps_its_own_pages(aiohttp_client: MakeClient) -> None:
+    first, _ = records.one_gpu_host()
+    second, statuses = records.v1_sample_host()
+    apps = [await aiohttp_client(rest_api.make_app(RecordGpus(inventory, statuses),
+                                                   lambda: MANIFEST, Config()))
+            for inventory in (first, second)]
+    for client, inventory in zip(apps * 2, (first, second) * 2, strict=True):
+        response = await client.get("/gpu/info")
+        assert await response.text() == render_text.gpu_info_text(inventory)

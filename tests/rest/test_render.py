@@ -1,4 +1,4 @@
-"""render.py over records: 1.0's text pages byte for byte, JSON key order, docker/mesos args."""
+"""The renderers over records: 1.0's text pages byte for byte, JSON key order, docker/mesos args."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import render
+from nvplugin import cli_args, render_json, render_text, selection
 from nvplugin.devices import GpuInventory, GpuStatus
 from nvplugin.errors import SelectionError
 from tests.rest import records
@@ -34,20 +34,20 @@ def check_golden(name: str, actual: str) -> None:
 @pytest.mark.parametrize("host", sorted(records.HOSTS))
 def test_gpu_info_text_matches_golden(host: str) -> None:
     inventory, _ = records.HOSTS[host]()
-    check_golden(f"{host}_info.txt", render.gpu_info_text(inventory))
+    check_golden(f"{host}_info.txt", render_text.gpu_info_text(inventory))
 
 
 @pytest.mark.parametrize("host", sorted(records.HOSTS))
 def test_gpu_status_text_matches_golden(host: str) -> None:
     inventory, statuses = records.HOSTS[host]()
-    check_golden(f"{host}_status.txt", render.gpu_status_text(inventory, statuses))
+    check_golden(f"{host}_status.txt", render_text.gpu_status_text(inventory, statuses))
 
 
 @pytest.mark.parametrize("host", ["one_gpu", "two_gpu"])
 def test_json_matches_golden(host: str) -> None:
     inventory, statuses = records.HOSTS[host]()
-    check_golden(f"{host}_info.json", render.gpu_info_json(inventory))
-    check_golden(f"{host}_status.json", render.gpu_status_json(statuses))
+    check_golden(f"{host}_info.json", render_json.gpu_info_json(inventory))
+    check_golden(f"{host}_status.json", render_json.gpu_status_json(statuses))
 
 
 V1_INFO_KEYS = ["UUID", "Path", "Model", "Power", "CPUAffinity", "PCI", "Clocks", "Topology",
@@ -81,7 +81,7 @@ def restrict(value: object, like: object) -> object:
 
 def test_info_json_keeps_v1_keys_values_and_order() -> None:
     inventory, _ = records.v1_sample_host()
-    body = render.gpu_info_json(inventory)
+    body = render_json.gpu_info_json(inventory)
     assert body.endswith("}\n") and body.count("\n") == 1
     document = json.loads(body)
     assert list(document) == ["Version", "Devices"]
@@ -98,7 +98,7 @@ def test_info_json_keeps_v1_keys_values_and_order() -> None:
 
 def test_status_json_keeps_v1_keys_and_adds_sample_times() -> None:
     _, statuses = records.v1_sample_host()
-    document = json.loads(render.gpu_status_json(statuses))
+    document = json.loads(render_json.gpu_status_json(statuses))
     status0 = document["Devices"][0]
     assert list(status0)[: len(V1_STATUS_KEYS)] == V1_STATUS_KEYS
     v1 = json.loads(V1_STATUS0)
@@ -113,43 +113,44 @@ def test_status_json_keeps_v1_keys_and_adds_sample_times() -> None:
 def test_json_escapes_html_like_go() -> None:
     inventory, _ = records.one_gpu_host()
     gpu = records.gpu(0, model="<b>&\u2028")
-    body = render.gpu_info_json(GpuInventory(inventory.versions, (gpu,)))
+    body = render_json.gpu_info_json(GpuInventory(inventory.versions, (gpu,)))
     assert '"Model":"\\u003cb\\u003e\\u0026\\u2028"' in body
     assert json.loads(body)["Devices"][0]["Model"] == "<b>&\u2028"
 
 
 def test_text_escapes_control_characters_in_names() -> None:
     inventory, statuses = records.two_gpu_host()
-    text = render.gpu_status_text(inventory, statuses)
+    text = render_text.gpu_status_text(inventory, statuses)
     assert "      Name:    tab\\x09here\\x0anewline\n" in text
     assert "Memory:  N/A" in text  # a process whose memory NVML could not read
 
 
 def test_status_pairs_need_both_readings() -> None:
     inventory, _ = records.one_gpu_host()
-    full = render.gpu_status_text(inventory, (records.status(0),))
+    full = render_text.gpu_status_text(inventory, (records.status(0),))
     assert "  Power:        74 / 700 W\n" in full
     assert "    Global:  0 / 143771 MiB\n" in full
-    no_total = render.gpu_status_text(GpuInventory(inventory.versions, ()), (records.status(0),))
+    no_total = render_text.gpu_status_text(GpuInventory(inventory.versions, ()),
+                                           (records.status(0),))
     assert "  Power:        N/A\n" in no_total and "    BAR1:  N/A\n" in no_total
 
 
 def test_zero_prints_as_zero_not_na() -> None:
     inventory = GpuInventory(records.MODERN_VERSIONS, (records.gpu(0, cpu_affinity=0, cores=0),))
-    text = render.gpu_info_text(inventory)
+    text = render_text.gpu_info_text(inventory)
     assert "  CPU Affinity:  NUMA node0\n" in text and "  Cores:         0\n" in text
 
 
 def test_no_gpus() -> None:
     inventory = GpuInventory(records.MODERN_VERSIONS, ())
-    assert render.gpu_info_text(inventory) == (
+    assert render_text.gpu_info_text(inventory) == (
         "\nDriver version:          580.159.04\nSupported CUDA version:  13.0\n\n"
     )
-    assert render.gpu_status_text(inventory, ()) == "\n"
-    assert render.gpu_info_json(inventory) == (
+    assert render_text.gpu_status_text(inventory, ()) == "\n"
+    assert render_json.gpu_info_json(inventory) == (
         '{"Version":{"Driver":"580.159.04","CUDA":"13.0"},"Devices":[]}\n'
     )
-    assert render.gpu_status_json(()) == '{"Devices":[]}\n'
+    assert render_json.gpu_status_json(()) == '{"Devices":[]}\n'
 
 
 class Node:
@@ -163,14 +164,14 @@ CONTROL = [Node("/dev/nvidiactl", "/dev/nvidiactl"), Node("/dev/nvidia-uvm", "/d
 
 def test_docker_cli_text_is_v1_line() -> None:
     inventory, _ = records.v1_sample_host()
-    args = render.docker_args("375.26", ["nvidia_driver"], CONTROL,
+    args = cli_args.docker_args("375.26", ["nvidia_driver"], CONTROL,
                               reversed(inventory.gpus), map_paths=False)
-    assert render.docker_cli_text(args) == (
+    assert cli_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
         "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia-uvm-tools "
         "--device=/dev/nvidia0 --device=/dev/nvidia1"
     )
-    assert render.docker_cli_json(args) == (
+    assert cli_args.docker_cli_json(args) == (
         '{"VolumeDriver":"nvidia-docker","Volumes":["nvidia_driver_375.26:/usr/local/nvidia:ro"],'
         '"Devices":["/dev/nvidiactl","/dev/nvidia-uvm","/dev/nvidia-uvm-tools","/dev/nvidia0",'
         '"/dev/nvidia1"]}\n'
@@ -179,11 +180,11 @@ def test_docker_cli_text_is_v1_line() -> None:
 
 def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     gpu = records.gpu(0, minor=2, path="/dev/nvidia2", host_path="/run/drv/dev/nvidia2")
-    args = render.docker_args("580.159.04", [], [Node("/run/drv/dev/nvidiactl", "/dev/nvidiactl")],
-                              [gpu], map_paths=True)
+    nodes = [Node("/run/drv/dev/nvidiactl", "/dev/nvidiactl")]
+    args = cli_args.docker_args("580.159.04", [], nodes, [gpu], map_paths=True)
     assert args.devices == ("/run/drv/dev/nvidiactl:/dev/nvidiactl",
                             "/run/drv/dev/nvidia2:/dev/nvidia2")
-    assert render.docker_cli_text(args) == (
+    assert cli_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --device=/run/drv/dev/nvidiactl:/dev/nvidiactl "
         "--device=/run/drv/dev/nvidia2:/dev/nvidia2"
     )
@@ -193,7 +194,7 @@ def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     "spec", [None, "", "*", " ", "nvidia_driver", "nvidia_driver nvidia_driver"]
 )
 def test_volume_selector_accepts(spec: str | None) -> None:
-    assert render.volume_kinds(spec) == ("nvidia_driver",)
+    assert cli_args.volume_kinds(spec) == ("nvidia_driver",)
 
 
 @pytest.mark.parametrize(
@@ -204,20 +205,20 @@ def test_volume_selector_accepts(spec: str | None) -> None:
 )
 def test_volume_selector_rejects(spec: str, item: str) -> None:
     with pytest.raises(SelectionError) as caught:
-        render.volume_kinds(spec)
+        cli_args.volume_kinds(spec)
     assert str(caught.value) == f"invalid volume: {item}"
 
 
 def test_quote_item_cuts_and_escapes() -> None:
-    assert render.quote_item("a\nb\x1b[31m\u202e\\") == "a\\x0ab\\x1b[31m\\u202e\\\\"
+    assert selection.quote_item("a\nb\x1b[31m\u202e\\") == "a\\x0ab\\x1b[31m\\u202e\\\\"
     long = "x" * 10_000
-    assert render.quote_item(long) == "x" * 64 + "..."
-    assert render.quote_item("é" * 70) == "é" * 64 + "..."
+    assert selection.quote_item(long) == "x" * 64 + "..."
+    assert selection.quote_item("é" * 70) == "é" * 64 + "..."
 
 
 def test_mesos_cli_packs_the_exact_info_json() -> None:
     inventory, _ = records.v1_sample_host()
-    line = render.mesos_cli_text(inventory)
+    line = cli_args.mesos_cli_text(inventory)
     attributes, resources = line.split(" ")
     assert resources == (
         "--resources=gpus:{GPU-11111111-2222-3333-4444-555555555555,"
@@ -226,4 +227,4 @@ def test_mesos_cli_packs_the_exact_info_json() -> None:
     encoded = attributes.removeprefix("--attributes=gpus:")
     assert "=" not in encoded and "+" not in encoded and "/" not in encoded
     packed = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    assert zlib.decompress(packed).decode() == render.gpu_info_json(inventory)
+    assert zlib.decompress(packed).decode() == render_json.gpu_info_json(inventory)

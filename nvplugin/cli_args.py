@@ -1,0 +1,87 @@
+"""1.0's command-line answers: docker/cli (and its JSON) and mesos/cli.
+
+Pure: the volumes per kind, control nodes and selected GPUs in, arguments out.
+"""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from nvplugin.devices import Gpu, GpuInventory
+from nvplugin.errors import SelectionError
+from nvplugin.render_json import go_json, gpu_info_json
+from nvplugin.selection import quote_item
+
+VOLUME_DRIVER = "nvidia-docker"
+# 1.0's only volume kind: where it is mounted in containers, and how.
+VOLUME_KINDS: dict[str, tuple[str, str]] = {"nvidia_driver": ("/usr/local/nvidia", "ro")}
+
+
+class DeviceNodeLike(Protocol):
+    @property
+    def host_path(self) -> str: ...
+    @property
+    def path(self) -> str: ...
+
+
+def volume_kinds(spec: str | None) -> tuple[str, ...]:
+    """1.0's `vol=` selector: kind names separated by spaces; absent, empty or `*` is all kinds."""
+    if spec is None or spec.strip(" ") in ("", "*"):
+        return tuple(VOLUME_KINDS)
+    wanted = [item for item in spec.split(" ") if item]
+    for item in wanted:
+        if item not in VOLUME_KINDS:
+            raise SelectionError(f"invalid volume: {quote_item(item)}")
+    return tuple(kind for kind in VOLUME_KINDS if kind in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class DockerArgs:
+    volume_driver: str
+    volumes: tuple[str, ...]  # name:mountpoint:options
+    devices: tuple[str, ...]  # path, or host_path:path when devices live under another root
+
+
+def docker_args(
+    driver_version: str,
+    kinds: Iterable[str],
+    control_nodes: Iterable[DeviceNodeLike],
+    gpus: Iterable[Gpu],
+    *,
+    map_paths: bool,
+) -> DockerArgs:
+    """What `docker run` needs: volumes per kind, control nodes, then GPUs in index order."""
+    volumes = tuple(
+        f"{kind}_{driver_version}:{VOLUME_KINDS[kind][0]}:{VOLUME_KINDS[kind][1]}" for kind in kinds
+    )
+    nodes = [(node.host_path, node.path) for node in control_nodes]
+    nodes += [(gpu.host_path, gpu.path) for gpu in sorted(gpus, key=lambda g: g.index)]
+    devices = tuple(f"{host}:{path}" if map_paths else path for host, path in nodes)
+    return DockerArgs(VOLUME_DRIVER, volumes, devices)
+
+
+def docker_cli_text(args: DockerArgs) -> str:
+    """One line, no trailing newline, ready for `docker run $(curl ...)`."""
+    words = [f"--volume-driver={args.volume_driver}"]
+    words += [f"--volume={volume}" for volume in args.volumes]
+    words += [f"--device={device}" for device in args.devices]
+    return " ".join(words)
+
+
+def docker_cli_json(args: DockerArgs) -> str:
+    return go_json(
+        {"VolumeDriver": args.volume_driver, "Volumes": list(args.volumes),
+         "Devices": list(args.devices)}
+    )
+
+
+def mesos_cli_text(inventory: GpuInventory) -> str:
+    """`--attributes=gpus:<zlib+base64url of gpu/info/json> --resources=gpus:{uuid,...}`."""
+    packed = zlib.compress(gpu_info_json(inventory).encode())
+    attribute = base64.urlsafe_b64encode(packed).rstrip(b"=").decode("ascii")
+    uuids = ",".join(gpu.uuid for gpu in inventory.gpus)
+    return f"--attributes=gpus:{attribute} --resources=gpus:{{{uuids}}}"
