@@ -2,9 +2,9 @@
 
 Libraries come from the root's `etc/ld.so.cache` (each entry resolved to its real file inside
 the root), plus a scan of the usual library directories for what the cache misses. Each
-candidate is read as ELF; 1.0's blacklist applies (Mesa look-alike GL loaders, classic-TLS
-libnvidia-tls); then exactly one file per SONAME and ELF class is kept, preferring the one named
-after the running driver version. Everything left out is a `Rejected` with its reason.
+candidate is read as ELF, and library_choice.py picks which of them go into the volume (1.0's
+blacklist, one file per SONAME and ELF class, the running version first). Everything left out is
+a `Rejected` with its reason.
 
 Destinations inside the volume (mounted at /usr/local/nvidia, as 1.0's images expect):
   64-bit libraries -> lib64/<file>, 32-bit -> lib/<file> (capability compat32),
@@ -22,14 +22,14 @@ import os
 import re
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from nvplugin import catalog, elfinfo, ldcache
 from nvplugin.catalog import Component
 from nvplugin.errors import CacheFormatError, DriverNotFound, ElfError, RootEscapeError
 from nvplugin.hostroot import HostRoot
-from nvplugin.manifest import Entry, Link, Manifest, Rejected
+from nvplugin.library_choice import Candidate, choose_libraries
+from nvplugin.manifest import Entry, Manifest, Rejected
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,6 @@ PROC_VERSION = "/proc/driver/nvidia/version"
 _VERSION = re.compile(r"^\d+\.\d+(?:\.\d+)?$")
 _FILE_VERSION = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _CORE = ("libcuda", "libnvidia-ml")
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    inner: str  # real file, in-root path (symlinks resolved)
-    found: str  # how it was found, for the reasons
-    component: Component
-    facts: elfinfo.ElfFacts
-
-    @property
-    def name(self) -> str:
-        return self.inner.rsplit("/", 1)[-1]
 
 
 def _root(driver_root: Path | str | HostRoot) -> HostRoot:
@@ -156,7 +144,7 @@ def discover(driver_root: Path | str | HostRoot, version: str | None = None) -> 
     candidates = list(_library_candidates(root, rejected))
     if version is None or not any(c.component.pattern in _CORE for c in candidates):
         raise _not_found(root, version, "no libcuda.so or libnvidia-ml.so")
-    entries, links = _select_libraries(root, candidates, version, rejected)
+    entries, links = choose_libraries(candidates, version, rejected)
     if not any(e.kind == "lib" and catalog.library_stem(e.dest.split("/")[-1]) in _CORE
                for e in entries):
         raise _not_found(root, version, f"no libcuda.so or libnvidia-ml.so of version {version}")
@@ -239,64 +227,7 @@ def _inspect(root: HostRoot, inner: str, found: str, component: Component,
         log.warning("Skipping %s: %s", host, err)
         rejected.append(Rejected(host, f"unreadable: {err.strerror}"))
         return None
-    return Candidate(inner=inner, found=found, component=component, facts=facts)
-
-
-def _select_libraries(root: HostRoot, candidates: list[Candidate], version: str,
-                      rejected: list[Rejected]) -> tuple[list[Entry], list[Link]]:
-    """1.0's blacklist, then one file per (SONAME, ELF class), the running version first."""
-    groups: dict[tuple[str, int], list[Candidate]] = {}
-    for cand in candidates:
-        why = catalog.blacklisted(cand.component, cand.facts)
-        if why:
-            log.debug("Skipping %s: %s", root.host(cand.inner), why)
-            rejected.append(Rejected(root.host(cand.inner), why))
-            continue
-        groups.setdefault((cand.facts.soname or cand.name, cand.facts.bits), []).append(cand)
-    entries: list[Entry] = []
-    links: dict[str, Link] = {}
-    dests: dict[str, str] = {}
-    for (soname, bits), group in groups.items():
-        current = [c for c in group if c.name.endswith(f".so.{version}")]
-        if current:
-            winner: Candidate | None = current[0]
-        elif group[0].component.versioned:
-            winner = None  # every copy belongs to another driver version
-        else:
-            winner = group[0]  # carries its own version (GLVND, egl-wayland): cache order wins
-        for cand in group:
-            if cand is not winner:
-                rejected.append(Rejected(root.host(cand.inner), _loser(cand, winner, version)))
-        if winner is None:
-            continue
-        directory = "lib64" if bits == 64 else "lib"
-        dest = f"{directory}/{winner.name}"
-        if dest in dests:
-            rejected.append(Rejected(root.host(winner.inner), f"{dest} holds {dests[dest]}"))
-            continue
-        dests[dest] = root.host(winner.inner)
-        comp = winner.component
-        note = f", named for driver {version}" if winner in current else ""
-        entries.append(Entry(
-            source=root.host(winner.inner), dest=dest, kind="lib",
-            capability=comp.capability if bits == 64 else "compat32",
-            reason=f"{comp.reason} ({winner.found}{note})",
-            arch=winner.facts.arch, soname=winner.facts.soname))
-        for link in catalog.library_links(directory, comp.pattern, winner.name, soname):
-            links.setdefault(link[0], Link(*link))
-    entries.sort(key=lambda e: e.dest)
-    return entries, sorted(links.values(), key=lambda x: x.path)
-
-
-def _loser(cand: Candidate, winner: Candidate | None, version: str) -> str:
-    match = _FILE_VERSION.search(cand.name)
-    other = match.group(1) if match else None
-    if cand.component.versioned and other and other != version:
-        return f"left over from driver {other}; the running driver is {version}"
-    if winner is None:
-        return f"no copy of {cand.facts.soname or cand.name} is named for driver {version}"
-    return (f"duplicate of {winner.inner} (same SONAME {cand.facts.soname or cand.name}, "
-            f"{cand.facts.bits}-bit); one copy per SONAME")
+    return Candidate(inner=inner, source=host, found=found, component=component, facts=facts)
 
 
 def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
