@@ -1,9 +1,8 @@
 """`nvidia-docker-plugin doctor`: checks this host the way the daemon and Docker will use it.
 
-Each check yields one `Check` record (PASS, WARN, FAIL or SKIP, what was found, and the one-line
-fix); rendering and the exit status are pure functions of those records. The probes below them
-do the I/O: driver files and /proc under --driver-root, nodes under --dev-root, NVML through
-`GpuService`, Docker through its SDK, our socket and REST port through plain HTTP.
+The probes here do the I/O: driver files and /proc under --driver-root, nodes under --dev-root,
+NVML through `GpuService`, Docker through its SDK, our socket and REST port through plain HTTP.
+Each yields `Check` records (doctor_checks.py, where the pure verdicts and the rendering live).
 """
 
 from __future__ import annotations
@@ -13,43 +12,33 @@ import contextlib
 import http.client
 import json
 import os
-import re
 import socket
 import stat
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from nvplugin.config import Config
+from nvplugin.doctor_checks import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    Check,
+    Name,
+    compare_versions,
+    exit_status,
+    library_version,
+    nodes_check,
+    render_json,
+    render_text,
+    stale_check,
+    uvm_check,
+)
 
-PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 PROBE_TIMEOUT_S = 5.0
-_LIBRARY_VERSION_RE = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
-
-
-class Name(StrEnum):
-    DRIVER = "driver-module"
-    LIBRARIES = "driver-libraries"
-    NVML = "nvml"
-    NODES = "device-nodes"
-    UVM = "nvidia-uvm"
-    DOCKER = "docker"
-    SOCKET = "plugin-socket"
-    DOCKER_DRIVER = "docker-volume-driver"
-    VOLUMES_DIR = "volumes-dir"
-    STALE = "stale-volumes"
-    REST = "rest-api"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    check: str
-    status: str
-    detail: str
-    fix: str = ""
 
 
 @dataclass(slots=True)
@@ -69,81 +58,8 @@ class Facts:
         return self.nvml_version or self.kernel_version or self.library_version
 
 
-# ---------------------------------------------------------------- pure: decisions and rendering
+# ---------------------------------------------------------------- probes
 
-def library_version(path: str | None) -> str | None:
-    """`580.159.04` from a resolved `.../libnvidia-ml.so.580.159.04`."""
-    match = _LIBRARY_VERSION_RE.search(path or "")
-    return match.group(1) if match else None
-
-
-def compare_versions(kernel: str | None, library: str | None) -> Check:
-    if library is None:
-        return Check(Name.LIBRARIES, FAIL, "no libnvidia-ml.so.<version> found through the "
-                     "ld.so.cache or the usual library directories",
-                     "install the NVIDIA driver's user-space libraries, then run ldconfig")
-    if kernel is None or kernel == library:
-        return Check(Name.LIBRARIES, PASS, f"user-space libraries {library}")
-    return Check(Name.LIBRARIES, FAIL,
-                 f"Driver/library version mismatch: kernel module {kernel}, libraries {library}",
-                 "reboot, or reload the module: rmmod nvidia_uvm nvidia_drm nvidia_modeset "
-                 "nvidia && nvidia-modprobe -u -c=0")
-
-
-def node_check(name: str, path: Path, mode: int | None, accessible: bool) -> Check | None:
-    """None when the node is fine; `mode` is None when the path is missing."""
-    if mode is None:
-        return Check(name, FAIL, f"{path} is missing",
-                     "load the driver (nvidia-modprobe -u -c=0) or check --dev-root")
-    if not stat.S_ISCHR(mode):
-        return Check(name, FAIL, f"{path} is not a character device",
-                     f"remove {path} and reload the driver (nvidia-modprobe -u -c=0)")
-    if not accessible:
-        return Check(name, FAIL, f"{path} cannot be opened read-write here (file mode, or a "
-                     "device cgroup)", "run as root; in a container add --device for each "
-                     "/dev/nvidia* node; under systemd keep DeviceAllow=char-nvidia*")
-    if mode & 0o006 != 0o006:
-        return Check(name, WARN, f"{path} has mode {stat.S_IMODE(mode):04o}: containers running "
-                     "as other users cannot open it",
-                     f"chmod 0666 {path} (or NVreg_DeviceFileMode=0666)")
-    return None
-
-
-def stale_check(versions: Iterable[str], current: str | None, kind_dir: Path) -> Check:
-    others = sorted(v for v in versions if v != current)
-    if current is None and others:
-        return Check(Name.STALE, WARN, f"volumes {', '.join(others)} in {kind_dir}, and no driver "
-                     "version to compare them with", "fix the driver first")
-    if others:
-        names = " ".join(f"nvidia_driver_{v}" for v in others)
-        return Check(Name.STALE, WARN,
-                     f"volumes of old drivers: {', '.join(others)} (current {current})",
-                     f"docker volume rm {names} (after removing the containers using them)")
-    return Check(Name.STALE, PASS, f"no volumes of other driver versions in {kind_dir}")
-
-
-def exit_status(checks: Sequence[Check]) -> int:
-    return 1 if any(c.status == FAIL for c in checks) else 0
-
-
-def render_text(checks: Sequence[Check]) -> str:
-    width = max((len(c.check) for c in checks), default=0)
-    lines = []
-    for c in checks:
-        lines.append(f"{c.status}  {c.check:<{width}}  {c.detail}")
-        if c.fix and c.status in (FAIL, WARN):
-            lines.append(f"{'':4}  {'':<{width}}  fix: {c.fix}")
-    counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL, SKIP)}
-    lines.append(f"{counts[PASS]} passed, {counts[WARN]} warning(s), {counts[FAIL]} failed, "
-                 f"{counts[SKIP]} skipped")
-    return "\n".join(lines) + "\n"
-
-
-def render_json(checks: Sequence[Check]) -> str:
-    return json.dumps([asdict(c) for c in checks], indent=2) + "\n"
-
-
-# ---------------------------------------------------------------- I/O: probes
 
 def probe_driver(cfg: Config, facts: Facts) -> Check:
     from nvplugin.discovery import parse_proc_version
@@ -218,25 +134,9 @@ def probe_nodes(cfg: Config, facts: Facts) -> list[Check]:
     dev = cfg.dev_root / "dev"
     gpu_nodes = [Path(p) for p in facts.gpu_nodes] or [
         dev / f"nvidia{m}" for m in _proc_minors(cfg.driver_root)]
-    problems = [
-        problem for path in (dev / "nvidiactl", *gpu_nodes)
-        if (problem := node_check(Name.NODES, path, *_node_state(path))) is not None
-    ]
-    found = [Check(Name.NODES, PASS, f"{dev}/nvidiactl and {len(gpu_nodes)} GPU node(s) "
-                   "present and usable")] if not problems else problems[:1]
-    if len(problems) > 1:
-        found = [Check(Name.NODES, max((p.status for p in problems), key=_severity),
-                       "; ".join(p.detail for p in problems), problems[0].fix)]
+    states = [(path, *_node_state(path)) for path in (dev / "nvidiactl", *gpu_nodes)]
     uvm = dev / "nvidia-uvm"
-    uvm_problem = node_check(Name.UVM, uvm, *_node_state(uvm))
-    if uvm_problem is not None and uvm_problem.detail.endswith("missing"):
-        uvm_problem = Check(Name.UVM, FAIL, f"{uvm} is missing: CUDA programs fail in containers",
-                            "nvidia-modprobe -u -c=0 (the nvidia-docker service runs it)")
-    return [*found, uvm_problem or Check(Name.UVM, PASS, f"{uvm} present")]
-
-
-def _severity(status: str) -> int:
-    return {PASS: 0, SKIP: 0, WARN: 1, FAIL: 2}[status]
+    return [nodes_check(dev, states), uvm_check(uvm, *_node_state(uvm))]
 
 
 def probe_docker(cfg: Config, facts: Facts) -> Check:

@@ -6,60 +6,60 @@ import json
 import stat
 from pathlib import Path
 
-from nvplugin import doctor
-from nvplugin.doctor import FAIL, PASS, SKIP, WARN, Check, Name
+from nvplugin import doctor_checks
+from nvplugin.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name
 
 
 def test_library_version_comes_from_the_resolved_file_name():
-    assert doctor.library_version("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04") \
+    assert doctor_checks.library_version("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04") \
         == "580.159.04"
-    assert doctor.library_version("/usr/lib/libnvidia-ml.so.1") is None
-    assert doctor.library_version(None) is None
+    assert doctor_checks.library_version("/usr/lib/libnvidia-ml.so.1") is None
+    assert doctor_checks.library_version(None) is None
 
 
 def test_matching_versions_pass_and_a_mismatch_fails_with_the_nvml_wording():
-    assert doctor.compare_versions("580.159.04", "580.159.04").status == PASS
-    mismatch = doctor.compare_versions("575.51.02", "580.159.04")
+    assert doctor_checks.compare_versions("580.159.04", "580.159.04").status == PASS
+    mismatch = doctor_checks.compare_versions("575.51.02", "580.159.04")
     assert mismatch.status == FAIL
     assert "Driver/library version mismatch" in mismatch.detail
     assert "575.51.02" in mismatch.detail and "580.159.04" in mismatch.detail
     assert "reboot" in mismatch.fix
-    assert doctor.compare_versions("580.159.04", None).status == FAIL
+    assert doctor_checks.compare_versions("580.159.04", None).status == FAIL
 
 
 def test_node_states():
     chr_rw = stat.S_IFCHR | 0o666
     path = Path("/dev/nvidia0")
-    assert doctor.node_check("n", path, chr_rw, True) is None
-    assert doctor.node_check("n", path, None, False).status == FAIL
-    assert "not a character device" in doctor.node_check("n", path, stat.S_IFREG | 0o666,
+    assert doctor_checks.node_check("n", path, chr_rw, True) is None
+    assert doctor_checks.node_check("n", path, None, False).status == FAIL
+    assert "not a character device" in doctor_checks.node_check("n", path, stat.S_IFREG | 0o666,
                                                          True).detail
-    assert doctor.node_check("n", path, chr_rw, False).status == FAIL
-    private = doctor.node_check("n", path, stat.S_IFCHR | 0o600, True)
+    assert doctor_checks.node_check("n", path, chr_rw, False).status == FAIL
+    private = doctor_checks.node_check("n", path, stat.S_IFCHR | 0o600, True)
     assert private.status == WARN and "0600" in private.detail and "chmod 0666" in private.fix
 
 
 def test_stale_versions_are_named_with_the_command_that_removes_them():
     kind = Path("/v/nvidia_driver")
-    assert doctor.stale_check(["580.159.04"], "580.159.04", kind).status == PASS
-    assert doctor.stale_check([], None, kind).status == PASS
-    stale = doctor.stale_check(["580.159.04", "570.86.15"], "580.159.04", kind)
+    assert doctor_checks.stale_check(["580.159.04"], "580.159.04", kind).status == PASS
+    assert doctor_checks.stale_check([], None, kind).status == PASS
+    stale = doctor_checks.stale_check(["580.159.04", "570.86.15"], "580.159.04", kind)
     assert stale.status == WARN and "570.86.15" in stale.detail
     assert stale.fix.startswith("docker volume rm nvidia_driver_570.86.15")
-    assert doctor.stale_check(["570.86.15"], None, kind).status == WARN
+    assert doctor_checks.stale_check(["570.86.15"], None, kind).status == WARN
 
 
 def test_exit_status_fails_only_on_failures():
-    assert doctor.exit_status([Check("a", PASS, ""), Check("b", WARN, "", "x"),
+    assert doctor_checks.exit_status([Check("a", PASS, ""), Check("b", WARN, "", "x"),
                                Check("c", SKIP, "")]) == 0
-    assert doctor.exit_status([Check("a", PASS, ""), Check("b", FAIL, "", "x")]) == 1
+    assert doctor_checks.exit_status([Check("a", PASS, ""), Check("b", FAIL, "", "x")]) == 1
 
 
 def test_text_has_one_line_per_check_and_a_fix_line_per_problem():
     checks = [Check(Name.DRIVER, PASS, "module 1.2 loaded"),
               Check(Name.UVM, FAIL, "/dev/nvidia-uvm is missing", "nvidia-modprobe -u -c=0"),
               Check(Name.REST, SKIP, "disabled")]
-    lines = doctor.render_text(checks).splitlines()
+    lines = doctor_checks.render_text(checks).splitlines()
     assert lines[0].split() == ["PASS", "driver-module", "module", "1.2", "loaded"]
     assert lines[1].startswith("FAIL  nvidia-uvm ")
     assert lines[2].strip() == "fix: nvidia-modprobe -u -c=0"
@@ -69,5 +69,26 @@ def test_text_has_one_line_per_check_and_a_fix_line_per_problem():
 
 def test_json_is_a_list_of_check_status_detail_fix():
     checks = [Check(Name.DOCKER, FAIL, "not reachable", "start Docker")]
-    assert json.loads(doctor.render_json(checks)) == [
+    assert json.loads(doctor_checks.render_json(checks)) == [
         {"check": "docker", "status": "FAIL", "detail": "not reachable", "fix": "start Docker"}]
+
+
+def test_node_problems_merge_into_one_check_at_the_worst_status():
+    dev, chr_rw = Path("/dev"), stat.S_IFCHR | 0o666
+    ctl, gpu0, gpu1 = dev / "nvidiactl", dev / "nvidia0", dev / "nvidia1"
+    fine = doctor_checks.nodes_check(dev, [(ctl, chr_rw, True), (gpu0, chr_rw, True)])
+    assert fine.status == PASS and "1 GPU node(s)" in fine.detail
+    one = doctor_checks.nodes_check(dev, [(ctl, chr_rw, True), (gpu0, None, False)])
+    assert one == doctor_checks.node_check(Name.NODES, gpu0, None, False)
+    both = doctor_checks.nodes_check(dev, [(ctl, stat.S_IFCHR | 0o600, True), (gpu0, chr_rw, True),
+                                           (gpu1, None, False)])
+    assert both.status == FAIL and both.detail.count(";") == 1
+    assert both.fix.startswith("chmod 0666")  # the first problem's fix
+
+
+def test_a_missing_uvm_node_says_what_fails():
+    uvm = Path("/dev/nvidia-uvm")
+    assert doctor_checks.uvm_check(uvm, stat.S_IFCHR | 0o666, True).status == PASS
+    missing = doctor_checks.uvm_check(uvm, None, False)
+    assert missing.status == FAIL and "CUDA programs fail" in missing.detail
+    assert doctor_checks.uvm_check(uvm, stat.S_IFREG, True).detail.endswith("character device")

@@ -1,0 +1,144 @@
+"""`doctor`'s findings as data: one `Check` per finding, the pure verdicts, and their rendering.
+
+Each check is PASS, WARN, FAIL or SKIP, with what was found and the one-line fix. The verdicts
+below take values the probes (doctor.py) read from the host; the text and JSON reports and the
+exit status are functions of the records alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
+_LIBRARY_VERSION_RE = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
+
+
+class Name(StrEnum):
+    DRIVER = "driver-module"
+    LIBRARIES = "driver-libraries"
+    NVML = "nvml"
+    NODES = "device-nodes"
+    UVM = "nvidia-uvm"
+    DOCKER = "docker"
+    SOCKET = "plugin-socket"
+    DOCKER_DRIVER = "docker-volume-driver"
+    VOLUMES_DIR = "volumes-dir"
+    STALE = "stale-volumes"
+    REST = "rest-api"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    check: str
+    status: str
+    detail: str
+    fix: str = ""
+
+
+def library_version(path: str | None) -> str | None:
+    """`580.159.04` from a resolved `.../libnvidia-ml.so.580.159.04`."""
+    match = _LIBRARY_VERSION_RE.search(path or "")
+    return match.group(1) if match else None
+
+
+def compare_versions(kernel: str | None, library: str | None) -> Check:
+    if library is None:
+        return Check(Name.LIBRARIES, FAIL, "no libnvidia-ml.so.<version> found through the "
+                     "ld.so.cache or the usual library directories",
+                     "install the NVIDIA driver's user-space libraries, then run ldconfig")
+    if kernel is None or kernel == library:
+        return Check(Name.LIBRARIES, PASS, f"user-space libraries {library}")
+    return Check(Name.LIBRARIES, FAIL,
+                 f"Driver/library version mismatch: kernel module {kernel}, libraries {library}",
+                 "reboot, or reload the module: rmmod nvidia_uvm nvidia_drm nvidia_modeset "
+                 "nvidia && nvidia-modprobe -u -c=0")
+
+
+def node_check(name: str, path: Path, mode: int | None, accessible: bool) -> Check | None:
+    """None when the node is fine; `mode` is None when the path is missing."""
+    if mode is None:
+        return Check(name, FAIL, f"{path} is missing",
+                     "load the driver (nvidia-modprobe -u -c=0) or check --dev-root")
+    if not stat.S_ISCHR(mode):
+        return Check(name, FAIL, f"{path} is not a character device",
+                     f"remove {path} and reload the driver (nvidia-modprobe -u -c=0)")
+    if not accessible:
+        return Check(name, FAIL, f"{path} cannot be opened read-write here (file mode, or a "
+                     "device cgroup)", "run as root; in a container add --device for each "
+                     "/dev/nvidia* node; under systemd keep DeviceAllow=char-nvidia*")
+    if mode & 0o006 != 0o006:
+        return Check(name, WARN, f"{path} has mode {stat.S_IMODE(mode):04o}: containers running "
+                     "as other users cannot open it",
+                     f"chmod 0666 {path} (or NVreg_DeviceFileMode=0666)")
+    return None
+
+
+NodeState = tuple[Path, int | None, bool]  # path, st_mode (None: missing), opens read-write
+
+
+def nodes_check(dev: Path, states: Sequence[NodeState]) -> Check:
+    """One verdict over nvidiactl (first) and the GPU nodes: every problem, at its worst status."""
+    problems = [problem for path, mode, accessible in states
+                if (problem := node_check(Name.NODES, path, mode, accessible)) is not None]
+    if not problems:
+        return Check(Name.NODES, PASS, f"{dev}/nvidiactl and {len(states) - 1} GPU node(s) "
+                     "present and usable")
+    if len(problems) == 1:
+        return problems[0]
+    return Check(Name.NODES, max((p.status for p in problems), key=_severity),
+                 "; ".join(p.detail for p in problems), problems[0].fix)
+
+
+def _severity(status: str) -> int:
+    return {PASS: 0, SKIP: 0, WARN: 1, FAIL: 2}[status]
+
+
+def uvm_check(uvm: Path, mode: int | None, accessible: bool) -> Check:
+    problem = node_check(Name.UVM, uvm, mode, accessible)
+    if problem is None:
+        return Check(Name.UVM, PASS, f"{uvm} present")
+    if mode is None:
+        return Check(Name.UVM, FAIL, f"{uvm} is missing: CUDA programs fail in containers",
+                     "nvidia-modprobe -u -c=0 (the nvidia-docker service runs it)")
+    return problem
+
+
+def stale_check(versions: Iterable[str], current: str | None, kind_dir: Path) -> Check:
+    others = sorted(v for v in versions if v != current)
+    if current is None and others:
+        return Check(Name.STALE, WARN, f"volumes {', '.join(others)} in {kind_dir}, and no driver "
+                     "version to compare them with", "fix the driver first")
+    if others:
+        names = " ".join(f"nvidia_driver_{v}" for v in others)
+        return Check(Name.STALE, WARN,
+                     f"volumes of old drivers: {', '.join(others)} (current {current})",
+                     f"docker volume rm {names} (after removing the containers using them)")
+    return Check(Name.STALE, PASS, f"no volumes of other driver versions in {kind_dir}")
+
+
+def exit_status(checks: Sequence[Check]) -> int:
+    return 1 if any(c.status == FAIL for c in checks) else 0
+
+
+def render_text(checks: Sequence[Check]) -> str:
+    width = max((len(c.check) for c in checks), default=0)
+    lines = []
+    for c in checks:
+        lines.append(f"{c.status}  {c.check:<{width}}  {c.detail}")
+        if c.fix and c.status in (FAIL, WARN):
+            lines.append(f"{'':4}  {'':<{width}}  fix: {c.fix}")
+    counts = {s: sum(c.status == s for c in checks) for s in (PASS, WARN, FAIL, SKIP)}
+    lines.append(f"{counts[PASS]} passed, {counts[WARN]} warning(s), {counts[FAIL]} failed, "
+                 f"{counts[SKIP]} skipped")
+    return "\n".join(lines) + "\n"
+
+
+def render_json(checks: Sequence[Check]) -> str:
+    return json.dumps([asdict(c) for c in checks], indent=2) + "\n"
+
