@@ -33,7 +33,8 @@ from nvplugin.discovery import discover
 from nvplugin.errors import NvpluginError
 from nvplugin.manifest import Entry, Link, Manifest
 from nvplugin.plugin_api import make_app
-from nvplugin.volumes import VolumeStore, build_volume
+from nvplugin.volume_build import build_volume
+from nvplugin.volumes import VolumeStore
 
 
 def synthetic_manifest(where: Path, total_mb: int, files: int = 40) -> Manifest:

@@ -16,7 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from nvplugin.errors import NvpluginError
-from nvplugin.volumes import VolumeInfo, VolumeStore, shown
+from nvplugin.volume_names import VolumeInfo, shown
+from nvplugin.volumes import VolumeStore
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """`nvidia_driver_<version>` volumes: built from a Manifest, tracked, removed.
 
-A volume is `<volumes_dir>/nvidia_driver/<version>/`. It is built in a hidden sibling
-(`.<version>.tmp-<random>`), flushed to disk and renamed into place, so a crash or a concurrent
-reader never sees half a volume; one asyncio lock per volume makes a burst of Create/Mount
-requests for a new volume wait for a single build. Only the current driver's version can be
+A volume is `<volumes_dir>/nvidia_driver/<version>/`, built by volume_build.py in a hidden
+sibling and renamed into place, so a crash or a concurrent reader never sees half a volume; one
+asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
+single build. Only the current driver's version can be
 built, lazily, by whichever of Create, Mount, Path or Get comes first after a start or upgrade.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import re
@@ -19,61 +18,29 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 from nvplugin.atomicfile import fsync_dir
-from nvplugin.clone import CloneError, Cloner
+from nvplugin.clone import Cloner
 from nvplugin.errors import (
     ConfigError,
     NvpluginError,
-    VolumeBuildError,
     VolumeError,
     VolumeInUse,
-    VolumeNameError,
     VolumeNotFound,
     VolumeVersionError,
 )
 from nvplugin.manifest import Manifest
 from nvplugin.refcounts import MountTable
+from nvplugin.volume_build import build_volume
+from nvplugin.volume_names import KIND, VERSION_RE, VolumeInfo, parse_name
 
 log = logging.getLogger(__name__)
 
-KIND = "nvidia_driver"
-NAME_RE = re.compile(r"^([a-zA-Z0-9_.-]+)_([0-9.]+)$")  # 1.0's grammar: greedy, last `_`
-VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # refuses `..`, which would leave the kind dir
-MAX_NAME = 255
 _LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
 
 ManifestProvider = Callable[[], Manifest]
-
-
-@dataclass(frozen=True, slots=True)
-class VolumeInfo:
-    name: str
-    mountpoint: str
-    created_at: str | None = None  # RFC 3339, UTC
-    mounts: int = 0
-
-
-def shown(name: str) -> str:
-    """A name as echoed in errors and logs: absurd lengths cut, control characters escaped."""
-    cut = name if len(name) <= MAX_NAME else name[:64] + f"...({len(name)} characters)"
-    return cut.encode("unicode_escape").decode("ascii") if not cut.isprintable() else cut
-
-
-def parse_name(name: str) -> str:
-    """The version in `nvidia_driver_<version>`, or VolumeNameError in 1.0's words."""
-    if len(name) > MAX_NAME:
-        raise VolumeNameError(f"bad volume format: {shown(name)}")
-    match = NAME_RE.fullmatch(name)
-    if match is None or not VERSION_RE.fullmatch(match.group(2)):
-        raise VolumeNameError(f"bad volume format: {shown(name)}")
-    if match.group(1) != KIND:
-        raise VolumeNameError(f"unsupported volume: {shown(name)}")
-    return match.group(2)
 
 
 class VolumeStore:
@@ -247,98 +214,3 @@ class VolumeStore:
             raise VolumeError(f"cannot remove {KIND}_{version}: {path}: {err.strerror}") from err
         fsync_dir(self.kind_dir)
         shutil.rmtree(doomed, ignore_errors=True)
-
-
-def build_volume(manifest: Manifest, kind_dir: Path, name: str, cloner: Cloner) -> Path:
-    """Build `<kind_dir>/<version>` from `manifest` atomically (blocking)."""
-    final = kind_dir / manifest.version
-    tmp = kind_dir / f".{manifest.version}.tmp-{secrets.token_hex(4)}"
-    try:
-        kind_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        tmp.mkdir(mode=0o755)
-        os.chmod(tmp, 0o755)  # the volume's root is the container's /usr/local/nvidia
-        _fill(manifest, tmp, name, cloner)
-        _flush(tmp)
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # someone else's build won; keep theirs
-        fsync_dir(kind_dir)
-    except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        where = err.filename or kind_dir
-        raise VolumeBuildError(f"cannot build {name}: {where}: {err.strerror or err}") from err
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
-
-
-def _fill(manifest: Manifest, root: Path, name: str, cloner: Cloner) -> None:
-    def fail(path: object, reason: str) -> VolumeBuildError:
-        return VolumeBuildError(f"cannot build {name}: {path}: {reason}")
-
-    made: dict[Path, int] = {root: root.stat().st_dev}
-
-    def ensure_dir(d: Path) -> int:
-        if d not in made:
-            ensure_dir(d.parent)
-            d.mkdir(mode=0o755, exist_ok=True)
-            os.chmod(d, 0o755)  # the daemon's umask must not hide the driver from containers
-            made[d] = made[root]
-        return made[d]
-
-    for d in manifest.dirs:
-        ensure_dir(root / _inside(d, fail))
-    placed: dict[str, str] = {}
-    for entry in manifest.entries:
-        dst = root / _inside(entry.dest, fail)
-        if entry.dest in placed:
-            log.warning("Skipping %s for %s: already holds %s", entry.source, entry.dest,
-                        placed[entry.dest])
-            continue
-        dev = ensure_dir(dst.parent)
-        try:
-            cloner.clone(entry.source, str(dst), dev)
-        except CloneError as err:
-            raise fail(err.filename or entry.source, err.reason()) from err
-        except OSError as err:
-            raise fail(err.filename or entry.source, err.strerror or str(err)) from err
-        placed[entry.dest] = entry.source
-    for link in manifest.links:
-        path = root / _inside(link.path, fail)
-        ensure_dir(path.parent)
-        try:
-            os.symlink(link.target, path)
-        except FileExistsError:
-            log.debug("Skipping link %s -> %s: the name is taken", link.path, link.target)
-        except OSError as err:
-            raise fail(path, err.strerror or str(err)) from err
-
-
-def _inside(rel: str, fail: Callable[[object, str], VolumeBuildError]) -> PurePosixPath:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise fail(rel, "the path must stay inside the volume")
-    return p
-
-
-def _flush(root: Path) -> None:
-    """Flush the whole new tree: one syncfs() for the filesystem beats an fsync per file."""
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _syncfs is None or _syncfs(fd) != 0:
-            os.sync()
-    finally:
-        os.close(fd)
-
-
-def _load_syncfs() -> Any:
-    with contextlib.suppress(OSError, AttributeError):
-        return ctypes.CDLL(None, use_errno=True).syncfs
-    return None
-
-
-_syncfs = _load_syncfs()

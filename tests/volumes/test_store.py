@@ -19,7 +19,8 @@ from nvplugin.errors import (
     VolumeVersionError,
 )
 from nvplugin.manifest import Entry
-from nvplugin.volumes import VolumeStore, build_volume
+from nvplugin.volume_build import build_volume
+from nvplugin.volumes import VolumeStore
 from tests.volumes.conftest import VERSION, Driver, make_manifest, tree
 
 NAME = f"nvidia_driver_{VERSION}"
