@@ -136,19 +136,23 @@ def _resolve_or_none(root: HostRoot, inner: str) -> str | None:
         return None
 
 
-def discover(driver_root: Path | str | HostRoot, version: str | None = None) -> Manifest:
-    """The driver's files under the root. DriverNotFound when there is no NVIDIA driver."""
+def discover(driver_root: Path | str | HostRoot, version: str | None = None, *,
+             memo: elfinfo.ElfMemo | None = None) -> Manifest:
+    """The driver's files under the root. DriverNotFound when there is no NVIDIA driver.
+
+    `memo` keeps ELF facts between runs (re-discovery); without one, every file is read."""
     root = _root(driver_root)
+    memo = memo or elfinfo.ElfMemo()
     version = version or driver_version_from_files(root)
     rejected: list[Rejected] = []
-    candidates = list(_library_candidates(root, rejected))
+    candidates = list(_library_candidates(root, memo, rejected))
     if version is None or not any(c.component.pattern in _CORE for c in candidates):
         raise _not_found(root, version, "no libcuda.so or libnvidia-ml.so")
     entries, links = choose_libraries(candidates, version, rejected)
     if not any(e.kind == "lib" and catalog.library_stem(e.dest.split("/")[-1]) in _CORE
                for e in entries):
         raise _not_found(root, version, f"no libcuda.so or libnvidia-ml.so of version {version}")
-    entries += _binaries(root, rejected)
+    entries += _binaries(root, memo, rejected)
     entries += _configs(root, rejected)
     entries += _firmware(root, version, rejected)
     log.debug("Discovered %d files and %d links of driver %s under %s (%d rejected)",
@@ -165,7 +169,8 @@ def _not_found(root: HostRoot, version: str | None, what: str) -> DriverNotFound
         f"--driver-root at the root that holds it")
 
 
-def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Candidate]:
+def _library_candidates(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected],
+                        ) -> Iterator[Candidate]:
     """Real library files named in the cache, then those only the directory scan finds."""
     seen: set[str] = set()
     try:
@@ -195,7 +200,7 @@ def _library_candidates(root: HostRoot, rejected: list[Rejected]) -> Iterator[Ca
             continue
         seen.add(inner)
         real = catalog.library(inner.rsplit("/", 1)[-1]) or component
-        candidate = _inspect(root, inner, found, real, rejected)
+        candidate = _inspect(root, memo, inner, found, real, rejected)
         if candidate is not None:
             yield candidate
 
@@ -212,13 +217,13 @@ def _distinct_dirs(root: HostRoot, dirs: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _inspect(root: HostRoot, inner: str, found: str, component: Component,
+def _inspect(root: HostRoot, memo: elfinfo.ElfMemo, inner: str, found: str, component: Component,
              rejected: list[Rejected]) -> Candidate | None:
     host = root.host(inner)
     try:
         if not stat.S_ISREG(os.stat(host).st_mode):
             return None
-        facts = elfinfo.inspect_cached(host, abi_tag=component.pattern == "libnvidia-tls")
+        facts = memo.inspect(host, abi_tag=component.pattern == "libnvidia-tls")
     except ElfError as err:
         log.warning("Skipping %s", err)
         rejected.append(Rejected(host, str(err).removeprefix(f"{host}: ")))
@@ -230,7 +235,7 @@ def _inspect(root: HostRoot, inner: str, found: str, component: Component,
     return Candidate(inner=inner, source=host, found=found, component=component, facts=facts)
 
 
-def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
+def _binaries(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected]) -> list[Entry]:
     entries: list[Entry] = []
     for comp in catalog.BINARIES:
         chosen: str | None = None
@@ -246,7 +251,7 @@ def _binaries(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
                 rejected.append(Rejected(host, f"shadowed by {root.host(chosen)}"))
                 continue
             try:
-                facts = elfinfo.inspect_cached(host)
+                facts = memo.inspect(host)
             except ElfError as err:
                 # 1.0 failed the whole volume here; the H200 host has shell wrappers in
                 # /usr/bin and the real binaries in /usr/local/nvidia/bin.

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from nvplugin import discovery
+from nvplugin import discovery, elfinfo
 from nvplugin.errors import DiscoveryError, DriverNotFound, NvpluginError
 from nvplugin.manifest import Manifest
 
@@ -35,6 +35,7 @@ class DriverState:
         self._fingerprint: tuple[object, ...] | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._elf_memo = elfinfo.ElfMemo()  # a re-discovery re-reads only changed files
 
     def manifest(self) -> Manifest:
         """The current manifest, or the reason there is none (a DiscoveryError)."""
@@ -57,7 +58,8 @@ class DriverState:
             self._fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
             try:
                 version = await self._version_source()
-                manifest = await asyncio.to_thread(discovery.discover, self._root, version)
+                manifest = await asyncio.to_thread(discovery.discover, self._root, version,
+                                                   memo=self._elf_memo)
             except NvpluginError as err:
                 self._manifest, self._error = None, err
                 return before is not None

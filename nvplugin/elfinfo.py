@@ -215,22 +215,24 @@ def describe_abi(facts: ElfFacts) -> str:
     return "ABI tag " + ".".join(str(x) for x in facts.abi_tag[1:])
 
 
-# Facts by file identity: re-discovery after a driver change re-reads only what changed.
-_MEMO: dict[tuple[object, ...], ElfFacts] = {}
-_MEMO_MAX = 4096
+class ElfMemo:
+    """`inspect` results by file identity, so re-discovery after a driver change re-reads only
+    the files that changed. Owned by whoever re-runs discovery (the daemon's DriverState)."""
 
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._facts: dict[tuple[object, ...], ElfFacts] = {}
+        self._max_entries = max_entries
 
-def inspect_cached(path: str, *, abi_tag: bool = False) -> ElfFacts:
-    """`inspect`, remembered while the file's inode, size and mtime stay the same."""
-    st = os.stat(path)
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, abi_tag)
-    facts = _MEMO.get(key)
-    if facts is None:
-        if len(_MEMO) >= _MEMO_MAX:
-            _MEMO.clear()
-        facts = _MEMO[key] = inspect(path, abi_tag=abi_tag)
-    return facts
+    def inspect(self, path: str, *, abi_tag: bool = False) -> ElfFacts:
+        """`inspect`, remembered while the file's inode, size and mtime stay the same."""
+        st = os.stat(path)
+        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, abi_tag)
+        facts = self._facts.get(key)
+        if facts is None:
+            if len(self._facts) >= self._max_entries:
+                self._facts.clear()
+            facts = self._facts[key] = inspect(path, abi_tag=abi_tag)
+        return facts
 
-
-def clear_memo() -> None:
-    _MEMO.clear()
+    def clear(self) -> None:
+        self._facts.clear()

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nvplugin import discovery
+from nvplugin import discovery, elfinfo
 from nvplugin.errors import DriverNotFound
 from nvplugin.manifest import Manifest
 
@@ -190,6 +190,12 @@ def test_manifest_is_stable(fake_host):
     first = discovery.discover(fake_host.root)
     assert discovery.discover(fake_host.root) == first
     assert first.digest() == discovery.discover(fake_host.root).digest()
+
+
+def test_a_kept_elf_memo_changes_nothing_but_the_reads(fake_host):
+    memo = elfinfo.ElfMemo()
+    assert discovery.discover(fake_host.root, memo=memo) == discovery.discover(fake_host.root)
+    assert discovery.discover(fake_host.root, memo=memo) == discovery.discover(fake_host.root)
 
 
 def test_second_copy_of_a_binary_is_shadowed(fake_host):

@@ -96,8 +96,9 @@ def test_memo_notices_a_replaced_file(fake_host, tmp_path):
     lib = fake_host.path(f"{fake_host.lib64_dir}")
     path = tmp_path / "lib.so"
     path.write_bytes((lib / "libcuda.so.580.159.04").read_bytes())
-    assert elfinfo.inspect_cached(str(path)).soname == "libcuda.so.1"
+    memo = elfinfo.ElfMemo()
+    assert memo.inspect(str(path)).soname == "libcuda.so.1"
     replacement = tmp_path / "new.so"
     replacement.write_bytes((lib / "libnvcuvid.so.580.159.04").read_bytes())
     os.replace(replacement, path)
-    assert elfinfo.inspect_cached(str(path)).soname == "libnvcuvid.so.1"
+    assert memo.inspect(str(path)).soname == "libnvcuvid.so.1"
