@@ -2,7 +2,10 @@
 
 All NVML calls run on one dedicated thread (NVML handles belong to the process; one thread keeps
 the calls ordered), except the slow PCIe throughput sampling, which has its own thread so that a
-~20 ms-per-GPU sample never delays a status request.
+~20 ms-per-GPU sample never delays a status request. The inventory's driver/CUDA versions and the
+control nodes change only when a driver (un)loads, yet reading them takes a thread hop (NVML, stat
+calls) that would be most of a docker/cli or gpu/info request's cost: they are served up to
+`RECENT_MAX_AGE_S` old, and a refresh forgets them.
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from nvplugin import devnodes, selection
 from nvplugin.devices import DeviceNode, Gpu, GpuInventory, GpuStatus
 from nvplugin.errors import NvmlError
 from nvplugin.nvml import NvmlSession
+from nvplugin.single_flight import Recent
 from nvplugin.status import StatusCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may be
+
 
 class GpuService:
-    def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None) -> None:
+    def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.driver_root = driver_root
         self.dev_root = dev_root
         self.nvml_library = nvml_library
@@ -38,12 +45,15 @@ class GpuService:
         self._gpus: tuple[Gpu, ...] = ()
         self._cache: StatusCache | None = None
         self._lock = asyncio.Lock()
+        self._inventory = Recent(self._read_inventory, RECENT_MAX_AGE_S, clock)
+        self._control_nodes = Recent(self._read_control_nodes, RECENT_MAX_AGE_S, clock)
 
     @classmethod
-    async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None
-                    ) -> GpuService:
+    async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+                    clock: Callable[[], float] = time.monotonic) -> GpuService:
         """Never raises for a missing or broken driver: `available` is False, `reason` says why."""
-        service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=nvml_library)
+        service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=nvml_library,
+                      clock=clock)
         await service.refresh()
         return service
 
@@ -89,6 +99,7 @@ class GpuService:
             raise
 
     async def _stop(self) -> None:
+        self._inventory.forget()
         if self._cache is not None:
             await self._cache.close()
             self._cache = None
@@ -106,12 +117,17 @@ class GpuService:
     # -- queries
 
     async def inventory(self) -> GpuInventory:
-        """The static GPUs read at start, with the driver and CUDA versions read now."""
+        """The GPUs read at the last refresh, with driver and CUDA versions at most 1 s old."""
+        self._require()
+        return await self._inventory.get()
+
+    async def _read_inventory(self) -> GpuInventory:
         session = self._require()
         versions = await self._call(session.versions)
         return GpuInventory(versions=versions, gpus=self._gpus)
 
     async def driver_version(self) -> str:
+        """Read now: the daemon asks when it re-discovers the driver's files."""
         session = self._require()
         return (await self._call(session.versions)).driver
 
@@ -132,6 +148,10 @@ class GpuService:
         return selection.select(self._gpus, spec)
 
     async def control_nodes(self) -> tuple[DeviceNode, ...]:
+        """The control nodes that exist, looked for at most 1 s ago."""
+        return await self._control_nodes.get()
+
+    async def _read_control_nodes(self) -> tuple[DeviceNode, ...]:
         return await asyncio.to_thread(devnodes.control_nodes, self.dev_root, self.driver_root)
 
     @property

@@ -8,12 +8,10 @@ with the route) for anything unexpected.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from aiohttp import web
 
@@ -29,7 +27,6 @@ API_VERSION = "v1.0"
 TEXT = "text/plain"
 JSON = "application/json"
 MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
-RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may be
 
 
 class GpuSource(Protocol):
@@ -49,42 +46,6 @@ class GpuSource(Protocol):
 
 ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-NodeList = Sequence[cli_args.DeviceNodeLike]
-T = TypeVar("T")
-
-
-class Recent(Generic[T]):
-    """A value read at most `max_age` seconds ago, by one request at a time.
-
-    For facts that change only when a driver (un)loads or the daemon re-discovers: the control
-    nodes and the static inventory. Reading them takes a thread hop (stat calls, NVML), which
-    would otherwise be most of a docker/cli or gpu/info request's cost.
-    """
-
-    def __init__(self, read: Callable[[], Awaitable[T]], max_age: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._read = read
-        self._max_age = max_age
-        self._clock = clock
-        self._value: tuple[float, T] | None = None
-        self._flight: asyncio.Future[T] | None = None
-
-    async def get(self) -> T:
-        if self._value is not None and self._clock() - self._value[0] < self._max_age:
-            return self._value[1]
-        if self._flight is None:
-            self._flight = asyncio.ensure_future(self._refresh())
-        # Shielded: a cancelled request must not cancel the read others are waiting for.
-        return await asyncio.shield(self._flight)
-
-    async def _refresh(self) -> T:
-        try:
-            value = await self._read()
-            self._value = (self._clock(), value)
-            return value
-        finally:
-            self._flight = None
 
 
 class LastPages:
@@ -107,8 +68,6 @@ class LastPages:
 
 
 GPUS = web.AppKey("gpus", GpuSource)
-NODES = web.AppKey("control_nodes", Recent[NodeList])
-INVENTORY = web.AppKey("inventory", Recent[GpuInventory])
 PAGES = web.AppKey("pages", LastPages)
 MAP_PATHS = web.AppKey("map_paths", bool)
 MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
@@ -132,8 +91,7 @@ def _gpus(request: web.Request) -> GpuSource:
 
 
 async def _inventory(request: web.Request) -> GpuInventory:
-    _gpus(request)
-    return await request.app[INVENTORY].get()
+    return await _gpus(request).inventory()  # GpuService keeps it; no cache here
 
 
 # ---------------------------------------------------------------- handlers
@@ -163,11 +121,12 @@ async def gpu_status_json(request: web.Request) -> web.Response:
 
 async def _docker_args(request: web.Request) -> cli_args.DockerArgs:
     kinds = cli_args.volume_kinds(request.query.get("vol"))
-    selected = _gpus(request).select(request.query.get("dev"))  # absent, "", "*": every GPU
+    gpus = _gpus(request)
+    selected = gpus.select(request.query.get("dev"))  # absent, "", "*": every GPU
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
-    nodes = await request.app[NODES].get()
+    nodes = await gpus.control_nodes()
     return cli_args.docker_args(version, kinds, nodes, selected, map_paths=request.app[MAP_PATHS])
 
 
@@ -248,8 +207,6 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
     """The REST application; the daemon serves it on `config.listen`."""
     app = web.Application(middlewares=[error_middleware])
     app[GPUS] = gpus
-    app[NODES] = Recent(gpus.control_nodes, RECENT_MAX_AGE_S)
-    app[INVENTORY] = Recent(gpus.inventory, RECENT_MAX_AGE_S)
     app[PAGES] = LastPages()
     # Devices under another root are passed as host:container pairs.
     app[MAP_PATHS] = config.dev_root != Path("/")

@@ -16,12 +16,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from nvplugin.devices import GpuStatus
+from nvplugin.single_flight import SingleFlight
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 FastReader = Callable[[], Awaitable[tuple[GpuStatus, ...]]]
 # GPU index -> (RX MB/s, TX MB/s)
@@ -58,8 +57,8 @@ class StatusCache:
         self.idle_after = idle_after
         self._last_asked = float("-inf")
         self._sample: _Sample | None = None
-        self._fast_flight: asyncio.Future[tuple[GpuStatus, ...]] | None = None
-        self._slow_flight: asyncio.Future[_Sample] | None = None
+        self._fast = SingleFlight(read_fast)  # concurrent requests share one read
+        self._slow = SingleFlight(self._take_sample)
         self._sampler: asyncio.Task[None] | None = None
         self.slow_reads = 0  # for tests and the benchmark
 
@@ -71,10 +70,10 @@ class StatusCache:
         self._last_asked = self._clock()
         if not self.sampling:
             self._sampler = asyncio.create_task(self._run_sampler(), name="gpu-status-sampler")
-        fast = await self._shared("_fast_flight", self._read_fast)
+        fast = await self._fast.get()
         sample = self._sample
         if sample is None or self._clock() - sample.taken > self.max_age:
-            sample = await self._shared("_slow_flight", self._take_sample)
+            sample = await self._slow.get()
         return tuple(_merge(status, sample) for status in fast)
 
     async def close(self) -> None:
@@ -83,15 +82,6 @@ class StatusCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
             self._sampler = None
-
-    async def _shared(self, slot: str, read: Callable[[], Awaitable[T]]) -> T:
-        """Single flight: callers arriving while a read runs wait for that read."""
-        flight: asyncio.Future[Any] | None = getattr(self, slot)
-        if flight is None or flight.done():
-            flight = asyncio.ensure_future(read())
-            setattr(self, slot, flight)
-        # shield: one caller giving up (client gone) must not cancel the read others wait on
-        return await asyncio.shield(flight)
 
     async def _take_sample(self) -> _Sample:
         values = await self._read_slow()
@@ -103,7 +93,7 @@ class StatusCache:
         while self._clock() - self._last_asked < self.idle_after:
             started = self._clock()
             try:
-                await self._shared("_slow_flight", self._take_sample)
+                await self._slow.get()
             except Exception as err:  # keep sampling; the next request reports its own error
                 log.warning("Sampling PCIe throughput failed: %s", err)
             await self._sleep(max(0.0, self.interval - (self._clock() - started)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,9 +26,9 @@ async def start_service(
 ) -> AsyncIterator[Callable[..., Awaitable[GpuService]]]:
     started: list[GpuService] = []
 
-    async def start(library: str | None = None) -> GpuService:
+    async def start(library: str | None = None, **options: Any) -> GpuService:
         service = await GpuService.start(driver_root=host_root, dev_root=host_root,
-                                         nvml_library=library or str(fake_nvml.library))
+                                         nvml_library=library or str(fake_nvml.library), **options)
         started.append(service)
         return service
 

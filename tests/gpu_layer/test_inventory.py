@@ -272,3 +272,39 @@ async def test_refresh_rereads_the_gpus(fake_nvml, start_service):
     fake_nvml.update(lambda c: c.pop("init_error"))
     await service.refresh()
     assert service.available
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_versions_are_at_most_a_second_old_and_a_refresh_forgets_them(fake_nvml,
+                                                                            start_service):
+    clock = Clock()
+    service = await start_service(clock=clock)
+    first = await service.inventory()
+    fake_nvml.update(lambda c: c.update(driver_version="580.200.01"))
+    clock.now += 0.9
+    assert await service.inventory() is first  # no NVML call: the same record
+    clock.now += 0.2
+    assert (await service.inventory()).versions.driver == "580.200.01"
+    assert await service.driver_version() == "580.200.01"  # never cached
+    fake_nvml.write(fake_nvml.make_config(3))
+    await service.refresh()
+    assert len((await service.inventory()).gpus) == 3  # at once, whatever the clock says
+
+
+async def test_control_nodes_are_looked_for_at_most_a_second_ago(start_service, host_root):
+    clock = Clock()
+    service = await start_service(clock=clock)
+    for name in ("nvidiactl", "nvidia-uvm"):
+        (host_root / "dev" / name).touch()
+    assert [n.path for n in await service.control_nodes()] == ["/dev/nvidiactl", "/dev/nvidia-uvm"]
+    (host_root / "dev/nvidia-uvm-tools").touch()
+    assert len(await service.control_nodes()) == 2
+    clock.now += 1.0
+    assert len(await service.control_nodes()) == 3

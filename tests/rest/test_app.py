@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -239,50 +238,6 @@ async def test_docker_cli_without_driver_files_is_503(aiohttp_client: MakeClient
     response = await client.get("/docker/cli")
     assert response.status == 503
     assert (await response.text()).startswith("no NVIDIA driver under /")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def test_recent_nodes_reads_once_per_max_age() -> None:
-    clock, reads = Clock(), []
-    gate = asyncio.Event()
-
-    async def read() -> tuple[Node, ...]:
-        reads.append(clock.now)
-        await gate.wait()
-        return (Node(f"/dev/n{len(reads)}", "/dev/n"),)
-
-    nodes = rest_api.Recent(read, 1.0, clock)
-    waiting = [asyncio.ensure_future(nodes.get()) for _ in range(20)]
-    await asyncio.sleep(0)
-    gate.set()
-    results = await asyncio.gather(*waiting)
-    assert reads == [100.0] and {r[0].host_path for r in results} == {"/dev/n1"}
-    clock.now += 0.9
-    assert (await nodes.get())[0].host_path == "/dev/n1"
-    clock.now += 0.2
-    assert (await nodes.get())[0].host_path == "/dev/n2" and len(reads) == 2
-
-
-async def test_recent_nodes_failure_reaches_waiters_and_is_retried() -> None:
-    calls = []
-
-    async def read() -> tuple[Node, ...]:
-        calls.append(1)
-        if len(calls) == 1:
-            raise OSError("stat failed")
-        return ()
-
-    nodes = rest_api.Recent(read, 1.0, Clock())
-    with pytest.raises(OSError, match="stat failed"):
-        await nodes.get()
-    assert await nodes.get() == () and len(calls) == 2
 
 
 def test_last_pages_renders_again_only_for_other_records() -> None:
