@@ -19,12 +19,11 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from nvplugin import catalog, elfinfo, ldcache
+from nvplugin import catalog, driver_version, elfinfo, ldcache
 from nvplugin.catalog import Component
 from nvplugin.errors import CacheFormatError, DriverNotFound, ElfError, RootEscapeError
 from nvplugin.hostroot import HostRoot
@@ -35,22 +34,11 @@ log = logging.getLogger(__name__)
 
 LD_CACHE = "/etc/ld.so.cache"
 PROC_VERSION = "/proc/driver/nvidia/version"
-_VERSION = re.compile(r"^\d+\.\d+(?:\.\d+)?$")
-_FILE_VERSION = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
 _CORE = ("libcuda", "libnvidia-ml")
 
 
 def _root(driver_root: Path | str | HostRoot) -> HostRoot:
     return driver_root if isinstance(driver_root, HostRoot) else HostRoot(driver_root)
-
-
-def parse_proc_version(text: str) -> str | None:
-    """The version in /proc/driver/nvidia/version, in both the proprietary and open wording."""
-    for line in text.splitlines():
-        if line.startswith("NVRM version:") and "Module" in line:
-            after = line.split("Module", 1)[1].split()
-            return next((tok for tok in after if _VERSION.match(tok)), None)
-    return None
 
 
 def read_cache(root: HostRoot) -> list[ldcache.CacheEntry]:
@@ -67,7 +55,7 @@ def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
     """From proc/driver/nvidia/version under the root, else from the libcuda.so.<version> name."""
     root = _root(driver_root)
     try:
-        found = parse_proc_version(root.read_bytes(PROC_VERSION).decode(errors="replace"))
+        found = driver_version.from_proc(root.read_bytes(PROC_VERSION).decode(errors="replace"))
         if found:
             return found
     except OSError:
@@ -81,15 +69,11 @@ def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
     cached = [e.path for e in sorted(entries, key=lambda e: -e.bits) if e.key == "libcuda.so.1"]
     scanned = [f"{d}/libcuda.so.1" for d in catalog.LIBRARY_DIRS]
     for links, newest in ((cached, False), (scanned, True)):
-        versions = [m.group(1) for link in links
-                    if (m := _FILE_VERSION.search(_resolve_or_none(root, link) or ""))]
+        versions = [v for link in links
+                    if (v := driver_version.from_file_name(_resolve_or_none(root, link)))]
         if versions:
-            return max(versions, key=_version_key) if newest else versions[0]
+            return max(versions, key=driver_version.sort_key) if newest else versions[0]
     return None
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in version.split("."))
 
 
 def find_nvml_library(driver_root: Path | str | HostRoot) -> str | None:
@@ -302,7 +286,7 @@ def _firmware(root: HostRoot, version: str, rejected: list[Rejected]) -> list[En
         seen.add(real)
         for sub in root.listdir(real):
             if sub != version:
-                if _VERSION.match(sub):
+                if driver_version.is_version(sub):
                     rejected.append(Rejected(root.host(f"{real}/{sub}"),
                                              f"firmware of driver {sub}, not of {version}"))
                 continue

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from nvplugin import driver_version
 from nvplugin.config import Config
 from nvplugin.doctor_checks import (
     FAIL,
@@ -30,7 +31,6 @@ from nvplugin.doctor_checks import (
     Name,
     compare_versions,
     exit_status,
-    library_version,
     nodes_check,
     render_json,
     render_text,
@@ -62,15 +62,13 @@ class Facts:
 
 
 def probe_driver(cfg: Config, facts: Facts) -> Check:
-    from nvplugin.discovery import parse_proc_version
-
     path = cfg.driver_root / "proc/driver/nvidia/version"
     try:
         text = path.read_text(errors="replace")
     except OSError as err:
         return Check(Name.DRIVER, FAIL, f"NVIDIA kernel module not loaded ({path}: "
                      f"{err.strerror})", "install the NVIDIA driver, or load it: nvidia-modprobe")
-    facts.kernel_version = parse_proc_version(text)
+    facts.kernel_version = driver_version.from_proc(text)
     if facts.kernel_version is None:
         return Check(Name.DRIVER, FAIL, f"no version in {path}: {text[:80]!r}",
                      "reinstall the NVIDIA driver")
@@ -86,7 +84,7 @@ def probe_libraries(cfg: Config, facts: Facts) -> Check:
     except NvpluginError as err:
         return Check(Name.LIBRARIES, FAIL, str(err),
                      "install the NVIDIA driver's user-space libraries, then run ldconfig")
-    facts.library_version = library_version(facts.nvml_library)
+    facts.library_version = driver_version.from_file_name(facts.nvml_library)
     return compare_versions(facts.kernel_version, facts.library_version)
 
 

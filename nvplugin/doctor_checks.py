@@ -8,7 +8,6 @@ exit status are functions of the records alone.
 from __future__ import annotations
 
 import json
-import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,7 +15,6 @@ from enum import StrEnum
 from pathlib import Path
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
-_LIBRARY_VERSION_RE = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
 
 
 class Name(StrEnum):
@@ -39,12 +37,6 @@ class Check:
     status: str
     detail: str
     fix: str = ""
-
-
-def library_version(path: str | None) -> str | None:
-    """`580.159.04` from a resolved `.../libnvidia-ml.so.580.159.04`."""
-    match = _LIBRARY_VERSION_RE.search(path or "")
-    return match.group(1) if match else None
 
 
 def compare_versions(kernel: str | None, library: str | None) -> Check:

@@ -1,4 +1,4 @@
-"""Pure facts about NVIDIA GPUs and driver versions: tables and small conversions.
+"""Pure facts about NVIDIA GPUs: tables and small conversions.
 
 No NVML and no I/O: `nvml.py` reads raw values and turns them into records with these. Each
 function takes plain values and returns one; `None` in means `None` out (unknown stays unknown).
@@ -6,7 +6,6 @@ function takes plain values and returns one; `None` in means `None` out (unknown
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,17 +47,6 @@ def memory_bandwidth(clock_mhz: int | None, bus_width_bits: int | None) -> int |
     if clock_mhz is None or bus_width_bits is None:
         return None
     return 2 * clock_mhz * bus_width_bits // 8
-
-
-def kernel_module_version(text: str) -> str | None:
-    """The version in /proc/driver/nvidia/version, proprietary or open kernel module wording."""
-    match = re.search(r"Kernel Module.*?(?<![\w.])(\d+\.\d+(?:\.\d+)?)(?![\w.])", text)
-    return match.group(1) if match else None
-
-
-def library_version(path: str) -> str | None:
-    match = re.search(r"libnvidia-ml\.so\.(\d+\.\d+(?:\.\d+)?)$", path)
-    return match.group(1) if match else None
 
 
 def sysfs_bus_id(bus_id: str) -> str:

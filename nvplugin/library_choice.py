@@ -10,17 +10,13 @@ an unversioned one (GLVND, egl-wayland) keeps the first copy in cache order.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 
-from nvplugin import catalog, elfinfo
+from nvplugin import catalog, driver_version, elfinfo
 from nvplugin.catalog import Component
 from nvplugin.manifest import Entry, Link, Rejected
 
 log = logging.getLogger(__name__)
-
-_FILE_VERSION = re.compile(r"\.so\.(\d+\.\d+(?:\.\d+)?)$")
-
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -82,8 +78,7 @@ def choose_libraries(candidates: list[Candidate], version: str, rejected: list[R
 
 
 def _loser(cand: Candidate, winner: Candidate | None, version: str) -> str:
-    match = _FILE_VERSION.search(cand.name)
-    other = match.group(1) if match else None
+    other = driver_version.from_file_name(cand.name)
     if cand.component.versioned and other and other != version:
         return f"left over from driver {other}; the running driver is {version}"
     if winner is None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import pynvml
 
+from nvplugin import driver_version
 from nvplugin.devices import DriverVersions, Gpu, GpuStatus, MigDevice, P2PLink, Process
 from nvplugin.errors import NvmlError
 from nvplugin.gpu_facts import (
@@ -23,8 +24,6 @@ from nvplugin.gpu_facts import (
     cores_per_sm,
     cuda_version,
     family,
-    kernel_module_version,
-    library_version,
     memory_bandwidth,
     mig_cap_paths,
     pcie_bandwidth,
@@ -73,10 +72,10 @@ def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlEr
     if err.value == pynvml.NVML_ERROR_LIB_RM_VERSION_MISMATCH:
         try:
             text = (driver_root / "proc/driver/nvidia/version").read_text(errors="replace")
-            kernel = kernel_module_version(text)
+            kernel = driver_version.from_proc(text)
         except OSError:
             kernel = None
-        user = library_version(str(Path(path).resolve()))
+        user = driver_version.from_file_name(str(Path(path).resolve()))
         return NvmlError(f"Driver/library version mismatch: kernel module {kernel or 'unknown'}, "
                          f"user space {user or 'unknown'}; reboot or reload the nvidia module")
     reasons = {

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nvplugin import discovery
+from nvplugin import discovery, driver_version
 
 PROC_LINES = [
     ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  575.57.08  Sat May 24 07:21:16 UTC 2025",
@@ -26,8 +26,21 @@ PROC_LINES = [
 @pytest.mark.parametrize(("text", "version"), PROC_LINES,
                          ids=["proprietary", "open", "open-aarch64", "two-part", "no-nvrm",
                               "garbled"])
-def test_parse_proc_version(text, version):
-    assert discovery.parse_proc_version(text + "\nGCC version: gcc 12\n") == version
+def test_version_from_proc(text, version):
+    assert driver_version.from_proc(text + "\nGCC version: gcc 12\n") == version
+
+
+@pytest.mark.parametrize(("path", "version"), [
+    ("/usr/lib/x86_64-linux-gnu/libnvidia-ml.so.580.159.04", "580.159.04"),
+    ("/usr/lib64/libcuda.so.375.26", "375.26"), ("/usr/lib64/libnvidia-ml.so.1", None),
+    ("/usr/lib64/libnvidia-ml.so.580.159.04.bak", None), (None, None),
+], ids=str)
+def test_version_from_file_name(path, version):
+    assert driver_version.from_file_name(path) == version
+
+
+def test_versions_order_by_number():
+    assert max(["580.9.1", "580.159.04", "575.57.08"], key=driver_version.sort_key) == "580.159.04"
 
 
 @pytest.mark.parametrize("kernel_module", ["proprietary", "open"])

@@ -39,27 +39,9 @@ def test_memory_bandwidth_is_double_data_rate_over_the_bus():
     assert gpu_facts.memory_bandwidth(715, None) is None
 
 
-@pytest.mark.parametrize(("line", "version"), [
-    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  575.57.08  Sat May 24 07:21:20 UTC 2025",
-     "575.57.08"),
-    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (dvs)",
-     "580.159.04"),
-    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  375.26  Thu Dec  8 18:36:43 PST 2016",
-     "375.26"),
-    ("garbage", None),
-], ids=["proprietary", "open", "old", "garbage"])
-def test_kernel_module_version_both_wordings(line: str, version: str | None):
-    assert gpu_facts.kernel_module_version(line + "\nGCC version: gcc 12\n") == version
-
-
 def test_sysfs_bus_id_uses_the_four_digit_lower_case_domain():
     assert gpu_facts.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
     assert gpu_facts.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
-
-
-def test_library_version_from_the_file_name():
-    assert gpu_facts.library_version("/usr/lib64/libnvidia-ml.so.580.159.04") == "580.159.04"
-    assert gpu_facts.library_version("/usr/lib64/libnvidia-ml.so.1") is None
 
 
 def test_mig_minors_and_cap_paths(tmp_path):
