@@ -4,7 +4,8 @@
 
 - rewrite overhead: `nvidia-docker run --rm --net=none IMG true` against `docker run` with the very
   arguments the wrapper would exec (devices and driver volume included), so the difference is the
-  wrapper alone: interpreter start, imports, one image inspect, two REST calls, one volume create;
+  wrapper alone: interpreter start, imports, one image inspect and one volume create (over
+  `nvplugin.engine_http`, no docker SDK), two REST calls to the daemon;
 - pass-through overhead: `nvidia-docker ps` against `docker ps`.
 
 Needs the Docker Engine and a plugin daemon at --nv-host (default $NV_HOST or localhost:3476).
@@ -145,15 +146,17 @@ def compare(name: str, ours: Sequence[str], base: Sequence[str], env: Mapping[st
 
 
 def import_cost(env: Mapping[str, str]) -> None:
+    rewrite_path = "import nvplugin.wrapper, nvplugin.docker_client, nvplugin.cuda_compat"
     for label, code in (("python3 -c pass", "pass"),
-                        ("import nvplugin.wrapper", "import nvplugin.wrapper"),
-                        ("import docker (rewrite path)", "import docker")):  # fmt: skip
+                        ("import nvplugin.wrapper (pass-through)", "import nvplugin.wrapper"),
+                        ("rewrite-path imports", rewrite_path),
+                        ("import docker (pull, ssh:// only)", "import docker")):  # fmt: skip
         samples = []
         for _ in range(5):
             started = time.perf_counter()
             subprocess.run([sys.executable, "-c", code], env=dict(env), check=True)
             samples.append(time.perf_counter() - started)
-        print(f"  {label:32s} median {statistics.median(samples) * 1000:7.1f} ms")
+        print(f"  {label:38s} median {statistics.median(samples) * 1000:7.1f} ms")
 
 
 def main() -> int:

@@ -1,8 +1,9 @@
-"""A thin adapter over the docker SDK's low-level `APIClient`, for the `nvidia-docker` wrapper.
+"""The `nvidia-docker` wrapper's Docker Engine client: which engine, and the calls it makes.
 
-The SDK (and `requests` under it) costs ~100 ms to import, so it is imported only when the wrapper
-rewrites a command: `Engine(...)` does it. Which engine it talks to follows the docker CLI's own
-precedence (`resolve_endpoint`), so the wrapper inspects the image on the engine that will run it.
+Which engine it talks to follows the docker CLI's own precedence (`resolve_endpoint`), so the
+wrapper inspects the image on the engine that will run it. The common path (image inspect, volume
+create) goes over `engine_http`; the docker SDK, ~200 ms to import, is imported only to pull a
+missing image or to reach an engine that `engine_http` does not speak (`ssh://`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from nvplugin import engine_http
 from nvplugin.docker_argv import Invocation
+from nvplugin.engine_http import HttpClient, Reply, Unreachable
 from nvplugin.errors import DockerError, ImagePullError, PluginDaemonError
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -130,13 +134,49 @@ def display_reference(ref: str) -> str:
 
 
 class Engine:
-    """One connection to the Docker Engine; every SDK error becomes a DockerError."""
+    """One connection to the Docker Engine; every failure becomes a DockerError.
+
+    Image inspect and volume create go over `engine_http` (standard library) for `unix://` and
+    `tcp://` engines; the docker SDK is imported only to pull, or for other schemes (`ssh://`).
+    Paths are unversioned: the engine answers them at its own API version, which works from
+    20.10 (API 1.41) to 29+ (which refuses any version below 1.44); the fields used here are
+    the same in all of them.
+    """
 
     def __init__(self, endpoint: Endpoint, timeout: int = API_TIMEOUT_S) -> None:
-        import docker  # lazy: the pass-through path must not pay for the SDK
-
-        self._errors = docker.errors
         self.endpoint = endpoint
+        self._timeout = timeout
+        self._api: Any = None
+        self._http: HttpClient | _SdkTransport
+        if endpoint.host.partition("://")[0].lower() not in ("unix", "tcp"):
+            self._http = _SdkTransport(lambda: self.api)  # ssh:// and the like
+            return
+        try:
+            tls = None
+            if endpoint.tls:
+                usable = endpoint.cert and endpoint.key and os.path.isfile(endpoint.cert)
+                tls = engine_http.tls_context(
+                    endpoint.tls_verify,
+                    endpoint.ca_cert if endpoint.tls_verify else None,
+                    endpoint.cert if usable else None,
+                    endpoint.key if usable else None,
+                )
+            conn, prefix = engine_http.engine_connection(endpoint.host, timeout, tls)
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise self._cannot_connect(engine_http.reason(e)) from e
+        self._http = HttpClient(conn, prefix)
+
+    @property
+    def api(self) -> Any:
+        """The SDK's APIClient, imported and connected on first use, with the CLI's auth."""
+        if self._api is None:
+            self._api = self._sdk_client()
+        return self._api
+
+    def _sdk_client(self) -> Any:
+        import docker  # lazy: ~200 ms, paid only to pull or for engines engine_http cannot reach
+
+        endpoint = self.endpoint
         tls: Any = False
         if endpoint.tls:
             client_cert = (endpoint.cert, endpoint.key) if endpoint.cert and endpoint.key else None
@@ -146,61 +186,115 @@ class Engine:
                 verify=endpoint.tls_verify,
             )
         try:
-            self.api = docker.APIClient(
+            api = docker.APIClient(
                 base_url=endpoint.host,
                 version="auto",
-                timeout=timeout,
+                timeout=self._timeout,
                 tls=tls,
                 use_ssh_client=endpoint.host.startswith("ssh://"),
             )
         except docker.errors.DockerException as e:
-            raise DockerError(
-                f"cannot connect to the Docker daemon at {endpoint.host}: {_reason(e)}; "
-                f"is the docker daemon running, and may this user use it?"
-            ) from e
+            raise self._cannot_connect(_reason(e)) from e
         if endpoint.config_dir:
             config = Path(endpoint.config_dir) / "config.json"
             if config.is_file():
-                self.api.reload_config(str(config))
+                api.reload_config(str(config))
+        return api
+
+    def _cannot_connect(self, why: str) -> DockerError:
+        return DockerError(
+            f"cannot connect to the Docker daemon at {self.endpoint.host}: {why}; "
+            f"is the docker daemon running, and may this user use it?"
+        )
+
+    def _request(self, method: str, path: str, body: Any = None) -> Reply:
+        try:
+            return self._http.request(method, path, body)
+        except Unreachable as e:
+            raise self._cannot_connect(e.reason) from e
 
     def inspect_image(self, ref: str) -> ImageFacts | None:
         """The image's labels and environment; None if the engine does not have it."""
-        try:
-            data = self.api.inspect_image(ref)
-        except self._errors.NotFound:
+        reply = self._request("GET", f"/images/{urllib.parse.quote(ref, safe='/:@')}/json")
+        if reply.status == 404:
             return None
-        except self._errors.DockerException as e:
-            raise DockerError(f"cannot inspect image '{ref}': {_reason(e)}") from e
-        config = data.get("Config") or {}
-        env = dict(item.partition("=")[::2] for item in config.get("Env") or ())
-        return ImageFacts(data.get("Id", ""), dict(config.get("Labels") or {}), env)
+        if reply.status != 200:
+            raise DockerError(f"cannot inspect image '{ref}': {api_message(reply)}")
+        try:
+            data = reply.json()
+            config = data.get("Config") or {}
+            env = dict(item.partition("=")[::2] for item in config.get("Env") or ())
+            return ImageFacts(data.get("Id", ""), dict(config.get("Labels") or {}), env)
+        except (ValueError, AttributeError, TypeError) as e:
+            raise DockerError(f"cannot inspect image '{ref}': unexpected answer ({e})") from e
 
     def pull(self, ref: str, out: TextIO, platform: str | None = None, quiet: bool = False) -> None:
         """Pull as `docker run` does, progress on `out` (stderr); ImagePullError on failure."""
         shown = display_reference(ref)
         if not quiet:
             print(f"Unable to find image '{shown}' locally", file=out, flush=True)
+        api = self.api  # the SDK: registry auth from config.json, credential helpers included
+        import docker  # already imported by `api`
+
         try:
-            stream = self.api.pull(ref, stream=True, decode=True, platform=platform)
+            stream = api.pull(ref, stream=True, decode=True, platform=platform)
             error = render_progress(stream, out, quiet=quiet)
-        except self._errors.DockerException as e:
+        except docker.errors.DockerException as e:
             raise ImagePullError(f"cannot pull image '{shown}': {_reason(e)}") from e
         if error is not None:
             raise ImagePullError(f"cannot pull image '{shown}': {error}")
 
     def ensure_volume(self, name: str, driver: str) -> None:
         """Create `name` with `driver` (the plugin builds it); a no-op if it already exists."""
+        reply = self._request("POST", "/volumes/create", {"Name": name, "Driver": driver})
+        if reply.status in (200, 201):
+            return
+        reason = api_message(reply)
+        hint = ""
+        if "plugin" in reason and "not found" in reason:
+            hint = (
+                f"; Docker does not see the {driver} volume plugin: "
+                f"start it with: systemctl start nvidia-docker"
+            )
+        raise PluginDaemonError(f"cannot create volume '{name}': {reason}{hint}")
+
+    def close(self) -> None:
+        self._http.close()
+        if self._api is not None:
+            self._api.close()
+
+
+class _SdkTransport:
+    """`HttpClient`'s interface over the SDK's session, for engines only the SDK speaks."""
+
+    def __init__(self, api: Callable[[], Any]) -> None:
+        self._api = api
+
+    def request(self, method: str, path: str, body: Any = None) -> Reply:
+        api = self._api()
+        import requests  # the SDK's own transport, imported by it already
+
         try:
-            self.api.create_volume(name=name, driver=driver)
-        except self._errors.DockerException as e:
-            reason = _reason(e)
-            hint = ""
-            if "plugin" in reason and "not found" in reason:
-                hint = (
-                    f"; Docker does not see the {driver} volume plugin: "
-                    f"start it with: systemctl start nvidia-docker"
-                )
-            raise PluginDaemonError(f"cannot create volume '{name}': {reason}{hint}") from e
+            response = api.request(
+                method, api.base_url + path,
+                data=None if body is None else json.dumps(body),
+                headers=None if body is None else {"Content-Type": "application/json"},
+            )  # fmt: skip
+        except requests.RequestException as e:
+            raise Unreachable(str(e)) from e
+        return Reply(response.status_code, response.reason or "", response.content)
+
+    def close(self) -> None:
+        return  # the session is the Engine's `api`, closed by Engine.close
+
+
+def api_message(reply: Reply) -> str:
+    """The engine's `{"message": …}` error text, else the body, else the HTTP status."""
+    try:
+        message = reply.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or reply.text.strip() or f"HTTP {reply.status} {reply.reason}").strip()
 
 
 def render_progress(stream: Any, out: TextIO, quiet: bool = False) -> str | None:

@@ -111,39 +111,35 @@ class PluginClient:
     """The two REST calls to nvidia-docker-plugin, over one keep-alive connection."""
 
     def __init__(self, address: PluginAddress, timeout: float = PLUGIN_TIMEOUT_S) -> None:
-        import http.client
+        from nvplugin import engine_http  # lazy: http.client is for the rewrite path only
 
-        self._http = http.client
+        self._unreachable = engine_http.Unreachable
         self.address = address
-        cls = (
-            http.client.HTTPSConnection if address.scheme == "https" else http.client.HTTPConnection
+        conn = engine_http.tcp_connection(
+            address.host, address.port, timeout, https=address.scheme == "https"
         )
-        self._conn = cls(address.host, address.port, timeout=timeout)
+        self._client = engine_http.HttpClient(conn)
 
     def get_json(self, path: str) -> Any:
-        import json
-
-        http = self._http
         url = self.address.url + path
         try:
-            self._conn.request("GET", path, headers={"Accept": "application/json"})
-            response = self._conn.getresponse()
-            body = response.read().decode("utf-8", "replace")
-        except (OSError, http.HTTPException) as e:
+            reply = self._client.request("GET", path)
+        except self._unreachable as e:
             raise PluginDaemonError(
-                f"cannot reach nvidia-docker-plugin at {self.address.url} "
-                f"({_reason(e)}); {START_HINT}"
+                f"cannot reach nvidia-docker-plugin at {self.address.url} ({e.reason}); "
+                f"{START_HINT}"
             ) from e
-        if response.status in (400, 503):
+        body = reply.text
+        if reply.status in (400, 503):
             # 400: `invalid device: <x>` / `invalid volume: <x>`; 503: why there is no driver.
-            raise PluginDaemonError(body.strip() or f"{url}: HTTP {response.status}")
-        if response.status != 200:
+            raise PluginDaemonError(body.strip() or f"{url}: HTTP {reply.status}")
+        if reply.status != 200:
             raise PluginDaemonError(
-                f"nvidia-docker-plugin answered {url} with HTTP {response.status} "
-                f"{response.reason}: {body.strip()[:200]}"
+                f"nvidia-docker-plugin answered {url} with HTTP {reply.status} "
+                f"{reply.reason}: {body.strip()[:200]}"
             )
         try:
-            return json.loads(body)
+            return reply.json()
         except ValueError as e:
             raise PluginDaemonError(f"nvidia-docker-plugin sent invalid JSON for {url}") from e
 
@@ -158,13 +154,7 @@ class PluginClient:
         return self.get_json("/v1.0/docker/cli/json" + suffix)
 
     def close(self) -> None:
-        self._conn.close()
-
-
-def _reason(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timed out"
-    return getattr(e, "strerror", None) or str(e) or type(e).__name__
+        self._client.close()
 
 
 def container_env(
@@ -300,7 +290,9 @@ def main(
     try:
         exec_fn(final[0], final, env)
     except OSError as e:
-        report(DockerError(f"cannot run {final[0]!r}: {_reason(e)}"), env, sys.stderr)
+        from nvplugin.engine_http import reason  # a failure path: the import cost is moot
+
+        report(DockerError(f"cannot run {final[0]!r}: {reason(e)}"), env, sys.stderr)
         return 127 if isinstance(e, FileNotFoundError) else 126
     return 0
 

@@ -3,18 +3,28 @@ inspection, pull, volume creation) and the fake REST daemon (statuses, query enc
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nvplugin import __version__, wrapper
+from nvplugin.docker_client import DEFAULT_HOST
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.wrapper.fakeplugin import FakePlugin
 
+REPO = Path(__file__).resolve().parents[2]
 GPU_LABELS = {"com.nvidia.volumes.needed": "nvidia_driver"}
 ERROR_LINE = re.compile(r"^nvidia-docker \| \d{4}/\d\d/\d\d \d\d:\d\d:\d\d Error: (.*)$")
 
@@ -298,3 +308,56 @@ def test_plain_bad_status_names_the_url(run: Any, gpu_image: str, fake_plugin: F
         f"nvidia-docker-plugin answered {fake_plugin.url}/v1.0/gpu/info/json with HTTP 500 "
         "Internal Server Error: boom"
     )
+
+
+# --- start-up cost ----------------------------------------------------------------------------
+
+@pytest.fixture
+def tcp_engine(docker_engine: DockerEngine) -> Iterator[str]:
+    """The real engine's unix socket, relayed to a TCP port: a `tcp://` engine without TLS."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            engine = socket.socket(socket.AF_UNIX)
+            engine.connect("/var/run/docker.sock")
+            for a, b in ((client, engine), (engine, client)):
+                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+
+
+@pytest.mark.parametrize("transport", ["unix", "tcp"])
+def test_rewrite_of_a_local_image_imports_no_sdk(
+    transport: str, gpu_image: str, fake_plugin: FakePlugin, request: pytest.FixtureRequest
+) -> None:
+    host = DEFAULT_HOST if transport == "unix" else request.getfixturevalue("tcp_engine")
+    code = (
+        "import json, sys; from nvplugin import wrapper; seen = []; "
+        f"code = wrapper.main(['run', {gpu_image!r}], "
+        f"{{'NV_HOST': {fake_plugin.url!r}, 'DOCKER_HOST': {host!r}, 'HOME': '/root'}}, "
+        "lambda _f, args, _e: seen.append(args)); "
+        "heavy = [m for m in ('docker', 'requests', 'urllib3', 'aiohttp') if m in sys.modules]; "
+        "print(json.dumps([code, seen, heavy]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    code_, seen, heavy = json.loads(done.stdout)
+    assert (code_, heavy) == (0, [])
+    assert seen == [["docker", "run", *expected_gpu_args(fake_plugin), gpu_image]]
