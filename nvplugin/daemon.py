@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from nvplugin import config as configuration
-from nvplugin import discovery, logs
+from nvplugin import devnodes, discovery, logs
 from nvplugin.config import Config
 from nvplugin.driver import DriverState
 from nvplugin.errors import NvpluginError
@@ -44,6 +44,10 @@ class Daemon:
             log.error("Error: %s", err)
             await self._shutdown()
             return 1
+        except Exception as err:  # a bug: one line, every resource released, exit 1
+            log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+            await self._shutdown()
+            return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -55,27 +59,30 @@ class Daemon:
 
     async def _start(self) -> None:
         cfg = self.config
+        # 1.0's start-up lines, in 1.0's order. Unlike 1.0, a missing nvidia-modprobe or driver
+        # does not stop the daemon: it serves what it can and says why the rest answers 503.
+        log.info("Loading NVIDIA unified memory")
+        await asyncio.to_thread(devnodes.control_nodes, cfg.dev_root, cfg.driver_root)
         log.info("Loading NVIDIA management library")
         nvml_library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
         self.gpus = await GpuService.start(
             driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library
         )
         self._cleanups.append(self.gpus.close)
-        if not self.gpus.available:
+        log.info("Discovering GPU devices")
+        if self.gpus.available:
+            inventory = await self.gpus.inventory()
+            log.info("Found %d GPU(s), driver %s", len(inventory.gpus), inventory.versions.driver)
+        else:
             log.warning(
                 "NVIDIA driver not found: %s; GPU endpoints will answer 503", self.gpus.reason
             )
-        else:
-            log.info("Loading NVIDIA unified memory")
-            await self.gpus.control_nodes()
-            log.info("Discovering GPU devices")
-            inventory = await self.gpus.inventory()
-            log.info("Found %d GPU(s), driver %s", len(inventory.gpus), inventory.versions.driver)
 
         log.info("Provisioning volumes at %s", cfg.volumes_dir)
         self.driver = DriverState(cfg.driver_root, self._nvml_driver_version)
         await self.driver.refresh()
-        if self.driver.error is not None:
+        if self.driver.error is not None and self.gpus.available:
+            # Without a driver at all, the line above already said so.
             log.warning("Driver volume unavailable: %s", self.driver.error)
         self._cleanups.append(self.driver.close)
         self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest)

@@ -75,6 +75,8 @@ def test_host_without_a_driver_starts_and_answers_503(plugin_daemon_factory, tmp
     daemon.start()
     log = daemon.log()
     assert "NVIDIA driver not found: " in log and "GPU endpoints will answer 503" in log
+    # One line says it; nothing else warns about the same missing driver.
+    assert [line for line in log.splitlines() if "WARN" in line or "unavailable" in line] == []
     for route in ("/v1.0/gpu/info", "/v1.0/gpu/status/json", "/v1.0/docker/cli", "/gpu/info/json"):
         status, body = http_get(daemon.url + route)
         assert status == 503, route
@@ -104,7 +106,8 @@ def test_sigint_also_terminates_cleanly(running_plugin):
 def test_start_up_lines_come_in_1_0_order(running_plugin):
     daemon = running_plugin(n_gpus=2)
     lines = [line.split(" ", 4)[-1] for line in daemon.log().splitlines()]
-    order = ["Loading NVIDIA management library", "Discovering GPU devices",
+    order = ["Loading NVIDIA unified memory", "Loading NVIDIA management library",
+             "Discovering GPU devices",
              f"Provisioning volumes at {daemon.volumes_dir}",
              f"Serving plugin API at {daemon.socket_dir}",
              f"Serving remote API at 127.0.0.1:{daemon.port}"]
