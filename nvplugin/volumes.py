@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -38,6 +39,7 @@ from nvplugin.volume_names import KIND, VERSION_RE, VolumeInfo, parse_name
 
 log = logging.getLogger(__name__)
 
+LOCK_FILE = ".lock"
 _LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
 
 ManifestProvider = Callable[[], Manifest]
@@ -55,6 +57,7 @@ class VolumeStore:
         self.mounts = MountTable(self.volumes_dir / "state.json")
         self._locks: dict[str, asyncio.Lock] = {}
         self.builds = 0  # completed builds, for tests and /metrics
+        self._directory_lock: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -70,6 +73,7 @@ class VolumeStore:
     def _prepare(self) -> None:
         for d in (self.volumes_dir, self.kind_dir):
             d.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._hold_directory()
         for entry in os.scandir(self.kind_dir):
             if _LEFTOVER_RE.match(entry.name):
                 log.warning("Removing %s, left over from an interrupted build or removal",
@@ -77,12 +81,29 @@ class VolumeStore:
                 shutil.rmtree(entry.path, ignore_errors=True)
         self.mounts.load()
 
+    def _hold_directory(self) -> None:
+        """One daemon per volumes directory: a second one would clean up the first one's builds
+        in progress and overwrite its mount counts, so it is refused before it touches anything."""
+        fd = os.open(self.volumes_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another nvidia-docker-plugin is using the volumes directory {self.volumes_dir}: "
+                "stop it first, or choose another with -d"
+            ) from None
+        self._directory_lock = fd
+
     async def close(self) -> None:
         """Wait for builds in progress (a worker thread cannot be cancelled), then flush."""
         for lock in list(self._locks.values()):
             async with lock:
                 pass
         await self.mounts.persist()
+        if self._directory_lock is not None:
+            os.close(self._directory_lock)  # releases the flock
+            self._directory_lock = None
 
     # -- protocol operations -----------------------------------------------------------------
     async def create(self, name: str) -> None:
