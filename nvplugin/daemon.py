@@ -101,6 +101,7 @@ class Daemon:
         address = cfg.listen_host_port
         if address is None:
             log.info("Remote API disabled (empty listen address)")
+            await self.plugin_site.publish_spec(cfg)
             return
         rest_runner = web.AppRunner(make_rest_app(self.gpus, self.driver.manifest, cfg),
                                     access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -120,6 +121,7 @@ class Daemon:
             with contextlib.suppress(OSError):
                 await web.TCPSite(rest_runner, "::1", port).start()
         log.info("Serving remote API at %s", cfg.listen)
+        await self.plugin_site.publish_spec(cfg)
 
     async def _nvml_driver_version(self) -> str | None:
         if not self.gpus.available:

@@ -41,6 +41,23 @@ class PluginSite:
     spec_path: Path | None
     closed: bool = False
 
+    async def publish_spec(self, config: Config) -> None:
+        """Write the spec file that lets Docker find a socket outside its plugin directory.
+
+        Called last, once every listener is up: a daemon that fails to start must not have
+        pointed Docker away from a plugin that is running. A spec naming another socket that
+        still answers belongs to another daemon and is left alone.
+        """
+        if not config.needs_spec_file or self.spec_path is not None:
+            return
+        spec = config.spec_path
+        other = await asyncio.to_thread(_spec_target, spec)
+        if other is not None and other != self.socket_path and await _answers(other):
+            raise ConfigError(f"{spec} points Docker at {other}, where another "
+                              "nvidia-docker-plugin is serving: stop it first")
+        await asyncio.to_thread(_write_spec, spec, self.socket_path)
+        self.spec_path = spec
+
     async def close(self) -> None:
         if self.closed:
             return
@@ -65,8 +82,8 @@ class PluginSite:
 
 
 async def start_plugin_site(runner: web.AppRunner, config: Config) -> PluginSite:
-    """Listen on `config.socket_path` (after `await runner.setup()`); write the spec file when
-    the socket is outside /run/docker/plugins. Raises ConfigError naming the path."""
+    """Listen on `config.socket_path` (after `await runner.setup()`); raises ConfigError naming
+    the path. The spec file, where one is needed, comes later: `PluginSite.publish_spec`."""
     path = config.socket_path
     if len(os.fsencode(path)) > _MAX_SUN_PATH:
         raise ConfigError(f"socket path {path} is longer than {_MAX_SUN_PATH} bytes: "
@@ -78,18 +95,14 @@ async def start_plugin_site(runner: web.AppRunner, config: Config) -> PluginSite
         await site.start()
     except OSError as err:
         raise ConfigError(f"cannot listen on {path}: {err.strerror}") from err
-    spec: Path | None = None
     st = os.lstat(path)
     ident = (st.st_ino, st.st_ctime_ns)
     try:
         ident = await asyncio.to_thread(_set_access, path)
-        if config.needs_spec_file:
-            spec = config.spec_path
-            await asyncio.to_thread(_write_spec, spec, path)
     except BaseException:
-        await PluginSite(runner, site, path, ident, spec).close()
+        await PluginSite(runner, site, path, ident, None).close()
         raise
-    return PluginSite(runner, site, path, ident, spec)
+    return PluginSite(runner, site, path, ident, None)
 
 
 def _make_dir(directory: Path) -> None:
@@ -102,6 +115,21 @@ def _make_dir(directory: Path) -> None:
         raise ConfigError(f"the socket directory {directory} is not a directory")
 
 
+async def _answers(path: Path) -> bool:
+    """Whether something listens on the unix socket `path` (False: nothing, or a stale file)."""
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
+    except (ConnectionRefusedError, FileNotFoundError, NotADirectoryError):
+        return False
+    except (OSError, TimeoutError) as err:
+        raise ConfigError(f"cannot tell whether {path} is in use ({err}): "
+                          "stop the other plugin or remove the file") from err
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 async def _clear_stale(path: Path) -> None:
     """Unlink a socket nobody answers on; refuse a live one or anything that is not a socket."""
     try:
@@ -111,21 +139,21 @@ async def _clear_stale(path: Path) -> None:
     if not stat.S_ISSOCK(st.st_mode):
         raise ConfigError(f"{path} exists and is not a socket: move it away or choose "
                           "another --socket-dir")
+    if await _answers(path):
+        raise ConfigError(f"another nvidia-docker-plugin is already serving {path}: "
+                          "stop it first, or use another --socket-dir")
+    log.info("Replacing stale socket %s", path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _spec_target(spec: Path) -> Path | None:
+    """The socket an existing spec file names, if it names a unix socket."""
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 2)
-    except (ConnectionRefusedError, FileNotFoundError):
-        log.info("Replacing stale socket %s", path)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        return
-    except (OSError, TimeoutError) as err:
-        raise ConfigError(f"cannot tell whether {path} is in use ({err}): "
-                          "stop the other plugin or remove the file") from err
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    raise ConfigError(f"another nvidia-docker-plugin is already serving {path}: "
-                      "stop it first, or use another --socket-dir")
+        text = spec.read_text().strip()
+    except OSError:
+        return None
+    return Path(text.removeprefix("unix://")) if text.startswith("unix://") else None
 
 
 def _set_access(path: Path) -> tuple[int, int]:

@@ -202,3 +202,39 @@ def _plugin_call(path: Path, route: str, body: dict) -> dict:
         while chunk := sock.recv(65536):
             data += chunk
     return json.loads(data.split(b"\r\n\r\n", 1)[1] or b"{}")
+
+
+def test_refused_second_daemon_leaves_the_first_ones_spec_file(plugin_daemon_factory, tmp_path):
+    """Same port, another socket dir: the second one fails on the port before it writes the spec
+    file that would point Docker away from the first."""
+    root = tmp_path / "empty"
+    root.mkdir()
+    spec = Path("/etc/docker/plugins/nvidia-docker.spec")
+    first = plugin_daemon_factory(driver_root=root, dev_root=root, volumes_dir=tmp_path / "v1",
+                                  env={}, socket_dir=tmp_path / "s1")
+    first.start()
+    assert spec.read_text() == f"unix://{first.socket_path}\n"
+    second = plugin_daemon_factory(driver_root=root, dev_root=root, volumes_dir=tmp_path / "v2",
+                                   env={}, socket_dir=tmp_path / "s2", port=first.port)
+    with pytest.raises(RuntimeError, match="exited 1"):
+        second.start()
+    assert spec.read_text() == f"unix://{first.socket_path}\n"
+    assert first.ready()
+    assert first.stop() == 0
+    assert not spec.exists()
+
+
+def test_second_daemon_on_the_same_volumes_dir_touches_nothing(running_plugin,
+                                                               plugin_daemon_factory, tmp_path):
+    first = running_plugin()
+    build_in_progress = first.volumes_dir / "nvidia_driver" / ".580.159.04.tmp-deadbeef"
+    build_in_progress.mkdir()
+    second = plugin_daemon_factory(driver_root=first.driver_root, dev_root=first.dev_root,
+                                   volumes_dir=first.volumes_dir, env=dict(first.env),
+                                   socket_dir=tmp_path / "other-socket")
+    with pytest.raises(RuntimeError, match="exited 1"):
+        second.start()
+    assert f"another nvidia-docker-plugin is using the volumes directory {first.volumes_dir}" \
+        in second.log()
+    assert build_in_progress.is_dir()
+    assert first.ready()

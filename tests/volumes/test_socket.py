@@ -35,6 +35,8 @@ async def test_socket_access_spec_file_and_removal(store: VolumeStore, tmp_path:
     cfg = _config(tmp_path)
     runner = await _runner(store)
     site = await start_plugin_site(runner, cfg)
+    assert not cfg.spec_path.exists()  # only once every listener is up
+    await site.publish_spec(cfg)
     st = os.lstat(cfg.socket_path)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     groups = {g.gr_name: g.gr_gid for g in grp.getgrall()}
@@ -66,6 +68,7 @@ async def test_docker_default_dir_gets_no_spec_file(store: VolumeStore, tmp_path
     monkeypatch.setattr(Config, "needs_spec_file", property(lambda self: False))
     runner = await _runner(store)
     site = await start_plugin_site(runner, cfg)
+    await site.publish_spec(cfg)
     assert not cfg.spec_path.exists()
     await site.close()
     await runner.cleanup()
@@ -88,6 +91,7 @@ async def test_a_live_socket_is_refused_and_left_alone(store: VolumeStore, tmp_p
     cfg = _config(tmp_path)
     first_runner = await _runner(store)
     first = await start_plugin_site(first_runner, cfg)
+    await first.publish_spec(cfg)
     second_runner = await _runner(store)
     with pytest.raises(ConfigError, match=rf"already serving {cfg.socket_path}: stop it first"):
         await start_plugin_site(second_runner, cfg)
@@ -130,4 +134,35 @@ async def test_too_long_a_socket_path_is_a_clear_error(store: VolumeStore, tmp_p
     runner = await _runner(store)
     with pytest.raises(ConfigError, match="longer than 107 bytes: choose a shorter --socket-dir"):
         await start_plugin_site(runner, cfg)
+    await runner.cleanup()
+
+
+async def test_a_spec_naming_another_live_plugin_is_not_overwritten(store: VolumeStore,
+                                                                    tmp_path: Path):
+    first_cfg = _config(tmp_path, tmp_path / "first")
+    first_runner = await _runner(store)
+    first = await start_plugin_site(first_runner, first_cfg)
+    await first.publish_spec(first_cfg)
+    second_cfg = _config(tmp_path, tmp_path / "second")  # same spec file, another socket
+    second_runner = await _runner(store)
+    second = await start_plugin_site(second_runner, second_cfg)
+    with pytest.raises(ConfigError, match=f"points Docker at {first_cfg.socket_path}"):
+        await second.publish_spec(second_cfg)
+    await second.close()
+    await second_runner.cleanup()
+    assert first_cfg.spec_path.read_text() == f"unix://{first_cfg.socket_path}\n"
+    await first.close()
+    await first_runner.cleanup()
+    assert not first_cfg.spec_path.exists()
+
+
+async def test_a_spec_naming_a_dead_socket_is_taken_over(store: VolumeStore, tmp_path: Path):
+    cfg = _config(tmp_path)
+    cfg.spec_path.parent.mkdir(parents=True)
+    cfg.spec_path.write_text(f"unix://{tmp_path / 'gone.sock'}\n")
+    runner = await _runner(store)
+    site = await start_plugin_site(runner, cfg)
+    await site.publish_spec(cfg)
+    assert cfg.spec_path.read_text() == f"unix://{cfg.socket_path}\n"
+    await site.close()
     await runner.cleanup()
