@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from nvplugin.devices import Gpu, GpuInventory
+from nvplugin.devices import Gpu, GpuInventory, docker_host_path
 from nvplugin.errors import SelectionError
 from nvplugin.render_json import go_json, gpu_info_json
 from nvplugin.selection import quote_item
@@ -43,7 +43,14 @@ def volume_kinds(spec: str | None) -> tuple[str, ...]:
 class DockerArgs:
     volume_driver: str
     volumes: tuple[str, ...]  # name:mountpoint:options
-    devices: tuple[str, ...]  # path, or host_path:path when devices live under another root
+    devices: tuple[str, ...]  # path, or host path:path when the Docker host has it elsewhere
+
+
+def docker_device(host_path: str, path: str, host_root: str) -> str:
+    """One `--device` value: `/dev/nvidia0` as 1.0 printed it when the Docker host has the node
+    at the container's path, `<path on the Docker host>:/dev/nvidia0` otherwise."""
+    host = docker_host_path(host_path, host_root)
+    return path if host == path else f"{host}:{path}"
 
 
 def docker_args(
@@ -52,15 +59,19 @@ def docker_args(
     control_nodes: Iterable[DeviceNodeLike],
     gpus: Iterable[Gpu],
     *,
-    map_paths: bool,
+    host_root: str,
 ) -> DockerArgs:
-    """What `docker run` needs: volumes per kind, control nodes, then GPUs in index order."""
+    """What `docker run` needs: volumes per kind, control nodes, then GPUs in index order.
+
+    Docker opens device nodes on its own host: `host_root` is where that host's `/` appears to
+    this daemon (`--host-root`), and every node path is given as the Docker host sees it.
+    """
     volumes = tuple(
         f"{kind}_{driver_version}:{VOLUME_KINDS[kind][0]}:{VOLUME_KINDS[kind][1]}" for kind in kinds
     )
     nodes = [(node.host_path, node.path) for node in control_nodes]
     nodes += [(gpu.host_path, gpu.path) for gpu in sorted(gpus, key=lambda g: g.index)]
-    devices = tuple(f"{host}:{path}" if map_paths else path for host, path in nodes)
+    devices = tuple(docker_device(host, path, host_root) for host, path in nodes)
     return DockerArgs(VOLUME_DRIVER, volumes, devices)
 
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nvplugin import __version__
+from nvplugin.devices import docker_host_path
 from nvplugin.errors import ConfigError
 
 DEFAULT_LISTEN = "localhost:3476"
 DEFAULT_SOCKET_DIR = "/run/docker/plugins"
 DEFAULT_VOLUMES_DIR = "/var/lib/nvidia-docker/volumes"
 DEFAULT_DRIVER_ROOT = "/"
+DEFAULT_HOST_ROOT = "/"
 PLUGIN_NAME = "nvidia-docker"
 SPEC_DIR = "/etc/docker/plugins"
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -30,6 +32,9 @@ class Config:
     volumes_dir: Path = Path(DEFAULT_VOLUMES_DIR)
     driver_root: Path = Path(DEFAULT_DRIVER_ROOT)
     dev_root: Path = Path(DEFAULT_DRIVER_ROOT)
+    # Where the Docker host's / appears to the daemon: device paths given to Docker are made
+    # relative to it (`/host` in the image, whose --dev-root is the host's / mounted there).
+    host_root: Path = Path(DEFAULT_HOST_ROOT)
     log_level: str = "info"
     # Where Docker looks for plugin spec files; only used when socket_dir is not Docker's default.
     spec_dir: Path = Path(SPEC_DIR)
@@ -81,6 +86,9 @@ _FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
      "root under which the driver's files are found (ld.so.cache, libraries, binaries, /proc)"),
     (None, "--dev-root", "NVP_DEV_ROOT", "",
      "root under which the device nodes are found (default: the driver root)"),
+    (None, "--host-root", "NVP_HOST_ROOT", DEFAULT_HOST_ROOT,
+     "where the Docker host's / is mounted for this daemon (/host in the image); device paths "
+     "are given to Docker as that host sees them, so --dev-root must lie under it"),
     (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
 )
 
@@ -113,18 +121,39 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
     if level not in LOG_LEVELS:
         raise ConfigError(f"invalid log level {ns.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     parse_listen(ns.listen)
-    for flag in ("socket_dir", "volumes_dir", "driver_root"):
+    for flag in ("socket_dir", "volumes_dir", "driver_root", "host_root"):
         if not getattr(ns, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
     driver_root = Path(ns.driver_root)
+    dev_root = Path(ns.dev_root) if ns.dev_root else driver_root
     return Config(
         listen=ns.listen,
         socket_dir=Path(ns.socket_dir),
         volumes_dir=Path(ns.volumes_dir),
         driver_root=driver_root,
-        dev_root=Path(ns.dev_root) if ns.dev_root else driver_root,
+        dev_root=dev_root,
+        host_root=check_host_root(ns.host_root, dev_root),
         log_level=level,
     )
+
+
+def check_host_root(value: str, dev_root: Path) -> Path:
+    """--host-root: an absolute, existing directory with --dev-root under it, or the device paths
+    the daemon gives Docker would name nodes the Docker host does not have."""
+    if not value.startswith("/"):
+        raise ConfigError(f"--host-root {value!r} must be an absolute path")
+    host_root = Path(value)
+    if not host_root.is_dir():
+        raise ConfigError(
+            f"--host-root {value} is not a directory: mount the Docker host's / there "
+            "(docker run -v /:/host:ro,rslave ...), or leave it at / when the daemon runs on "
+            "the host"
+        )
+    try:
+        docker_host_path(str(dev_root), value)
+    except ConfigError as err:
+        raise ConfigError(f"--dev-root {dev_root}: {err.message}") from None
+    return host_root
 
 
 def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Protocol
 
 from aiohttp import web
@@ -69,7 +68,6 @@ class LastPages:
 
 GPUS = web.AppKey("gpus", GpuSource)
 PAGES = web.AppKey("pages", LastPages)
-MAP_PATHS = web.AppKey("map_paths", bool)
 MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
 CONFIG = web.AppKey("config", Config)
 
@@ -127,7 +125,15 @@ async def _docker_args(request: web.Request) -> cli_args.DockerArgs:
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
     nodes = await gpus.control_nodes()
-    return cli_args.docker_args(version, kinds, nodes, selected, map_paths=request.app[MAP_PATHS])
+    host_root = str(request.app[CONFIG].host_root)
+    try:
+        return cli_args.docker_args(version, kinds, nodes, selected, host_root=host_root)
+    except ConfigError as err:
+        # A node the Docker host cannot see (start-up refuses a --dev-root outside --host-root,
+        # so only a node found elsewhere gets here): the daemon's setup, not the request, is
+        # wrong. Refused, logged, and answered 503 rather than handing Docker a dead path.
+        log.error("Error: refusing %s: %s", request.path, err.message)
+        raise NvpluginError(err.message) from err
 
 
 async def docker_cli(request: web.Request) -> web.Response:
@@ -208,8 +214,6 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
     app = web.Application(middlewares=[error_middleware])
     app[GPUS] = gpus
     app[PAGES] = LastPages()
-    # Devices under another root are passed as host:container pairs.
-    app[MAP_PATHS] = config.dev_root != Path("/")
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
     for prefix in (f"/{API_VERSION}", ""):

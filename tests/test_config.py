@@ -52,3 +52,45 @@ def test_bad_listen_addresses_are_named(value):
 def test_empty_paths_are_refused():
     with pytest.raises(ConfigError, match="--volumes-dir must not be empty"):
         config.load(["-d", ""], environ={})
+
+
+def test_host_root_defaults_to_slash_and_is_read_from_the_environment(tmp_path):
+    assert config.load([], environ={}).host_root == Path("/")
+    host = tmp_path / "host"
+    host.mkdir()
+    cfg = config.load([], environ={"NVP_DRIVER_ROOT": str(host), "NVP_HOST_ROOT": str(host)})
+    assert cfg.host_root == host and cfg.dev_root == host
+    # A driver container's root under the mounted host root, flag over environment.
+    driver = host / "run/nvidia/driver"
+    cfg = config.load(["--dev-root", str(driver), "--host-root", str(host)],
+                      environ={"NVP_HOST_ROOT": "/"})
+    assert cfg.host_root == host and cfg.dev_root == driver
+
+
+def test_host_root_is_in_help():
+    assert "--host-root HOST_ROOT" in config.build_parser(environ={}).format_help()
+    assert config.ENVIRONMENT["--host-root"] == "NVP_HOST_ROOT"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--host-root", ""], "--host-root must not be empty"),
+    (["--host-root", "host"], "--host-root 'host' must be an absolute path"),
+    (["--host-root", "/nonexistent/host"], "--host-root /nonexistent/host is not a directory"),
+    (["--dev-root", "dev"], "--dev-root dev: device path 'dev' is relative"),
+])
+def test_bad_host_roots_are_named(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(argv, environ={})
+
+
+def test_a_dev_root_docker_cannot_see_is_refused_at_start(tmp_path):
+    # The plugin container's own /dev (or any path outside the mounted host root) names nodes
+    # the Docker host does not have.
+    host = tmp_path / "host"
+    host.mkdir()
+    for dev_root in ("/", "/run/nvidia/driver", f"{host}-other"):
+        with pytest.raises(ConfigError, match=f"--dev-root {dev_root}: .* is not under "
+                                              f"--host-root {host}, so the Docker host cannot"):
+            config.load(["--dev-root", dev_root, "--host-root", str(host)], environ={})
+    # The same roots are fine for a daemon on the host.
+    assert config.load(["--dev-root", "/run/nvidia/driver"], environ={}).host_root == Path("/")

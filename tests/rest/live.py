@@ -30,6 +30,7 @@ class LiveRest:
     dev_root: Path
     nvml_library: str | None
     port: int = 0
+    host_root: Path = Path("/")  # where the Docker host's / appears, as --host-root
     gpus: GpuService | None = None
     manifest: Manifest | None = None
     manifest_error: NvpluginError | None = None
@@ -66,7 +67,7 @@ class LiveRest:
         except NvpluginError as err:
             self.manifest_error = err
         config = Config(driver_root=self.driver_root, dev_root=self.dev_root,
-                        listen=f"127.0.0.1:{self.port}")
+                        host_root=self.host_root, listen=f"127.0.0.1:{self.port}")
         app = rest_api.make_app(self.gpus, self.provide_manifest, config)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

@@ -225,6 +225,65 @@ async def test_devices_under_another_dev_root_are_mapped(
     )
 
 
+def _nodes_under(gpus: RecordGpus, root: str) -> None:
+    """Every node of the record host moved under `root`, as NVML and devnodes build them."""
+    gpus.nodes = tuple(Node(root + n.path, n.path) for n in gpus.nodes)
+    inventory = gpus.inventory_
+    moved = tuple(dataclasses.replace(gpu, host_path=root + gpu.path) for gpu in inventory.gpus)
+    gpus.inventory_ = dataclasses.replace(inventory, gpus=moved)
+
+
+@pytest.mark.parametrize("prefix", PREFIXES, ids=["v1.0", "alias"])
+async def test_the_images_devices_are_given_as_the_docker_host_sees_them(
+    aiohttp_client: MakeClient, gpus: RecordGpus, prefix: str
+) -> None:
+    # The README's container: the host's / at /host, --dev-root /host, --host-root /host.
+    _nodes_under(gpus, "/host")
+    config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
+    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    response = await client.get(prefix + "/docker/cli?dev=1")
+    assert await response.text() == (
+        "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
+        "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia1"
+    )
+    document = await (await client.get(prefix + "/docker/cli/json?dev=0+1")).json()
+    assert document["Devices"] == ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0",
+                                   "/dev/nvidia1"]
+
+
+async def test_a_driver_container_seen_from_the_image_keeps_its_host_path(
+    aiohttp_client: MakeClient, gpus: RecordGpus
+) -> None:
+    _nodes_under(gpus, "/host/run/nvidia/driver")
+    root = Path("/host/run/nvidia/driver")
+    config = Config(driver_root=root, dev_root=root, host_root=Path("/host"))
+    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    document = await (await client.get("/docker/cli/json?dev=0")).json()
+    assert document["Devices"] == [f"/run/nvidia/driver{p}:{p}"
+                                   for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")]
+
+
+async def test_a_node_docker_cannot_see_is_refused_with_503_and_logged(
+    aiohttp_client: MakeClient, gpus: RecordGpus, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Start-up refuses a --dev-root outside --host-root; a node found elsewhere anyway (here the
+    # plugin container's own /dev) must not reach Docker as a path only the container has.
+    _nodes_under(gpus, "/host")
+    gpus.nodes = (Node("/dev/nvidiactl", "/dev/nvidiactl"),)
+    config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
+    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    with caplog.at_level(logging.ERROR, logger="nvplugin.rest_api"):
+        for path in ("/docker/cli", "/docker/cli/json"):
+            response = await client.get(path)
+            assert response.status == 503
+            text = await response.text()
+            assert text.startswith("/dev/nvidiactl is not under --host-root /host"), text
+            assert text.count("\n") == 1 and "--device" not in text
+    refusals = [r.getMessage() for r in caplog.records if r.name == "nvplugin.rest_api"]
+    assert len(refusals) == 2
+    assert refusals[0].startswith("Error: refusing /docker/cli: /dev/nvidiactl is not under")
+
+
 def test_routes_are_registered_under_both_prefixes() -> None:
     app = rest_api.make_app(RecordGpus(*records.one_gpu_host()), lambda: MANIFEST, Config())
     paths = {r.canonical for r in app.router.resources()}

@@ -63,6 +63,31 @@ def test_docker_cli_maps_the_fake_hosts_nodes(live_rest: LiveRest) -> None:
     assert document["Devices"][-2:] == [f"{dev}/nvidia{i}:/dev/nvidia{i}" for i in (0, 1)]
 
 
+def test_docker_cli_gives_nodes_as_the_docker_host_sees_them(live_rest: LiveRest) -> None:
+    # As in the image: the fake host's parent stands for where the Docker host's / is mounted, so
+    # <parent>/<root>/dev/nvidia1 is /<root>/dev/nvidia1 to Docker. The real GpuService and
+    # devnodes build the host paths; only the REST edge translates them.
+    root = live_rest.dev_root
+    server = LiveRest(root, root, live_rest.nvml_library, host_root=root.parent).start()
+    try:
+        dev = f"/{root.name}/dev"
+        document: dict[str, Any] = get(server, "/docker/cli/json?dev=1").json()
+        names = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia1")
+        assert document["Devices"] == [f"{dev}/{n}:/dev/{n}" for n in names]
+    finally:
+        server.stop()
+    # And with the fake host itself as the host root, the nodes are the host's /dev ones: 1.0's
+    # plain `--device=/dev/nvidia1`.
+    server = LiveRest(root, root, live_rest.nvml_library, host_root=root).start()
+    try:
+        assert get(server, "/docker/cli?dev=1&vol=nvidia_driver").text == (
+            "--volume-driver=nvidia-docker --volume=nvidia_driver_580.159.04:/usr/local/nvidia:ro "
+            "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia-uvm-tools "
+            "--device=/dev/nvidia1")
+    finally:
+        server.stop()
+
+
 def test_bad_selectors_on_the_real_grammar(live_rest: LiveRest) -> None:
     response = get(live_rest, "/docker/cli?dev=2")
     assert (response.status_code, response.text) == (400, "invalid device: 2\n")

@@ -165,7 +165,7 @@ CONTROL = [Node("/dev/nvidiactl", "/dev/nvidiactl"), Node("/dev/nvidia-uvm", "/d
 def test_docker_cli_text_is_v1_line() -> None:
     inventory, _ = records.v1_sample_host()
     args = cli_args.docker_args("375.26", ["nvidia_driver"], CONTROL,
-                              reversed(inventory.gpus), map_paths=False)
+                              reversed(inventory.gpus), host_root="/")
     assert cli_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
         "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia-uvm-tools "
@@ -181,7 +181,7 @@ def test_docker_cli_text_is_v1_line() -> None:
 def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     gpu = records.gpu(0, minor=2, path="/dev/nvidia2", host_path="/run/drv/dev/nvidia2")
     nodes = [Node("/run/drv/dev/nvidiactl", "/dev/nvidiactl")]
-    args = cli_args.docker_args("580.159.04", [], nodes, [gpu], map_paths=True)
+    args = cli_args.docker_args("580.159.04", [], nodes, [gpu], host_root="/")
     assert args.devices == ("/run/drv/dev/nvidiactl:/dev/nvidiactl",
                             "/run/drv/dev/nvidia2:/dev/nvidia2")
     assert cli_args.docker_cli_text(args) == (
