@@ -184,9 +184,13 @@ def test_engine_connection_refuses(host: str, message: str) -> None:
 
 # --- Engine against the real Docker Engine ----------------------------------------------------
 
-@pytest.fixture
-def engine(docker_engine: DockerEngine) -> Iterator[Engine]:
-    engine = Engine(Endpoint(DEFAULT_HOST))
+# `http+unix://` is a form only the SDK speaks: it stands in for `ssh://` (the SDK's other path).
+SDK_HOST = "http+unix:///var/run/docker.sock"
+
+
+@pytest.fixture(params=[DEFAULT_HOST, SDK_HOST], ids=["engine_http", "sdk"])
+def engine(request: pytest.FixtureRequest, docker_engine: DockerEngine) -> Iterator[Engine]:
+    engine = Engine(Endpoint(request.param))
     yield engine
     engine.close()
 
@@ -272,15 +276,16 @@ def test_missing_volume_plugin_gets_the_start_hint(unix_server: tuple[str, Scrip
 @pytest.mark.parametrize(
     ("host", "why"),
     [("unix:///nonexistent.sock", "No such file or directory"),
-     ("tcp://127.0.0.1:1", "Connection refused")],
+     ("tcp://127.0.0.1:1", "Connection refused"),
+     ("http+unix:///nonexistent.sock", "Error while fetching server API version: ")],
+    ids=["unix", "tcp", "sdk"],
 )  # fmt: skip
 def test_unreachable_engine(host: str, why: str) -> None:
     with pytest.raises(DockerError) as caught:
         Engine(Endpoint(host)).inspect_image("img")
-    assert str(caught.value) == (
-        f"cannot connect to the Docker daemon at {host}: {why}; is the docker daemon running, "
-        f"and may this user use it?"
-    )
+    message = str(caught.value)
+    assert message.startswith(f"cannot connect to the Docker daemon at {host}: {why}")
+    assert message.endswith("; is the docker daemon running, and may this user use it?")
 
 
 # --- TLS ----------------------------------------------------------------------------------------
