@@ -1,6 +1,8 @@
 # nvidia-docker-plugin in a container. The host's / is mounted read-only at /host (driver files,
-# /proc/driver/nvidia and /dev nodes are read from there); the socket and volumes directories are
-# mounted at the same paths as on the host, because Docker mounts volumes by host path.
+# /proc/driver/nvidia and /dev nodes are read from there, and NVP_HOST_ROOT=/host makes the device
+# paths handed to Docker the host's own: /host/dev/nvidia0 is given as /dev/nvidia0); the socket
+# and volumes directories are mounted at the same paths as on the host, because Docker mounts
+# volumes by host path.
 # docs/running.md has the full `docker run` line.
 #
 #   docker build -t nvplugin .                                  # pip reaches PyPI
@@ -27,6 +29,7 @@ COPY --from=build /opt/nvplugin /opt/nvplugin
 ENV PATH=/opt/nvplugin/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     NVP_DRIVER_ROOT=/host \
     NVP_DEV_ROOT=/host \
+    NVP_HOST_ROOT=/host \
     NVP_LISTEN=127.0.0.1:3476 \
     PYTHONDONTWRITEBYTECODE=1
 # 127.0.0.1 rather than localhost: containers often have no ::1, and binding it would fail.

@@ -1,6 +1,14 @@
 """The Dockerfile, proven end to end: a local base image (debootstrap + docker import, no
 registry), an offline `docker build`, the daemon in a container on a fake GPU host, a volume
-created through it and mounted by another container, doctor inside it, a clean SIGTERM stop.
+created through it and mounted by another container, doctor inside it, a clean SIGTERM stop, and
+its docker/cli answers used by the host's Docker (plain `docker run $(curl ...)`, the JSON form,
+and `nvidia-docker run`).
+
+The plugin container is started as the README says: the host's real `/` at `/host` (read-only,
+rslave) and the image's own NVP_HOST_ROOT. Only the driver and dev roots point further in, at the
+fake host `<root>` (`/host<root>`), since this host has no NVIDIA driver of its own. So the nodes
+the daemon reads at `/host<root>/dev/nvidia0` exist on the Docker host only at `<root>/dev/nvidia0`:
+an answer naming the container's path, or a missing NVP_HOST_ROOT, makes `docker run` fail.
 
 Slow the first time (debootstrap, ~1-2 min); the rootfs and wheels are cached afterwards.
 """
@@ -11,16 +19,21 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker
 import pytest
 
-from tests.dockerenv import E2E_LOCK, PLUGIN_SOCKET_DIR, _unix_post
+from tests.dockerenv import E2E_LOCK, PLUGIN_SOCKET_DIR, _unix_post, free_port
 from tests.packaging import image
 from tests.requirements import need, need_root
 
@@ -29,6 +42,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.root]
 IMAGE_TAG = "nvplugin-ci/plugin:test"
 # The image adds the venv (nvplugin and its dependencies) to the base: keep that layer small.
 MAX_ADDED_BYTES = 40 * 1000 * 1000
+N_GPUS = 2
+GPU_LABELS = {"com.nvidia.volumes.needed": "nvidia_driver"}
 
 
 @pytest.fixture(scope="module")
@@ -42,32 +57,51 @@ def plugin_image(docker_engine, tmp_path_factory) -> str:
     return image.build_image(context, base, IMAGE_TAG)
 
 
+def root_mount_mode() -> str:
+    """The README's `ro,rslave` for `-v /:/host`; Docker refuses rslave when the host's / is a
+    private mount (a CI machine that is itself a container), and then plain `ro` does here: the
+    fake host exists before the container starts, so no later mount needs to propagate."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" - ")[0].split()
+        if fields[4] == "/":
+            shared = any(f.startswith(("shared:", "master:")) for f in fields[6:])
+            return "ro,rslave" if shared else "ro"
+    return "ro"
+
+
 @pytest.fixture
 def plugin_container(plugin_image, docker_engine, gpu_host_factory, tmp_path,
                      ) -> Iterator[docker.models.containers.Container]:
     # The plugin name and socket are host-wide: hold the lock every daemon-starting test takes.
     with open(E2E_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        host = gpu_host_factory()
-        for node in (host.root / "dev").glob("nvidia*"):
+        host = gpu_host_factory(n_gpus=N_GPUS)
+        root = host.root.resolve()
+        for node in (root / "dev").glob("nvidia*"):
             node.chmod(0o666)
         volumes_dir = tmp_path / "volumes"
         volumes_dir.mkdir()
         PLUGIN_SOCKET_DIR.mkdir(parents=True, exist_ok=True)
+        port = free_port()
         container = docker_engine.client.containers.run(
-            plugin_image, detach=True, network_mode="none", name=f"nvplugin-image-{os.getpid()}",
+            # --net host as in the README: the REST API is the host's 127.0.0.1:<port>.
+            plugin_image, detach=True, network_mode="host", name=f"nvplugin-image-{os.getpid()}",
             volumes={
-                str(host.root): {"bind": "/host", "mode": "ro"},
+                "/": {"bind": "/host", "mode": root_mount_mode()},
                 str(PLUGIN_SOCKET_DIR): {"bind": str(PLUGIN_SOCKET_DIR), "mode": "rw"},
                 str(volumes_dir): {"bind": str(volumes_dir), "mode": "rw"},
-                str(host.nvml_config): {"bind": "/etc/fakenvml.json", "mode": "ro"},
             },
             # As on a real host: NVML opens the nodes, so the device cgroup must allow them.
-            devices=[f"{n}:/dev/{n.name}:rwm" for n in (host.root / "dev").glob("nvidia*")],
-            environment={"NVP_VOLUMES_DIR": str(volumes_dir),
-                         "FAKE_NVML_CONFIG": "/etc/fakenvml.json"},
+            devices=[f"{n}:/dev/{n.name}:rwm" for n in (root / "dev").glob("nvidia*")],
+            # NVP_HOST_ROOT is the image's (/host): this test fails if the Dockerfile drops it.
+            environment={"NVP_DRIVER_ROOT": f"/host{root}", "NVP_DEV_ROOT": f"/host{root}",
+                         "NVP_LISTEN": f"127.0.0.1:{port}",
+                         "NVP_VOLUMES_DIR": str(volumes_dir),
+                         "FAKE_NVML_CONFIG": f"/host{host.nvml_config.resolve()}"},
         )
         container.host = host  # type: ignore[attr-defined]
+        container.root = root  # type: ignore[attr-defined]
+        container.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
         try:
             yield container
         finally:
@@ -153,3 +187,80 @@ def test_daemon_in_a_container_serves_a_volume_to_another_container(
     except FileNotFoundError:
         return
     assert not (stat.S_ISSOCK(st.st_mode) and st.st_ino == socket_inode)
+
+
+def rest_get(url: str, timeout: float = 60.0) -> str:
+    """The body of a 200 answer; retried while the daemon is still starting its REST API."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.read().decode()
+        except (urllib.error.URLError, ConnectionError) as err:
+            if isinstance(err, urllib.error.HTTPError) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+# busybox `ls -l` of a character device: `crw-rw-rw-  1 root  root  195,   1 Jan  1 00:00 /dev/x`
+LS_NODE = re.compile(r"^c\S*\s+\d+\s+\S+\s+\S+\s+(\d+),\s*(\d+)\s.*\s(/dev/\S+)$", re.MULTILINE)
+SHOW = "ls -l /dev/nvidia*; echo ---; ls /usr/local/nvidia/lib64"
+
+
+def seen_inside(output: str) -> tuple[dict[str, tuple[int, int]], list[str]]:
+    """(container path -> (major, minor) of every /dev/nvidia* node, the driver libraries)."""
+    nodes, _, libs = output.partition("---")
+    found = {path: (int(major), int(minor)) for major, minor, path in LS_NODE.findall(nodes)}
+    return found, libs.split()
+
+
+def test_docker_cli_of_the_containerised_daemon_works_on_the_hosts_docker(
+        plugin_container, docker_engine, make_image):
+    container, root = plugin_container, plugin_container.root
+    version = container.host.version
+    wait_until_serving(container)
+    dev = f"{root}/dev"
+    # Docker opens --device paths on its host: the fake host's nodes are at <root>/dev there,
+    # while the daemon reads them at /host<root>/dev.
+    cli = rest_get(container.url + "/v1.0/docker/cli?dev=1")
+    expected = {"/dev/nvidiactl": (195, 255), "/dev/nvidia-uvm": (238, 0),
+                "/dev/nvidia-uvm-tools": (238, 1)}
+
+    # docker run $(curl -s localhost:3476/v1.0/docker/cli?dev=1) IMAGE ..., word-split as the
+    # shell does, on the host's docker CLI.
+    busybox = make_image()
+    done = subprocess.run(["docker", "run", "--rm", "--net=none", *cli.split(), busybox,
+                           "sh", "-c", SHOW], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"docker run {cli} ...:\n{done.stderr}"
+    assert cli == (
+        f"--volume-driver=nvidia-docker --volume=nvidia_driver_{version}:/usr/local/nvidia:ro "
+        f"--device={dev}/nvidiactl:/dev/nvidiactl --device={dev}/nvidia-uvm:/dev/nvidia-uvm "
+        f"--device={dev}/nvidia-uvm-tools:/dev/nvidia-uvm-tools "
+        f"--device={dev}/nvidia1:/dev/nvidia1"
+    )
+    nodes, libs = seen_inside(done.stdout)
+    assert nodes == {**expected, "/dev/nvidia1": (195, 1)}, done.stdout
+    assert f"libnvidia-ml.so.{version}" in libs and "libcuda.so.1" in libs
+
+    # The JSON form, used as 1.0's nvidia-docker did: Devices as HostConfig devices.
+    document = json.loads(rest_get(container.url + "/v1.0/docker/cli/json?dev=0"))
+    assert document["Devices"][-1] == f"{dev}/nvidia0:/dev/nvidia0"
+    output = docker_engine.client.containers.run(
+        busybox, ["sh", "-c", SHOW], devices=document["Devices"],
+        volume_driver=document["VolumeDriver"], volumes=document["Volumes"],
+        network_mode="none", remove=True).decode()
+    nodes, libs = seen_inside(output)
+    assert nodes == {**expected, "/dev/nvidia0": (195, 0)}, output
+    assert f"libnvidia-ml.so.{version}" in libs
+
+    # nvidia-docker run on the host, against the containerised daemon's REST API.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("NV_", "DOCKER_"))}
+    environ.update(PYTHONPATH=str(image.REPO), NV_HOST=container.url, NV_GPU="0,1")
+    done = subprocess.run(
+        [sys.executable, "-m", "nvplugin.wrapper", "run", "--rm", "--net=none",
+         make_image(labels=GPU_LABELS), "sh", "-c", SHOW],
+        env=environ, capture_output=True, text=True, timeout=120, cwd=image.REPO)
+    assert done.returncode == 0, done.stderr
+    nodes, libs = seen_inside(done.stdout)
+    assert nodes == {**expected, "/dev/nvidia0": (195, 0), "/dev/nvidia1": (195, 1)}, done.stdout
+    assert "libcuda.so.1" in libs
