@@ -46,7 +46,19 @@ def test_every_route_is_described_under_both_prefixes() -> None:
     expected = {p + path for p in (f"/{rest_api.API_VERSION}", "") for path, _ in rest_api.ROUTES}
     assert set(SPEC["paths"]) == expected
     for item in SPEC["paths"].values():
-        assert set(item) == {"get"} and "503" in item["get"]["responses"]
+        # Only GET is an operation: schemathesis (rightly) reads a listed method as served.
+        assert set(item) == {"get"}
+        responses = item["get"]["responses"]
+        assert {"200", "404", "405", "503"} <= set(responses)
+        assert responses["404"] == {"$ref": "#/components/responses/NotFound"}
+        assert responses["405"] == {"$ref": "#/components/responses/MethodNotAllowed"}
+
+
+def test_every_component_is_referenced() -> None:
+    text = OPENAPI.read_text(encoding="utf-8")
+    for kind in ("responses", "examples", "schemas", "parameters"):
+        for name in SPEC["components"][kind]:
+            assert f'"#/components/{kind}/{name}"' in text, f"{kind}/{name} is never used"
 
 
 def iter_examples() -> list[tuple[str, str, str, Any]]:
@@ -96,6 +108,23 @@ def test_examples_are_what_the_fake_host_answers(live_rest: LiveRest, route: str
     response = requests.get(live_rest.url + "/v1.0" + route, timeout=10)
     value = SPEC["components"]["examples"][example]["value"]
     assert (response.json() if isinstance(value, dict) else response.text) == value
+
+
+def test_image_example_is_what_the_image_answers(live_rest: LiveRest) -> None:
+    # The image: the Docker host's / (here the fake host) is both --dev-root and --host-root.
+    root = live_rest.dev_root
+    server = LiveRest(root, root, live_rest.nvml_library, host_root=root).start()
+    try:
+        response = requests.get(server.url + "/v1.0/docker/cli?dev=0", timeout=10)
+    finally:
+        server.stop()
+    assert response.text == SPEC["components"]["examples"]["DockerCliTextImage"]["value"]
+
+
+def test_method_not_allowed_example_is_what_the_fake_host_answers(live_rest: LiveRest) -> None:
+    response = requests.post(live_rest.url + "/v1.0/gpu/info", timeout=10)
+    assert response.status_code == 405 and response.headers["Allow"] == "GET,HEAD"
+    assert response.text == SPEC["components"]["examples"]["MethodNotAllowed"]["value"]
 
 
 # A selector naming a GPU the host lacks is well-formed yet invalid: a 400 to a string the schema
