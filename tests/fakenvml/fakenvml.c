@@ -21,7 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 typedef int nvmlReturn_t;
 #define OK 0
@@ -191,6 +193,9 @@ static struct stat cfg_stat;
 static int initialized;
 static unsigned long long pcie_calls;
 static long long call_delay_us; /* "call_delay_ms": every entry point sleeps this long first */
+/* fakeNvmlWatchThread: entry points called on that thread (an event loop's) are counted. */
+static long watched_tid;
+static unsigned long long watched_calls;
 
 static void sleep_ms(double ms) {
     if (ms <= 0) return;
@@ -247,6 +252,8 @@ static int function_missing(const char *fn) {
 
 /* Every entry point starts here: takes the lock, refreshes the config, applies "missing". */
 static int enter(const char *fn, int need_init) {
+    long watched = __atomic_load_n(&watched_tid, __ATOMIC_SEQ_CST);
+    if (watched && syscall(SYS_gettid) == watched) __atomic_add_fetch(&watched_calls, 1, __ATOMIC_SEQ_CST);
     sleep_ms((double)__atomic_load_n(&call_delay_us, __ATOMIC_RELAXED) / 1000.0);
     pthread_mutex_lock(&mu);
     int rc = reload();
@@ -343,6 +350,12 @@ const char *nvmlErrorString(nvmlReturn_t result) {
 
 /* Test-only entry points, reached through the same handle pynvml uses. */
 unsigned long long fakeNvmlPcieCalls(void) { return __atomic_load_n(&pcie_calls, __ATOMIC_SEQ_CST); }
+/* Count the calls made on thread `tid` (Linux thread id; 0 stops watching) from now on. */
+void fakeNvmlWatchThread(long tid) {
+    __atomic_store_n(&watched_calls, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&watched_tid, tid, __ATOMIC_SEQ_CST);
+}
+unsigned long long fakeNvmlWatchedThreadCalls(void) { return __atomic_load_n(&watched_calls, __ATOMIC_SEQ_CST); }
 static void anchor(void) {}
 /* A static anchor: an exported symbol's address could be interposed by another loaded copy. */
 const char *fakeNvmlLibraryPath(void) {

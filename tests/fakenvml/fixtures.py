@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from tests.requirements import need_tool
 class FakeNvml:
     library: Path
     config_path: Path
+    watching: bool = False
 
     make_config = staticmethod(make_config)
     gpu = staticmethod(gpu)
@@ -46,6 +47,19 @@ class FakeNvml:
         config = self.config
         change(config)
         self.write(config)
+
+    def watch_thread(self, native_id: int) -> None:
+        """Count NVML calls made on the thread `native_id` (threading.get_native_id()) from now."""
+        lib = ctypes.CDLL(str(self.library))
+        lib.fakeNvmlWatchThread.argtypes = [ctypes.c_long]
+        lib.fakeNvmlWatchThread(native_id)
+        self.watching = native_id != 0
+
+    def watched_thread_calls(self) -> int:
+        """NVML calls made on the watched thread since `watch_thread`."""
+        lib = ctypes.CDLL(str(self.library))
+        lib.fakeNvmlWatchedThreadCalls.restype = ctypes.c_ulonglong
+        return int(lib.fakeNvmlWatchedThreadCalls())
 
     def pcie_calls(self) -> int:
         """nvmlDeviceGetPcieThroughput calls so far in this process (same loaded library)."""
@@ -86,8 +100,11 @@ def nvml_config_factory() -> Callable[..., dict[str, Any]]:
 @pytest.fixture
 def fake_nvml(
     fake_nvml_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> FakeNvml:
+) -> Iterator[FakeNvml]:
     config_path = tmp_path / "fakenvml.json"
     write_config(config_path, make_config(1))
     monkeypatch.setenv("FAKE_NVML_CONFIG", str(config_path))
-    return FakeNvml(library=fake_nvml_lib, config_path=config_path)
+    fake = FakeNvml(library=fake_nvml_lib, config_path=config_path)
+    yield fake
+    if fake.watching:  # the library outlives the test: a later one must not be counted
+        fake.watch_thread(0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -17,60 +17,65 @@ import pynvml
 
 from nvplugin.gpus import GpuService
 
-
-async def test_service_calls_never_block_the_loop(fake_nvml, host_root, caplog):
-    # 8 x 2 x 20 ms per PCIe sample, and ~70 ms per fast status read (0.5 ms per NVML call):
-    # either on the loop exceeds the threshold below, which stays above what debug mode's own
-    # bookkeeping and GIL hand-overs with the NVML threads (5 ms switch interval) can cost.
-    config = fake_nvml.make_config(8, pcie_delay_ms=20, call_delay_ms=0.5)
-    fake_nvml.write(config)
-    loop = asyncio.get_running_loop()
-    loop.set_debug(True)
-    loop.slow_callback_duration = 0.05
-    with caplog.at_level(logging.WARNING, logger="asyncio"):
-        service = await GpuService.start(driver_root=host_root, dev_root=host_root,
-                                         nvml_library=str(fake_nvml.library))
-        try:
-            for _ in range(5):
-                await service.inventory()
-                await asyncio.gather(*(service.status() for _ in range(10)))
-                await service.control_nodes()
-            await service.refresh()
-        finally:
-            await service.close()
-    slow = [r.getMessage() for r in caplog.records if "Executing" in r.getMessage()]
-    assert slow == []
-    assert fake_nvml.pcie_calls() >= 16  # the slow reads did happen, in the sampler's thread
+# The fake NVML counts the calls made on a watched thread: here the event loop's. That is exact
+# where a slow-callback threshold is a guess about the scheduler (a loaded 2-core machine has
+# stalled a callback for over a second with no NVML call in it).
 
 
-async def test_the_blocking_detector_sees_nvml_on_the_loop(fake_nvml, host_root, caplog):
-    """The check above is real: the same reads made on the loop are reported."""
-    fake_nvml.write(fake_nvml.make_config(8, call_delay_ms=0.5))
-    loop = asyncio.get_running_loop()
-    loop.set_debug(True)
-    loop.slow_callback_duration = 0.05
+async def test_service_calls_never_block_the_loop(fake_nvml, host_root):
+    fake_nvml.write(fake_nvml.make_config(8))
+    fake_nvml.watch_thread(threading.get_native_id())
     service = await GpuService.start(driver_root=host_root, dev_root=host_root,
                                      nvml_library=str(fake_nvml.library))
     try:
-        with caplog.at_level(logging.WARNING, logger="asyncio"):
-            done = loop.create_future()
-            loop.call_soon(lambda: done.set_result(service._require().read_status(time.time)))
-            await done
+        assert service.available
+        for _ in range(5):
+            await service.inventory()
+            await asyncio.gather(*(service.status() for _ in range(10)))
+            await service.control_nodes()
+            await service.driver_version()
+        service.status_cache.max_age = -1.0  # the next status waits for a fresh PCIe sample
+        await service.status()
+        await service.refresh()
+        await service.status()
     finally:
         await service.close()
-    assert any("Executing" in r.getMessage() for r in caplog.records)
+    assert fake_nvml.watched_thread_calls() == 0
+    assert fake_nvml.pcie_calls() >= 16  # the slow reads did happen, in the sampler's thread
+
+
+async def test_the_on_loop_detector_sees_nvml_on_the_loop(fake_nvml, host_root):
+    """The check above is real: one status read made on the loop is counted, call by call."""
+    fake_nvml.write(fake_nvml.make_config(8))
+    service = await GpuService.start(driver_root=host_root, dev_root=host_root,
+                                     nvml_library=str(fake_nvml.library))
+    try:
+        fake_nvml.watch_thread(threading.get_native_id())
+        service._require().versions()  # driver and CUDA versions: two NVML calls, on the loop
+        assert fake_nvml.watched_thread_calls() == 2
+        service._require().read_status(time.time)
+        assert fake_nvml.watched_thread_calls() > 8 * 10
+    finally:
+        await service.close()
 
 
 async def test_status_is_served_without_waiting_for_pcie(fake_nvml, start_service):
-    fake_nvml.update(lambda c: c.update(pcie_delay_ms=200))
     service = await start_service()
     await service.status()  # the first request waits for the first sample
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    for _ in range(5):
-        await service.status()
-    assert loop.time() - started < 0.2 * 2 * 5  # well below one PCIe read per request
-    assert service.status_cache is not None and service.status_cache.slow_reads <= 2
+    cache = service.status_cache
+    assert cache is not None and cache.slow_reads == 1
+    # That sample stays fresh whatever the scheduler does (no timing here), and from now on a
+    # PCIe read takes 2 x 3 s: a request that waited for one would miss the generous bound below,
+    # which is ~1000 times what serving five requests from the sample takes.
+    cache.max_age = 3600.0
+    fake_nvml.update(lambda c: c.update(pcie_delay_ms=3000))
+
+    async def five() -> list:
+        return [await service.status() for _ in range(5)]
+
+    answers = await asyncio.wait_for(five(), timeout=2.5)
+    assert [s[0].pcie_rx_mbs for s in answers] == [2] * 5  # 2345 kB/s, from the sample
+    assert cache.slow_reads <= 2  # at most the sampler's own next read
 
 
 async def test_the_chosen_library_file_is_the_one_used(fake_nvml, start_service, tmp_path):
