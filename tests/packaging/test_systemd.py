@@ -141,3 +141,15 @@ def test_readiness_wait_returns_once_the_socket_exists(tmp_path):
         done = subprocess.run(argv, env={"NVP_SOCKET_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
                               timeout=30)
     assert done.returncode == 0
+
+
+def test_other_users_processes_stay_visible():
+    # gpu/status names each GPU's processes from /proc/<pid> (NVML reads it too, and the daemon
+    # falls back to <driver-root>/proc/<pid>/comm). ProtectProc=invisible, ptraceable or noaccess
+    # mount /proc with hidepid, hiding every process the daemon may not ptrace: without
+    # CAP_SYS_PTRACE, every other user's GPU job. ProcSubset=pid would hide /proc/driver/nvidia.
+    for paths in ([UNIT], [UNIT, DROP_IN_DIR / "user.conf.example"]):
+        service = parse(*paths)["Service"]
+        assert service.get("ProtectProc", ["default"])[-1] == "default"
+        assert service.get("ProcSubset", ["all"])[-1] == "all"
+        assert "CAP_SYS_PTRACE" not in " ".join(service["CapabilityBoundingSet"])
