@@ -247,8 +247,8 @@ def _binaries(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected]) -
                                  capability=comp.capability,
                                  reason=f"{comp.reason} (found in {directory})",
                                  arch=facts.arch))
-        for err in skipped:  # only worth a warning when no usable copy was found
-            log.log(logging.DEBUG if chosen else logging.WARNING, "Skipping %s", err)
+        for reason in skipped:  # only worth a warning when no usable copy was found
+            log.log(logging.DEBUG if chosen else logging.WARNING, "Skipping %s", reason)
     return entries
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from nvplugin.errors import CacheFormatError
 
@@ -110,11 +111,11 @@ def new_header_offset(data: bytes, filename: str = "ld.so.cache") -> int:
 
 
 def _unpack(fmt: struct.Struct, data: bytes, offset: int, filename: str,
-            what: str) -> tuple[int | bytes, ...]:
+            what: str) -> tuple[Any, ...]:
     if offset + fmt.size > len(data):
         raise _error(filename, f"{what} at byte {offset} needs {fmt.size} bytes but the file "
                                f"has {len(data)} (truncated)")
-    return fmt.unpack_from(data, offset)  # type: ignore[no-any-return]
+    return fmt.unpack_from(data, offset)
 
 
 def _string(data: bytes, base: int, offset: int, filename: str, index: int, what: str) -> str:
