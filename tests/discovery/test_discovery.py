@@ -10,6 +10,7 @@ import pytest
 from nvplugin import discovery, elfinfo
 from nvplugin.errors import DriverNotFound
 from nvplugin.manifest import Manifest
+from tests.discovery.multilib import has_32bit
 
 HOSTS = {
     "new-cache": {},
@@ -111,7 +112,7 @@ def test_links_as_1_0_made_them(fake_host):
     assert links["lib64/libGL.so.1"] == "libGL.so.1.7.0"
     assert links["lib64/libnvidia-opticalflow.so"] == "libnvidia-opticalflow.so.1"
     assert "lib64/libnvidia-glcore.so" not in links  # SONAME is the file name: nothing to link
-    if fake_host.with_32bit:
+    if has_32bit(fake_host):
         assert links["lib/libcuda.so.1"] == f"libcuda.so.{v}"
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from nvplugin import elfinfo
 from nvplugin.errors import ElfError
+from tests.discovery.multilib import need_32bit
 
 
 @pytest.mark.parametrize(("rel", "soname", "needed"), [
@@ -27,8 +28,7 @@ def test_facts_of_64bit_libraries(fake_host, rel, soname, needed):
 
 
 def test_facts_of_32bit_library(fake_host):
-    if not fake_host.with_32bit:
-        pytest.skip("gcc -m32 is not available")
+    need_32bit(fake_host)
     facts = elfinfo.inspect(str(fake_host.path(f"{fake_host.lib32_dir}/libcuda.so.580.159.04")))
     assert (facts.bits, facts.arch, facts.machine) == (32, "i386", "EM_386")
 

@@ -55,8 +55,7 @@ def test_usr_local_nvidia_layout(fake_host_factory):
 
 
 def test_fake_nvml_is_the_hosts_libnvidia_ml(fake_host):
-    if not FAKE_NVML_SOURCE.exists():
-        pytest.skip("tests/fakenvml/fakenvml.c does not exist yet")
+    assert FAKE_NVML_SOURCE.exists()
     if fake_host.nvml_source is None:
         pytest.fail(f"{FAKE_NVML_SOURCE} does not compile (see the log)")
     lib = fake_host.path(f"{fake_host.lib64_dir}/libnvidia-ml.so.{fake_host.version}")
