@@ -3,7 +3,9 @@
 A volume is `<volumes_dir>/nvidia_driver/<version>/`, built by volume_build.py in a hidden
 sibling and renamed into place, so a crash or a concurrent reader never sees half a volume; one
 asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
-single build. Only the current driver's version can be
+single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,
+and a table keyed by every version ever asked about would only grow. Only the current driver's
+version can be
 built, lazily, by whichever of Create, Mount, Path or Get comes first after a start or upgrade.
 """
 
@@ -18,7 +20,8 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +48,12 @@ _LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
 ManifestProvider = Callable[[], Manifest]
 
 
+@dataclass(slots=True)
+class _VersionLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # the holder and the waiters
+
+
 class VolumeStore:
     """Every operation the plugin protocol needs, keyed by volume name."""
 
@@ -55,7 +64,7 @@ class VolumeStore:
         self._provider = manifest_provider
         self.cloner = cloner or Cloner()
         self.mounts = MountTable(self.volumes_dir / "state.json")
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, _VersionLock] = {}  # only versions held or awaited now
         self.builds = 0  # completed builds, for tests and /metrics
         self._directory_lock: int | None = None
 
@@ -97,8 +106,8 @@ class VolumeStore:
 
     async def close(self) -> None:
         """Wait for builds in progress (a worker thread cannot be cancelled), then flush."""
-        for lock in list(self._locks.values()):
-            async with lock:
+        for version in list(self._locks):
+            async with self._lock(version):
                 pass
         await self.mounts.persist()
         if self._directory_lock is not None:
@@ -171,8 +180,20 @@ class VolumeStore:
     def path_of(self, version: str) -> Path:
         return self.kind_dir / version
 
-    def _lock(self, version: str) -> asyncio.Lock:
-        return self._locks.setdefault(version, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def _lock(self, version: str) -> AsyncIterator[None]:
+        """Hold `version`'s lock; the entry goes when its last holder or waiter leaves."""
+        entry = self._locks.get(version)
+        if entry is None:
+            entry = self._locks[version] = _VersionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[version]
 
     async def _exists(self, version: str) -> bool:
         return await asyncio.to_thread(self.path_of(version).is_dir)

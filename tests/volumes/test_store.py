@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 
 import pytest
@@ -271,3 +273,56 @@ async def test_an_unusable_volumes_dir_stops_the_start_with_a_reason(tmp_path: P
     store = VolumeStore(tmp_path / "file" / "volumes", driver)
     with pytest.raises(ConfigError, match=r"volumes: Not a directory; choose another with -d$"):
         await store.start()
+
+
+async def test_the_lock_table_keeps_no_entry_for_names_only_asked_about(store: VolumeStore):
+    """Docker may ask Get/Mount/Path/Create/Remove about any name: none of them leaves a lock."""
+    for i in range(300):
+        name = f"nvidia_driver_{i}.{i % 7}.{i % 13}"
+        for call in (store.get(name), store.mount(name, "b" * 64), store.path(name)):
+            with pytest.raises(VolumeNotFound):
+                await call
+        with pytest.raises(VolumeVersionError):
+            await store.create(name)
+        await store.remove(name)  # nothing to remove
+    assert store._locks == {}
+    await store.mount(NAME, "a" * 64)
+    await store.unmount(NAME, "a" * 64)
+    await store.remove(NAME)
+    assert store._locks == {} and store.builds == 1
+
+
+async def _until(predicate) -> None:
+    for _ in range(1000):  # 10 s: far beyond what a few loop turns and thread hops take
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the store never got there")
+
+
+async def test_a_volume_lock_lives_while_held_or_awaited(tmp_path: Path, driver: Driver):
+    gate = threading.Event()
+
+    def slow_driver():
+        gate.wait(30)
+        return driver()
+
+    store = VolumeStore(tmp_path / "volumes", slow_driver)
+    await store.start()
+    try:
+        mounts = [asyncio.create_task(store.mount(NAME, f"{i:064x}")) for i in range(10)]
+        # one building (held at the gate), nine waiting for it
+        await _until(lambda: VERSION in store._locks and store._locks[VERSION].users == 10)
+        waiter = asyncio.create_task(store.get(NAME))
+        await _until(lambda: store._locks[VERSION].users == 11)
+        waiter.cancel()  # a waiter that gives up is no longer counted
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        assert list(store._locks) == [VERSION] and store._locks[VERSION].users == 10
+        gate.set()
+        await asyncio.gather(*mounts)
+    finally:
+        gate.set()
+        await store.close()
+    assert store.builds == 1 and store.mounts.count(NAME) == 10
+    assert store._locks == {}
