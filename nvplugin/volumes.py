@@ -5,8 +5,8 @@ sibling and renamed into place, so a crash or a concurrent reader never sees hal
 asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
 single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,
 and a table keyed by every version ever asked about would only grow. Only the current driver's
-version can be
-built, lazily, by whichever of Create, Mount, Path or Get comes first after a start or upgrade.
+version can be built, lazily, by whichever of Create, Mount, Path or Get comes first after a start
+or upgrade.
 """
 
 from __future__ import annotations
