@@ -61,6 +61,8 @@ NVML_VOLATILE_ECC = 0
 NVML_MEMORY_LOCATION_L1_CACHE = 0
 NVML_MEMORY_LOCATION_L2_CACHE = 1
 NVML_MEMORY_LOCATION_DEVICE_MEMORY = 2
+# nvmlMemory_v2_t's version word: sizeof(struct) | 2 << 24.
+NVML_MEMORY_V2 = 40 | 2 << 24
 # Links past the driver's last one answer INVALID_ARGUMENT, which ends the scan.
 NVML_NVLINK_MAX_LINKS = 36
 
@@ -92,6 +94,14 @@ def _pynvml_version() -> str:
         return importlib.metadata.version("nvidia-ml-py")
     except importlib.metadata.PackageNotFoundError:
         return "(version unknown)"
+
+
+def _memory_info_v2(handle: Any) -> Any:
+    fn = _w("nvmlDeviceGetMemoryInfo")
+    try:
+        return fn(handle, NVML_MEMORY_V2)
+    except TypeError:  # nvidia-ml-py releases whose wrapper takes no struct version
+        raise MissingWrapper("nvmlDeviceGetMemoryInfo(version=2)") from None
 
 
 def _w(name: str) -> Callable[..., Any]:
@@ -400,7 +410,10 @@ class NvmlSession:
         util = f("utilization", _w("nvmlDeviceGetUtilizationRates"), h)
         encoder = f("encoder utilization", _w("nvmlDeviceGetEncoderUtilization"), h)
         decoder = f("decoder utilization", _w("nvmlDeviceGetDecoderUtilization"), h)
-        memory = f("memory usage", _w("nvmlDeviceGetMemoryInfo"), h)
+        # nvidia-smi (R510 and later) shows used memory without the driver's reservation,
+        # which only NVML's v2 call separates; users compare our figure with nvidia-smi's.
+        memory = f("memory usage", _memory_info_v2, h) or f("memory usage",
+                                                            _w("nvmlDeviceGetMemoryInfo"), h)
         bar1 = f("BAR1 usage", _w("nvmlDeviceGetBAR1MemoryInfo"), h)
         ecc = [f(f"ECC errors ({name})", _w("nvmlDeviceGetMemoryErrorCounter"), h,
                  NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, location)

@@ -459,9 +459,15 @@ static int memory(nvmlDevice_t d, unsigned long long *total, unsigned long long 
     *total = (unsigned long long)t; *used = (unsigned long long)u;
     return rc;
 }
+/* The driver's own reservation: v1 counts it as used, v2 (what nvidia-smi shows) does not. */
+static unsigned long long reserved(nvmlDevice_t d) {
+    double r = 0;
+    return dev_num(d, "memory_reserved", &r) == OK ? (unsigned long long)r : 0;
+}
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
     ENTER(1);
     int rc = memory(d, &m->total, &m->used);
+    m->used += reserved(d);
     m->free = m->total - m->used;
     LEAVE(rc);
 }
@@ -469,8 +475,8 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
     ENTER(1);
     int rc = memory(d, &m->total, &m->used);
-    m->reserved = 0;
-    m->free = m->total - m->used;
+    m->reserved = reserved(d);
+    m->free = m->total - m->used - m->reserved;
     LEAVE(rc);
 }
 #endif
