@@ -12,6 +12,7 @@ or upgrade.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import fcntl
 import logging
@@ -236,7 +237,7 @@ class VolumeStore:
         created = datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         return VolumeInfo(name, str(path), created, self.mounts.count(name))
 
-    def _list(self) -> list[VolumeInfo]:
+    def _list(self) -> builtins.list[VolumeInfo]:
         try:
             found = sorted(e.name for e in os.scandir(self.kind_dir) if e.is_dir())
         except FileNotFoundError:
