@@ -4,6 +4,10 @@ Which engine it talks to follows the docker CLI's own precedence (`resolve_endpo
 wrapper inspects the image on the engine that will run it. The common path (image inspect, volume
 create) goes over `engine_http`; the docker SDK, ~200 ms to import, is imported only to pull a
 missing image or to reach an engine that `engine_http` does not speak (`ssh://`).
+
+When the engine's socket refuses the calling user and `NV_DOCKER` is set (`sudo docker`), the same
+three calls go through that command instead, as 1.0 made every call (`CliEngine`); `open_engine`
+picks one of the two, so the wrapper has a single code path.
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ import hashlib
 import json
 import os
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from nvplugin import engine_http
 from nvplugin.docker_argv import Invocation
@@ -125,6 +129,71 @@ def _context_endpoint(cfg: Path, name: str) -> Endpoint:
     )
 
 
+class EngineAccessDenied(DockerError):
+    """The engine's socket exists but refuses this user (EACCES/EPERM on connect)."""
+
+
+class EngineLike(Protocol):
+    """What the wrapper asks of an engine: `Engine` (the API) or `CliEngine` (NV_DOCKER)."""
+
+    def inspect_image(self, ref: str) -> ImageFacts | None: ...
+    def pull(self, ref: str, out: TextIO, platform: str | None = None,
+             quiet: bool = False) -> None: ...  # fmt: skip
+    def ensure_volume(self, name: str, driver: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_engine(endpoint: Endpoint, fallback: Sequence[str] | None = None) -> EngineLike:
+    """The engine at `endpoint`: its API, connected now, as the calling user; or, when its socket
+    refuses that user and `fallback` (NV_DOCKER with the user's global options) is given, the
+    docker CLI through `fallback`, as 1.0 ran every call (`NV_DOCKER='sudo docker'`).
+
+    Connecting first costs nothing (the first request reuses the connection) and decides the
+    transport before any request. Without `fallback`, a refusal is an `EngineAccessDenied` naming
+    both fixes.
+    """
+    engine = Engine(endpoint)
+    try:
+        engine.connect()
+    except EngineAccessDenied:
+        engine.close()
+        if fallback:
+            return CliEngine(fallback)
+        raise
+    return engine
+
+
+def access_denied_message(host: str) -> str:
+    import pwd  # a failure path only
+
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = str(os.geteuid())
+    return (
+        f"permission denied while trying to connect to the Docker daemon at {host} as user "
+        f"{user}: add the user to the docker group (sudo usermod -aG docker {user}, then log in "
+        f"again), or set NV_DOCKER='sudo docker' to run nvidia-docker's docker calls through sudo"
+    )
+
+
+def image_facts_from(data: Any) -> ImageFacts:
+    """ImageFacts from one image-inspect document; TypeError/AttributeError if malformed."""
+    config = data.get("Config") or {}
+    env = dict(item.partition("=")[::2] for item in config.get("Env") or ())
+    return ImageFacts(data.get("Id", ""), dict(config.get("Labels") or {}), env)
+
+
+def volume_error(name: str, driver: str, reason: str) -> PluginDaemonError:
+    hint = ""
+    if "plugin" in reason and "not found" in reason:
+        hint = (
+            f"; Docker does not see the {driver} volume plugin: "
+            f"start it with: systemctl start nvidia-docker"
+        )
+    return PluginDaemonError(f"cannot create volume '{name}': {reason}{hint}")
+
+
 def display_reference(ref: str) -> str:
     """`busybox` → `busybox:latest` as `docker run` prints it; digests and tags unchanged."""
     if "@" in ref:
@@ -207,11 +276,26 @@ class Engine:
             f"is the docker daemon running, and may this user use it?"
         )
 
+    def _unreachable(self, e: Unreachable) -> DockerError:
+        if e.denied:
+            return EngineAccessDenied(access_denied_message(self.endpoint.host))
+        return self._cannot_connect(e.reason)
+
+    def connect(self) -> None:
+        """Connect now (the first request reuses the connection): EngineAccessDenied if the
+        socket refuses this user, DockerError if the engine cannot be reached. Engines only the
+        SDK speaks connect on first use instead."""
+        if isinstance(self._http, HttpClient):
+            try:
+                self._http.connect()
+            except Unreachable as e:
+                raise self._unreachable(e) from e
+
     def _request(self, method: str, path: str, body: Any = None) -> Reply:
         try:
             return self._http.request(method, path, body)
         except Unreachable as e:
-            raise self._cannot_connect(e.reason) from e
+            raise self._unreachable(e) from e
 
     def inspect_image(self, ref: str) -> ImageFacts | None:
         """The image's labels and environment; None if the engine does not have it."""
@@ -221,10 +305,7 @@ class Engine:
         if reply.status != 200:
             raise DockerError(f"cannot inspect image '{ref}': {api_message(reply)}")
         try:
-            data = reply.json()
-            config = data.get("Config") or {}
-            env = dict(item.partition("=")[::2] for item in config.get("Env") or ())
-            return ImageFacts(data.get("Id", ""), dict(config.get("Labels") or {}), env)
+            return image_facts_from(reply.json())
         except (ValueError, AttributeError, TypeError) as e:
             raise DockerError(f"cannot inspect image '{ref}': unexpected answer ({e})") from e
 
@@ -249,19 +330,91 @@ class Engine:
         reply = self._request("POST", "/volumes/create", {"Name": name, "Driver": driver})
         if reply.status in (200, 201):
             return
-        reason = api_message(reply)
-        hint = ""
-        if "plugin" in reason and "not found" in reason:
-            hint = (
-                f"; Docker does not see the {driver} volume plugin: "
-                f"start it with: systemctl start nvidia-docker"
-            )
-        raise PluginDaemonError(f"cannot create volume '{name}': {reason}{hint}")
+        raise volume_error(name, driver, api_message(reply))
 
     def close(self) -> None:
         self._http.close()
         if self._api is not None:
             self._api.close()
+
+
+class CliEngine:
+    """The engine through the docker CLI: `<NV_DOCKER> image inspect|pull|volume create`.
+
+    1.0 ran every docker call through NV_DOCKER, so `NV_DOCKER='sudo docker'` let a user without
+    access to the socket use nvidia-docker; `open_engine` falls back to this when the socket
+    refuses the user. `command` is an argv list (NV_DOCKER split on whitespace, plus the user's
+    global options), never a shell string. No timeouts: sudo may be asking for a password.
+    """
+
+    def __init__(self, command: Sequence[str]) -> None:
+        self.command = list(command)
+
+    def _run(self, args: Sequence[str], stdout: Any = None) -> Any:
+        import subprocess  # this path runs docker processes anyway
+
+        argv = [*self.command, *args]
+        try:
+            return subprocess.run(argv, stdout=subprocess.PIPE if stdout is None else stdout,
+                                  stderr=subprocess.PIPE, check=False)  # fmt: skip
+        except OSError as e:
+            raise DockerError(
+                f"cannot run {argv[0]!r} (from NV_DOCKER): {engine_http.reason(e)}"
+            ) from e
+
+    def _why(self, args: Sequence[str], stderr: bytes) -> str:
+        """1.0's message: docker's stderr without its leading `Error: `, else a generic line."""
+        text = stderr.decode("utf-8", "replace").strip()
+        text = text.removeprefix("Error: ").strip()
+        ran = " ".join([*self.command, *args])
+        return f"{text or 'failed to run docker command'} (ran: {ran})"
+
+    def inspect_image(self, ref: str) -> ImageFacts | None:
+        """The image's labels and environment; None if docker says there is no such image."""
+        args = ["image", "inspect", ref]
+        done = self._run(args)
+        if done.returncode != 0:
+            if done.returncode == 1 and b"no such image" in done.stderr.lower():
+                return None
+            raise DockerError(f"cannot inspect image '{ref}': {self._why(args, done.stderr)}")
+        try:
+            return image_facts_from(json.loads(done.stdout)[0])
+        except (ValueError, AttributeError, TypeError, IndexError, KeyError) as e:
+            raise DockerError(f"cannot inspect image '{ref}': unexpected answer ({e})") from e
+
+    def pull(self, ref: str, out: TextIO, platform: str | None = None, quiet: bool = False) -> None:
+        """`<NV_DOCKER> pull` with its stdout sent to `out` (stderr), as 1.0 did (#310), so the
+        progress never mixes with the container's output; ImagePullError on failure."""
+        import subprocess
+
+        shown = display_reference(ref)
+        if not quiet:
+            print(f"Unable to find image '{shown}' locally", file=out, flush=True)
+        args = ["pull", *(["--platform", platform] if platform else []),
+                *(["--quiet"] if quiet else []), ref]  # fmt: skip
+        out.flush()
+        try:
+            target: Any = out.fileno()  # docker then sees the terminal and draws progress bars
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation: not a file
+            target = subprocess.PIPE
+        done = self._run(args, stdout=target)
+        if target is subprocess.PIPE and done.stdout:
+            out.write(done.stdout.decode("utf-8", "replace"))
+            out.flush()
+        if done.returncode != 0:
+            raise ImagePullError(f"cannot pull image '{shown}': {self._why(args, done.stderr)}")
+
+    def ensure_volume(self, name: str, driver: str) -> None:
+        """`<NV_DOCKER> volume create -d <driver> <name>`: a no-op if it already exists."""
+        import subprocess
+
+        args = ["volume", "create", "-d", driver, name]
+        done = self._run(args, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise volume_error(name, driver, self._why(args, done.stderr))
+
+    def close(self) -> None:
+        return  # nothing held: every call is its own process
 
 
 class _SdkTransport:

@@ -27,11 +27,17 @@ DEFAULT_TLS_PORT = 2376  # the docker CLI's defaults when `tcp://host` has no po
 
 
 class Unreachable(Exception):
-    """The request got no answer: connecting failed, the connection broke, or it timed out."""
+    """The request got no answer: connecting failed, the connection broke, or it timed out.
 
-    def __init__(self, reason: str) -> None:
+    `denied`: the peer's socket exists but refuses this user (a PermissionError: EACCES, EPERM),
+    which the caller tells apart from an engine that is not there. Not read from `errno`: an
+    `ssl.SSLError` keeps the SSL library's codes there, and its 1 is EPERM's number.
+    """
+
+    def __init__(self, reason: str, denied: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.denied = denied
 
 
 class Reply:
@@ -176,9 +182,19 @@ class HttpClient:
                 raise Unreachable(reason(e)) from e
             except (OSError, http.client.HTTPException) as e:
                 self._conn.close()
-                raise Unreachable(reason(e)) from e
+                raise Unreachable(reason(e), isinstance(e, PermissionError)) from e
             self._used = True
             return Reply(response.status, response.reason, payload)
+
+    def connect(self) -> None:
+        """Open the connection now (the next request uses it), so that a refusal is known before
+        any request is made; `Unreachable` on failure. Costs nothing extra: `request` would open
+        the same connection."""
+        try:
+            self._conn.connect()
+        except OSError as e:
+            self._conn.close()
+            raise Unreachable(reason(e), isinstance(e, PermissionError)) from e
 
     def close(self) -> None:
         self._conn.close()

@@ -10,8 +10,11 @@ volume through the Docker API (never `--volume-driver`, which captured the user'
 Start-up cost is paid before every container, so the pass-through path imports only `os`, `sys`
 and the pure argv parser: HTTP, JSON, regexes and the docker SDK are imported where first used.
 
-Limits: the wrapper itself talks to the engine as the calling user, so `NV_DOCKER='sudo docker'`
-only elevates the final exec; NVIDIA_* variables from `--env-file` are not seen by the CUDA check.
+The wrapper talks to the engine's API as the calling user; when the socket refuses that user and
+`NV_DOCKER` is set (`sudo docker`), its image inspect, pull and volume create go through NV_DOCKER
+instead, as all of 1.0's docker calls did (`docker_client.open_engine`).
+
+Limits: NVIDIA_* variables from `--env-file` are not seen by the CUDA check.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from nvplugin import __version__
+from nvplugin import __version__, docker_argv
 from nvplugin.docker_argv import Invocation, insert_before_image, split
 from nvplugin.errors import ConfigError, DockerError, NvpluginError, PluginDaemonError
 
@@ -28,11 +31,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, TextIO
 
-    from nvplugin.docker_client import Engine, ImageFacts
+    from nvplugin.docker_client import EngineLike, ImageFacts
 
     ExecFn = Callable[[str, Sequence[str], Mapping[str, str]], Any]
 
 NEEDED_LABEL = "com.nvidia.volumes.needed"
+# The volume kinds the daemon offers (cli_args.VOLUME_KINDS, not imported: it pulls in the
+# daemon's modules). 1.0 knew only this one and ignored any other kind in the label (§8.4).
+KNOWN_VOLUME_KINDS = ("nvidia_driver",)
 DEFAULT_PLUGIN_PORT = 3476
 PLUGIN_TIMEOUT_S = 5.0
 START_HINT = "start it with: systemctl start nvidia-docker (or set NV_HOST to where it listens)"
@@ -189,7 +195,36 @@ def docker_globals(command: Sequence[str]) -> list[str]:
     return []
 
 
-def image_facts(engine: Engine, inv: Invocation, err: TextIO) -> ImageFacts | None:
+def cli_fallback(
+    command: Sequence[str], inv: Invocation, environ: Mapping[str, str]
+) -> list[str] | None:
+    """NV_DOCKER and the user's global options (`-H`, `--context`, …), for the engine calls when
+    the socket refuses the user; None when NV_DOCKER is not set (no fallback: say how to fix)."""
+    if not environ.get("NV_DOCKER", "").split():
+        return None
+    top = docker_argv.scan(
+        inv.args, 0, docker_argv.GLOBAL_VALUE_LONG, docker_argv.GLOBAL_VALUE_SHORT,
+        docker_argv.GLOBAL_SHORT_NAMES,
+    )  # fmt: skip
+    return [*command, *inv.args[: top.positional]]
+
+
+def volume_kinds(label: str) -> tuple[list[str], bool]:
+    """The label's kinds this daemon knows (deduplicated, in label order), and whether the volume
+    answer is wanted at all.
+
+    1.0 (§8.4) added a volume for each known kind in the label and silently skipped the others;
+    devices were added whenever the label was non-empty. So `nvidia_driver extra_kind` asks for
+    `vol=nvidia_driver` only, and a label of unknown kinds only gets devices, no volume. The
+    daemon reads an absent `vol=` as "all kinds", so that last case cannot be asked for: the
+    answer's volumes are dropped instead. An unlabelled image with NV_GPU set gets all kinds.
+    """
+    given = label.split()
+    known = [k for k in dict.fromkeys(given) if k in KNOWN_VOLUME_KINDS]
+    return known, bool(known) or not given
+
+
+def image_facts(engine: EngineLike, inv: Invocation, err: TextIO) -> ImageFacts | None:
     """Inspect the image, pulling it first as `docker run` would; None if pulling is refused."""
     image = inv.image or ""
     facts = engine.inspect_image(image)
@@ -213,14 +248,15 @@ def rewrite(
 
     engine_inv = split([*docker_globals(command), *inv.args])
     endpoint = docker_client.resolve_endpoint(engine_inv, environ)
-    engine = docker_client.Engine(endpoint)
+    engine = docker_client.open_engine(endpoint, cli_fallback(command, inv, environ))
     facts = image_facts(engine, inv, err)
     if facts is None:
         return list(inv.args)  # `--pull=never` of a missing image: docker reports it
-    kinds = facts.labels.get(NEEDED_LABEL, "").split()
+    label = facts.labels.get(NEEDED_LABEL, "")
     nv_gpu = environ.get("NV_GPU", "")
-    if not kinds and not nv_gpu.strip():
+    if not label.strip() and not nv_gpu.strip():
         return list(inv.args)  # not a GPU image, and no GPU asked for
+    kinds, want_volumes = volume_kinds(label)
 
     client = PluginClient(plugin_address(environ.get("NV_HOST"), endpoint.host))
     try:
@@ -238,7 +274,7 @@ def rewrite(
     host = cuda_compat.HostFacts(version.get("CUDA"), version.get("Driver"))
     cuda_compat.check_image(facts.labels, container_env(facts.env, inv, environ), host, gpus)
 
-    volumes = list(cli.get("Volumes") or ())
+    volumes = list(cli.get("Volumes") or ()) if want_volumes else []
     for spec in volumes:
         engine.ensure_volume(spec.partition(":")[0], cli.get("VolumeDriver") or "nvidia-docker")
     extra = [f"--device={d}" for d in cli.get("Devices") or ()]

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -88,6 +87,26 @@ def test_nv_gpu_selects_devices(plugin: PluginDaemon, gpu_image: str, by: str) -
     assert "nvidia0" not in nodes_in(only.stdout) and "nvidia1" in nodes_in(only.stdout)
 
 
+def test_unknown_volume_kinds_in_the_label_are_ignored(
+    plugin: PluginDaemon, make_image: ImageFactory
+) -> None:
+    # 1.0 (§8.4): a volume for each known kind, other kinds ignored; devices whenever labelled.
+    image = make_image(labels={"com.nvidia.volumes.needed": '"nvidia_driver extra_kind"'})
+    done = nvidia_docker("run", "--rm", "--net=none", image, "sh", "-c",
+                         "ls /usr/local/nvidia/lib64; echo ---; ls /dev", nv_host=plugin.url)
+    assert done.returncode == 0, done.stderr
+    libs, _, dev = done.stdout.partition("---")
+    assert "libcuda.so.1" in libs.split()
+    assert {"nvidiactl", "nvidia0", "nvidia1"} <= nodes_in(dev)
+    only_unknown = make_image(labels={"com.nvidia.volumes.needed": "extra_kind"})
+    done = nvidia_docker("run", "--rm", "--net=none", only_unknown, "sh", "-c",
+                         "ls /dev; test -e /usr/local/nvidia || echo no-volume",
+                         nv_host=plugin.url)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert {"nvidiactl", "nvidia0", "nvidia1"} <= nodes_in(done.stdout)
+    assert done.stdout.split()[-1] == "no-volume"
+
+
 def test_invalid_device(plugin: PluginDaemon, gpu_image: str) -> None:
     done = nvidia_docker("run", "--rm", "--net=none", gpu_image, "true", nv_host=plugin.url,
                          NV_GPU="0,5")
@@ -145,11 +164,17 @@ def test_user_volume_stays_on_the_local_driver(
     assert ours and all(v["Driver"] == "nvidia-docker" for v in ours)
 
 
-def test_daemon_unreachable_is_one_clear_line(gpu_image: str) -> None:
-    started = time.monotonic()
+def test_daemon_unreachable_is_one_clear_line(gpu_image: str, tmp_path: Path) -> None:
+    # 1.0 left this to Docker, which waits 15 s for the volume plugin. The behaviour proved here
+    # (no wall-clock bound: speed lives in bench/) is that docker never runs: NV_DOCKER, which
+    # the wrapper execs, is never called.
+    log = tmp_path / "nv_docker.log"
+    nv_docker = tmp_path / "nv-docker"
+    nv_docker.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec docker "$@"\n')
+    nv_docker.chmod(0o755)
     done = nvidia_docker("run", "--rm", "--net=none", gpu_image, "true",
-                         nv_host="http://127.0.0.1:1")
-    assert time.monotonic() - started < 5
+                         nv_host="http://127.0.0.1:1", NV_DOCKER=str(nv_docker))
+    assert not log.exists()
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1
     assert "cannot reach nvidia-docker-plugin at http://127.0.0.1:1" in done.stderr

@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,11 +207,35 @@ def test_invalid_device(run: Any, gpu_image: str, nv_gpu: str, message: str) -> 
     assert (result.code, result.error, result.exec.calls) == (1, message, [])
 
 
-def test_invalid_volume_kind_is_reported(run: Any, make_image: ImageFactory) -> None:
+@pytest.mark.parametrize(
+    ("label", "kinds", "want_volumes"),
+    [("nvidia_driver", ["nvidia_driver"], True),
+     ("nvidia_fancy nvidia_driver nvidia_driver", ["nvidia_driver"], True),
+     ("nvidia_fancy", [], False), ("", [], True)],
+    ids=["known", "unknown-and-repeated", "only-unknown", "unlabelled-with-NV_GPU"],
+)  # fmt: skip
+def test_volume_kinds(label: str, kinds: list[str], want_volumes: bool) -> None:
+    assert wrapper.volume_kinds(label) == (kinds, want_volumes)
+
+
+def test_unknown_volume_kinds_are_ignored(
+    run: Any, make_image: ImageFactory, fake_plugin: FakePlugin
+) -> None:
     # Quoted: the image factory writes a Dockerfile-style `LABEL k=v`.
     image = make_image(labels={"com.nvidia.volumes.needed": '"nvidia_driver nvidia_fancy"'})
     result = run("run", image)
-    assert (result.code, result.error) == (1, "invalid volume: nvidia_fancy")
+    assert fake_plugin.requests[1] == "/v1.0/docker/cli/json?vol=nvidia_driver"
+    assert result.exec.argv == ["docker", "run", *expected_gpu_args(fake_plugin), image]
+
+
+def test_only_unknown_volume_kinds_get_devices_but_no_volume(
+    run: Any, make_image: ImageFactory, fake_plugin: FakePlugin, tcp_engine: EngineRelay
+) -> None:
+    image = make_image(labels={"com.nvidia.volumes.needed": "nvidia_fancy"})
+    result = run("run", image, DOCKER_HOST=tcp_engine.host)
+    assert fake_plugin.requests[1] == "/v1.0/docker/cli/json"
+    assert result.exec.argv == ["docker", "run", *expected_gpu_args(fake_plugin)[:-1], image]
+    assert tcp_engine.requests == [("GET", f"/images/{image}/json")]  # no volume created
 
 
 def test_daemon_503_reason(run: Any, gpu_image: str, fake_plugin: FakePlugin) -> None:
@@ -222,11 +245,15 @@ def test_daemon_503_reason(run: Any, gpu_image: str, fake_plugin: FakePlugin) ->
     assert (result.code, result.error) == (1, reason)
 
 
-def test_daemon_unreachable_is_one_fast_line(run: Any, gpu_image: str) -> None:
-    started = time.monotonic()
-    result = run("run", gpu_image, NV_HOST="http://127.0.0.1:1")
-    assert time.monotonic() - started < 5
+def test_daemon_unreachable_is_one_line_before_docker_runs(
+    run: Any, gpu_image: str, tcp_engine: EngineRelay
+) -> None:
+    # 1.0 left this to Docker, which waits 15 s for the volume plugin. The behaviour proved here
+    # (no wall-clock bound: speed lives in bench/) is that nothing reaches Docker's plugin path:
+    # the engine saw only the image inspect, no volume create, and docker is never exec'd.
+    result = run("run", gpu_image, NV_HOST="http://127.0.0.1:1", DOCKER_HOST=tcp_engine.host)
     assert result.code == 1 and result.exec.calls == []
+    assert tcp_engine.requests == [("GET", f"/images/{gpu_image}/json")]
     assert len(result.err.strip().splitlines()) == 1
     assert result.error == (
         "cannot reach nvidia-docker-plugin at http://127.0.0.1:1 (Connection refused); start it "
@@ -312,15 +339,29 @@ def test_plain_bad_status_names_the_url(run: Any, gpu_image: str, fake_plugin: F
 
 # --- start-up cost ----------------------------------------------------------------------------
 
+@dataclass
+class EngineRelay:
+    host: str  # tcp://127.0.0.1:PORT
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) seen
+
+
+REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE) (\S+) HTTP/1\.[01]\r$", re.MULTILINE)
+
+
 @pytest.fixture
-def tcp_engine(docker_engine: DockerEngine) -> Iterator[str]:
-    """The real engine's unix socket, relayed to a TCP port: a `tcp://` engine without TLS."""
+def tcp_engine(docker_engine: DockerEngine) -> Iterator[EngineRelay]:
+    """The real engine's unix socket, relayed to a TCP port: a `tcp://` engine without TLS, which
+    records the request lines it relays."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
+    relay = EngineRelay(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
 
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
+    def pipe(src: socket.socket, dst: socket.socket, record: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if record:
+                    relay.requests += [(m.decode(), p.decode())
+                                       for m, p in REQUEST_LINE.findall(data)]  # fmt: skip
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -333,11 +374,11 @@ def tcp_engine(docker_engine: DockerEngine) -> Iterator[str]:
                 return
             engine = socket.socket(socket.AF_UNIX)
             engine.connect("/var/run/docker.sock")
-            for a, b in ((client, engine), (engine, client)):
-                threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+            for a, b, record in ((client, engine, True), (engine, client, False)):
+                threading.Thread(target=pipe, args=(a, b, record), daemon=True).start()
 
     threading.Thread(target=accept, daemon=True).start()
-    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    yield relay
     stop.set()
     listener.close()
 
@@ -346,7 +387,7 @@ def tcp_engine(docker_engine: DockerEngine) -> Iterator[str]:
 def test_rewrite_of_a_local_image_imports_no_sdk(
     transport: str, gpu_image: str, fake_plugin: FakePlugin, request: pytest.FixtureRequest
 ) -> None:
-    host = DEFAULT_HOST if transport == "unix" else request.getfixturevalue("tcp_engine")
+    host = DEFAULT_HOST if transport == "unix" else request.getfixturevalue("tcp_engine").host
     code = (
         "import json, sys; from nvplugin import wrapper; seen = []; "
         f"code = wrapper.main(['run', {gpu_image!r}], "
