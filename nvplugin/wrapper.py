@@ -231,7 +231,8 @@ def image_facts(engine: EngineLike, inv: Invocation, err: TextIO) -> ImageFacts 
     if facts is None:
         if "never" in inv.run_values("pull"):
             return None
-        platform = (inv.run_values("platform") or [None])[-1]
+        platforms = inv.run_values("platform")
+        platform = platforms[-1] if platforms else None
         quiet = any(o.name == "quiet" for o in inv.run_options)
         engine.pull(image, err, platform=platform, quiet=quiet)
         facts = engine.inspect_image(image)
@@ -311,7 +312,7 @@ def report(error: BaseException, environ: Mapping[str, str], err: TextIO) -> Non
 def main(
     argv: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
-    exec_fn: ExecFn = os.execvpe,
+    exec_fn: ExecFn = os.execvpe,  # type: ignore[assignment]  # typeshed: bytes and paths too
 ) -> int:
     """Run `nvidia-docker ARGS`: returns only on failure (or when `exec_fn` returns, in tests)."""
     args = list(sys.argv[1:] if argv is None else argv)
