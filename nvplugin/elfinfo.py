@@ -179,9 +179,9 @@ def _dynamic(elf: ELFFile) -> tuple[str | None, tuple[str, ...]]:
     needed: list[str] = []
     for tag in dynamic.iter_tags():
         if tag.entry.d_tag == "DT_SONAME":
-            soname = str(tag.soname)
+            soname = str(tag.soname)  # type: ignore[attr-defined]  # set per tag kind
         elif tag.entry.d_tag == "DT_NEEDED":
-            needed.append(str(tag.needed))
+            needed.append(str(tag.needed))  # type: ignore[attr-defined]
     return soname, tuple(needed)
 
 

@@ -68,7 +68,7 @@ class LastPages:
 
 GPUS = web.AppKey("gpus", GpuSource)
 PAGES = web.AppKey("pages", LastPages)
-MANIFEST = web.AppKey("manifest_provider", ManifestProvider)
+MANIFEST: web.AppKey[ManifestProvider] = web.AppKey("manifest_provider")
 CONFIG = web.AppKey("config", Config)
 
 
