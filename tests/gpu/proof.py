@@ -3,8 +3,11 @@
     python3 -m tests.gpu.proof [--wheels DIR] [--report FILE]
 
 Installs nvplugin in a fresh virtual environment, starts the daemon with its default flags, and
-checks what users rely on, printing PASS/FAIL per step and a summary table. Needs root, `docker`,
-`nvidia-smi`, `nvcc` and `curl`. Leaves the host as it found it (daemon stopped, volume removed).
+checks what users rely on, printing PASS/FAIL per step and a summary table. Steps that need
+several GPUs (identity and topology of every GPU, isolation between GPUs, two containers on two
+GPUs at once, status of all GPUs) print SKIP on a host with fewer; skips do not fail the proof.
+Needs root, `docker`, `nvidia-smi`, `nvcc` and `curl`. Leaves the host as it found it (daemon
+stopped, volume removed).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +35,25 @@ from tests.gpu.report import (
     SMI_STATIC,
     Report,
     compare_fields,
+    compare_identity,
     compare_info,
+    compare_placement,
+    compare_topology,
+    compare_visible,
+    count_gpus,
     format_summary,
     ldconfig_driver_libraries,
     ldd_paths,
     median_ms,
     missing_files,
+    parse_compute_apps,
     parse_smi_csv,
+    parse_topo_matrix,
     percentile,
+    proc_bus_dir,
+    proc_device_minor,
+    skip_reason,
+    topo_matrix_text,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -51,6 +66,23 @@ WANTED_LIBS = ("libcuda", "libnvidia-ml", "libnvidia-ptxjitcompiler")
 WANTED_BINS = ("nvidia-smi", "nvidia-debugdump", "nvidia-persistenced",
                "nvidia-cuda-mps-control", "nvidia-cuda-mps-server")
 IMAGE_TOOLS = ("/bin/sh", "/bin/ls", "/bin/cat")
+# NVLink multicast off in everything the proof starts, the daemon and the containers included.
+# vecadd, nvidia-smi and the daemon use none of NCCL, PyTorch's symmetric memory or NVSHMEM, but
+# the multi-GPU hosts that run this proof are shared, and a program that does use multicast there
+# can put every GPU of the host out of service for a day or more (the device README's rule): the
+# variables are set anyway, so nothing started from here, now or later, can turn it on.
+MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+                 "NVSHMEM_DISABLE_NVLS": "1"}
+MULTI_GPU = 2
+IDENTITY = "gpu/info/json: every GPU's UUID, bus id and minor, in nvidia-smi order"
+TOPOLOGY = "gpu/info/json Topology matches nvidia-smi topo -m"
+ISOLATION = ("NV_GPU=1: nvidia-smi -L and vecadd see exactly GPU 1",
+             "docker run $(curl .../docker/cli?dev=0+1): exactly GPUs 0 and 1",
+             "NV_GPU=<GPU 1's UUID prefix>: exactly GPU 1")
+CONCURRENT = "two containers run vecadd at once, each on its own GPU"
+STATUS_ALL = "gpu/status/json answers for every GPU"
+# The same figure on the one-GPU H200 (docs/gpu-proof.md), to set the multi-GPU one against.
+ONE_GPU_STATUS_P50 = "1.36 ms"
 
 
 def sh(*cmd: str, env: dict[str, str] | None = None, check: bool = False,
@@ -59,6 +91,21 @@ def sh(*cmd: str, env: dict[str, str] | None = None, check: bool = False,
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} exited {result.returncode}: {result.stderr.strip()}")
     return result
+
+
+def run_argv(program: str, *options: str) -> list[str]:
+    """`<program> run` with MULTICAST_OFF passed into the container, then `options`."""
+    env = [f"--env={name}={value}" for name, value in MULTICAST_OFF.items()]
+    return [program, "run", *env, *options]
+
+
+def needs_gpus(count: int, *names: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Marks a step that needs `count` GPUs; `names` are the report lines it writes (or skips)."""
+    def mark(step: Callable[..., None]) -> Callable[..., None]:
+        step.needs_gpus = count  # type: ignore[attr-defined]
+        step.step_names = names  # type: ignore[attr-defined]
+        return step
+    return mark
 
 
 def get(path: str, timeout: float = 10) -> tuple[int, str]:
@@ -78,6 +125,9 @@ class Proof:
         self.daemon: subprocess.Popen[bytes] | None = None
         self.version = ""
         self.cli_args: list[str] = []
+        self.gpus = 0
+        self.smi_rows: list[dict[str, str]] = []  # index, uuid, pci.bus_id per GPU
+        self.status_answers: tuple[int, int] = (0, 0)  # (answers, answers listing every GPU)
 
     # -- set-up -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -240,7 +290,7 @@ class Proof:
                         f"{len(libs)} host libraries + vecadd (cudart static); {size} bytes")
 
     def run_ways(self) -> None:
-        no_help = sh("docker", "run", "--rm", "--net=none", IMAGE, "vecadd")
+        no_help = sh(*run_argv("docker", "--rm", "--net=none", IMAGE, "vecadd"))
         self.report.add("without nvplugin the CUDA program fails (the 'before')",
                         no_help.returncode != 0 and "insufficient" in no_help.stdout,
                         no_help.stdout.strip() or no_help.stderr.strip())
@@ -249,13 +299,13 @@ class Proof:
         volume = f"nvidia_driver_{self.version}"
         devices = [a for a in self.cli_args if a.startswith("--device=")]
         ways = {
-            "nvidia-docker run": [str(self.venv / "bin/nvidia-docker"), "run", "--rm",
-                                  "--net=none", IMAGE],
-            "docker run $(curl .../docker/cli)": ["docker", "run", "--rm", "--net=none",
-                                                  *self.cli_args, IMAGE],
-            "docker run --volume-driver -v ... --device": [
-                "docker", "run", "--rm", "--net=none", "--volume-driver=nvidia-docker",
-                f"-v={volume}:/usr/local/nvidia:ro", *devices, IMAGE],
+            "nvidia-docker run": run_argv(str(self.venv / "bin/nvidia-docker"), "--rm",
+                                          "--net=none", IMAGE),
+            "docker run $(curl .../docker/cli)": run_argv("docker", "--rm", "--net=none",
+                                                          *self.cli_args, IMAGE),
+            "docker run --volume-driver -v ... --device": run_argv(
+                "docker", "--rm", "--net=none", "--volume-driver=nvidia-docker",
+                f"-v={volume}:/usr/local/nvidia:ro", *devices, IMAGE),
         }
         for name, argv in ways.items():
             smi = sh(*argv, "nvidia-smi", "-L")
@@ -271,27 +321,153 @@ class Proof:
         uuid = json.loads(get("/v1.0/gpu/info/json")[1])["Devices"][0]["UUID"]
         for value in ("0", uuid[:12]):
             env = {**os.environ, "NV_GPU": value}
-            run = sh(wrapper, "run", "--rm", "--net=none", IMAGE, "nvidia-smi", "-L", env=env)
+            run = sh(*run_argv(wrapper, "--rm", "--net=none", IMAGE, "nvidia-smi", "-L"), env=env)
             self.report.add(f"NV_GPU={value} selects its GPU",
                             run.returncode == 0 and uuid in run.stdout,
                             (run.stdout + run.stderr).strip())
-        bad = sh(wrapper, "run", "--rm", "--net=none", IMAGE, "nvidia-smi",
+        bad = sh(*run_argv(wrapper, "--rm", "--net=none", IMAGE, "nvidia-smi"),
                  env={**os.environ, "NV_GPU": "7"})
         self.report.add("NV_GPU=7 is refused", bad.returncode == 1
                         and "Error: invalid device: 7" in bad.stderr, bad.stderr.strip())
         cuda = self.report.facts.get("cuda", "?")
-        refused = sh(wrapper, "run", "--rm", "--net=none", TOO_NEW_IMAGE, "vecadd")
+        refused = sh(*run_argv(wrapper, "--rm", "--net=none", TOO_NEW_IMAGE, "vecadd"))
         expected = f"unsupported CUDA version: driver {cuda} < image 99.0"
         self.report.add("com.nvidia.cuda.version=99.0 is refused",
                         refused.returncode == 1 and expected in refused.stderr,
                         refused.stderr.strip())
 
+    # -- several GPUs -----------------------------------------------------------------------
+    def _gpu_rows(self) -> list[dict[str, str]]:
+        if not self.smi_rows:
+            smi = sh("nvidia-smi", "--query-gpu=index,uuid,pci.bus_id", "--format=csv")
+            self.smi_rows = parse_smi_csv(smi.stdout)
+        return self.smi_rows
+
+    @needs_gpus(MULTI_GPU, IDENTITY)
+    def check_identity(self) -> None:
+        rows = self._gpu_rows()
+        minors: list[int | None] = []
+        for row in rows:
+            information = Path("/proc/driver/nvidia/gpus", proc_bus_dir(row["pci.bus_id"]),
+                               "information")
+            try:
+                minors.append(proc_device_minor(information.read_text()))
+            except OSError:
+                minors.append(None)
+        lines, problems = compare_identity(rows, minors, json.loads(get("/v1.0/gpu/info/json")[1]))
+        self.report.add(IDENTITY, not problems, "\n".join(lines + problems))
+
+    @needs_gpus(MULTI_GPU, TOPOLOGY)
+    def check_topology(self) -> None:
+        bus_ids = [row["pci.bus_id"] for row in self._gpu_rows()]
+        topo = sh("nvidia-smi", "topo", "-m")
+        # PCIe only (what NVML's common ancestor reads where -m shows NV#), and P2P read status
+        # (nvplugin, as 1.0, lists only peers CUDA can read); both optional on older drivers.
+        pci, p2p = sh("nvidia-smi", "topo", "-mp"), sh("nvidia-smi", "topo", "-p2p", "r")
+        matrix = parse_topo_matrix(topo.stdout)
+        pci_matrix = parse_topo_matrix(pci.stdout) if pci.returncode == 0 else {}
+        p2p_matrix = parse_topo_matrix(p2p.stdout) if p2p.returncode == 0 else {}
+        info = json.loads(get("/v1.0/gpu/info/json")[1])
+        lines, problems = compare_topology(info, bus_ids, matrix, pci_matrix or None,
+                                           p2p_matrix or None)
+        if topo.returncode != 0 or not matrix:
+            problems.insert(0, f"nvidia-smi topo -m exited {topo.returncode}: "
+                               f"{topo.stderr.strip()}")
+        self.report.add(TOPOLOGY, not problems,
+                        "\n".join([topo_matrix_text(topo.stdout), *lines, *problems]))
+
+    @needs_gpus(MULTI_GPU, *ISOLATION)
+    def isolation(self) -> None:
+        wrapper = str(self.venv / "bin/nvidia-docker")
+        rows = self._gpu_rows()
+        uuids = [row["uuid"] for row in rows]
+        buses = [row["pci.bus_id"] for row in rows]
+        status, cli = get("/v1.0/docker/cli?dev=0+1")
+        base = {k: v for k, v in os.environ.items() if k != "NV_GPU"}
+        prefix = uuids[1][:12]
+        cases = (
+            (ISOLATION[0], run_argv(wrapper, "--rm", "--net=none", IMAGE), {"NV_GPU": "1"}, [1]),
+            (ISOLATION[1], run_argv("docker", "--rm", "--net=none", *cli.split(), IMAGE), {},
+             [0, 1]),
+            (ISOLATION[2], run_argv(wrapper, "--rm", "--net=none", IMAGE), {"NV_GPU": prefix},
+             [1]),
+        )
+        for name, argv, extra, selected in cases:
+            env = {**base, **extra}
+            smi = sh(*argv, "nvidia-smi", "-L", env=env)
+            vec = sh(*argv, "vecadd", env=env)
+            problems = compare_visible(smi.stdout, vec.stdout, [uuids[k] for k in selected],
+                                       [buses[k] for k in selected])
+            if argv[0] == "docker" and status != 200:
+                problems.insert(0, f"docker/cli?dev=0+1: HTTP {status}: {cli.strip()}")
+            problems += [f"{what} exited {run.returncode}" for what, run
+                         in (("nvidia-smi -L", smi), ("vecadd", vec)) if run.returncode != 0]
+            how = (" ".join(f"{k}={v}" for k, v in extra.items()) or f"docker/cli: {cli.strip()}")
+            outputs = (smi.stdout, smi.stderr, vec.stdout, vec.stderr)
+            self.report.add(name, not problems, "\n".join(
+                [how, *(x.strip() for x in outputs if x.strip()), *problems]))
+
+    @needs_gpus(MULTI_GPU, CONCURRENT)
+    def concurrent(self) -> None:
+        wrapper = str(self.venv / "bin/nvidia-docker")
+        uuids = [row["uuid"] for row in self._gpu_rows()[:2]]
+        names = [f"nvplugin-proof-gpu{k}" for k in range(2)]
+        for name in names:
+            sh("docker", "rm", "-f", name)
+        problems: list[str] = []
+        try:
+            for k, name in enumerate(names):
+                started = sh(*run_argv(wrapper, "-d", "--name", name, "--net=none",
+                                       "-e", "VECADD_HOLD_SECONDS=8", IMAGE, "vecadd"),
+                             env={**os.environ, "NV_GPU": str(k)})
+                if started.returncode != 0:
+                    problems.append(f"{name} (NV_GPU={k}): {started.stderr.strip()}")
+            pids = [sh("docker", "inspect", "-f", "{{.State.Pid}}", n).stdout.strip()
+                    for n in names]
+            # Poll: each container needs a moment to create its context and reach the kernels.
+            deadline, apps, placed = time.monotonic() + 7, [], ["not polled"]
+            while time.monotonic() < deadline:
+                query = sh("nvidia-smi", "--query-compute-apps=pid,gpu_uuid,process_name",
+                           "--format=csv,noheader")
+                apps = parse_compute_apps(query.stdout)
+                placed = compare_placement(apps, uuids)
+                if not placed:
+                    break
+                time.sleep(0.25)
+            waited = [sh("docker", "wait", n, timeout=120).stdout.strip() for n in names]
+            logs = [sh("docker", "logs", n).stdout.strip() for n in names]
+        finally:
+            for name in names:
+                sh("docker", "rm", "-f", name)
+        problems += placed
+        problems += [f"{n} exited {code!r}" for n, code in zip(names, waited, strict=True)
+                     if code != "0"]
+        problems += [f"{n}: no 'Held the GPU' in its log" for n, log in zip(names, logs,
+                     strict=True) if "Held the GPU" not in log]
+        detail = [f"{n}: NV_GPU={k}, expected on {uuids[k]}, host pid {pids[k]}, exit "
+                  f"{waited[k]}; {logs[k].splitlines()[-1] if logs[k] else 'no log'}"
+                  for k, n in enumerate(names)]
+        detail += [f"nvidia-smi compute app: pid {a.pid} on {a.gpu_uuid} ({a.name})"
+                   + (f" = {names[pids.index(str(a.pid))]}" if str(a.pid) in pids else "")
+                   for a in apps]
+        self.report.add(CONCURRENT, not problems, "\n".join(detail + problems))
+
+    @needs_gpus(MULTI_GPU, STATUS_ALL)
+    def status_all_gpus(self) -> None:
+        answers, complete = self.status_answers
+        p50 = next((v for k, v in self.report.timings.items()
+                    if k.startswith("gpu/status/json p50")), "not measured")
+        self.report.add(STATUS_ALL, answers > 0 and complete == answers,
+                        f"{complete} of {answers} timed answers listed all {self.gpus} GPUs; "
+                        f"p50 {p50} with {self.gpus} GPUs, {ONE_GPU_STATUS_P50} with 1 GPU "
+                        "(the one-GPU H200, docs/gpu-proof.md)")
+
     def restart_while_running(self) -> None:
         wrapper = str(self.venv / "bin/nvidia-docker")
         name = "nvplugin-proof-hold"
         sh("docker", "rm", "-f", name)
-        started = sh(wrapper, "run", "-d", "--name", name, "--net=none",
-                     "-e", "VECADD_HOLD_SECONDS=8", IMAGE, "vecadd")
+        started = sh(*run_argv(wrapper, "-d", "--name", name, "--net=none",
+                               "-e", "VECADD_HOLD_SECONDS=8", IMAGE, "vecadd"))
         time.sleep(2)
         before = _mounts()
         self.stop_daemon()
@@ -312,23 +488,28 @@ class Proof:
         ours, plain = [], []
         for _ in range(5):
             start = time.monotonic()
-            sh(wrapper, "run", "--rm", "--net=none", IMAGE, "sh", "-c", ":")
+            sh(*run_argv(wrapper, "--rm", "--net=none", IMAGE, "sh", "-c", ":"))
             ours.append(time.monotonic() - start)
             start = time.monotonic()
-            sh("docker", "run", "--rm", "--net=none", *self.cli_args, IMAGE, "sh", "-c", ":")
+            sh(*run_argv("docker", "--rm", "--net=none", *self.cli_args, IMAGE, "sh", "-c",
+                         ":"))
             plain.append(time.monotonic() - start)
         self.report.timings["nvidia-docker run (median of 5)"] = median_ms(ours)
         self.report.timings["docker run, same arguments (median of 5)"] = median_ms(plain)
         overhead = (sorted(ours)[2] - sorted(plain)[2]) * 1000
         self.report.timings["nvidia-docker run overhead"] = f"{overhead:.0f} ms"
-        samples = []
+        samples, complete = [], 0
         for _ in range(200):
             start = time.perf_counter()
-            get("/v1.0/gpu/status/json")
+            status, body = get("/v1.0/gpu/status/json")
             samples.append(time.perf_counter() - start)
+            complete += status == 200 and len(json.loads(body)["Devices"]) == self.gpus
+        self.status_answers = (len(samples), complete)
+        # The GPU count in the label sets a multi-GPU host's figure against a one-GPU host's.
+        gpus = f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}"
         for q in (50, 99):
             value = percentile(samples, q) * 1e3
-            self.report.timings[f"gpu/status/json p{q} over 200"] = f"{value:.2f} ms"
+            self.report.timings[f"gpu/status/json p{q} over 200 ({gpus})"] = f"{value:.2f} ms"
 
     def cleanup(self) -> None:
         for tag in (IMAGE, TOO_NEW_IMAGE):
@@ -344,17 +525,18 @@ class Proof:
             shutil.copy(self.work / "daemon.log", self.args.keep_log)
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def steps(self) -> tuple[Callable[[], Any], ...]:
+        return (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
+                self.check_identity, self.check_topology, self.check_list,
+                self.create_volume, self.build_image, self.run_ways,
+                self.selection_and_refusal, self.isolation, self.concurrent,
+                self.restart_while_running, self.timings, self.status_all_gpus)
+
     def run(self) -> int:
-        steps = (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
-                 self.check_list,
-                 self.create_volume, self.build_image, self.run_ways,
-                 self.selection_and_refusal, self.restart_while_running, self.timings)
+        listed = sh("nvidia-smi", "--query-gpu=index", "--format=csv,noheader")
+        self.gpus = count_gpus(listed.stdout)
         try:
-            for step in steps:
-                try:
-                    step()
-                except Exception as err:  # one broken step must not hide the others' results
-                    self.report.add(step.__name__, False, f"{type(err).__name__}: {err}")
+            run_steps(self.report, self.steps(), self.gpus)
         finally:
             self.cleanup()
         summary = format_summary(self.report)
@@ -362,6 +544,20 @@ class Proof:
         if self.args.report:
             Path(self.args.report).write_text(summary + "\n")
         return 0 if self.report.ok else 1
+
+
+def run_steps(report: Report, steps: Sequence[Callable[[], Any]], gpu_count: int) -> None:
+    """Runs each step, or reports its lines as SKIP where the host has too few GPUs for it."""
+    for step in steps:
+        reason = skip_reason(getattr(step, "needs_gpus", 1), gpu_count)
+        if reason is not None:
+            for name in getattr(step, "step_names", (step.__name__,)):
+                report.skip(name, reason)
+            continue
+        try:
+            step()
+        except Exception as err:  # one broken step must not hide the others' results
+            report.add(step.__name__, False, f"{type(err).__name__}: {err}")
 
 
 def _mounts() -> dict[str, Any]:
@@ -384,6 +580,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.update(MULTICAST_OFF)  # inherited by the daemon, docker and every tool started
     if os.geteuid() != 0:
         print("the GPU proof needs root (it starts the daemon with its default paths)")
         return 2

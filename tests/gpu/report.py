@@ -16,12 +16,19 @@ from typing import Any
 SMI_FIELDS = ("index", "uuid", "name", "pci.bus_id", "memory.total", "driver_version")
 
 
+PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
+
+
 @dataclass
 class Step:
     name: str
-    ok: bool
+    state: str  # PASS, FAIL, or SKIP: not run on this host, so neither proven nor disproven
     detail: str = ""
     seconds: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == PASS
 
 
 @dataclass
@@ -31,19 +38,28 @@ class Report:
     facts: dict[str, str] = field(default_factory=dict)
 
     def add(self, name: str, ok: bool, detail: str = "", seconds: float | None = None) -> Step:
-        step = Step(name, ok, detail, seconds)
+        return self._record(Step(name, PASS if ok else FAIL, detail, seconds))
+
+    def skip(self, name: str, reason: str) -> Step:
+        return self._record(Step(name, SKIP, reason))
+
+    def _record(self, step: Step) -> Step:
         self.steps.append(step)
         print(format_step(step), flush=True)
         return step
 
     @property
     def ok(self) -> bool:
-        return bool(self.steps) and all(step.ok for step in self.steps)
+        """Every step that ran passed (skips count neither way), and at least one ran."""
+        ran = [step for step in self.steps if step.state != SKIP]
+        return bool(ran) and all(step.ok for step in ran)
 
 
 def format_step(step: Step) -> str:
+    if step.state == SKIP:
+        return f"[SKIP] {step.name} ({step.detail})"
     took = f" ({step.seconds:.2f} s)" if step.seconds is not None else ""
-    head = f"[{'PASS' if step.ok else 'FAIL'}] {step.name}{took}"
+    head = f"[{step.state}] {step.name}{took}"
     if not step.detail:
         return head
     body = "\n".join("       " + line for line in step.detail.rstrip().splitlines())
@@ -53,14 +69,27 @@ def format_step(step: Step) -> str:
 def format_summary(report: Report) -> str:
     width = max((len(s.name) for s in report.steps), default=4)
     lines = ["", "Summary", "-------", f"{'step':<{width}}  result"]
-    lines += [f"{s.name:<{width}}  {'PASS' if s.ok else 'FAIL'}" for s in report.steps]
-    passed = sum(s.ok for s in report.steps)
-    lines.append(f"{passed} passed, {len(report.steps) - passed} failed")
+    lines += [f"{s.name:<{width}}  SKIP ({s.detail})" if s.state == SKIP
+              else f"{s.name:<{width}}  {s.state}" for s in report.steps]
+    counts = {state: sum(s.state == state for s in report.steps) for state in (PASS, FAIL, SKIP)}
+    reasons = sorted({s.detail for s in report.steps if s.state == SKIP})
+    why = f" ({'; '.join(reasons)}: not run on this host)" if reasons else ""
+    lines.append(f"{counts[PASS]} passed, {counts[FAIL]} failed, {counts[SKIP]} skipped{why}")
     if report.timings:
         key_width = max(len(k) for k in report.timings)
         lines += ["", "Timings", "-------"]
         lines += [f"{k:<{key_width}}  {v}" for k, v in report.timings.items()]
     return "\n".join(lines)
+
+
+def skip_reason(needs_gpus: int, gpu_count: int) -> str | None:
+    """Why a step that needs `needs_gpus` GPUs cannot run on a host with `gpu_count`, or None."""
+    return None if gpu_count >= needs_gpus else f"needs {needs_gpus}+ GPUs"
+
+
+def count_gpus(smi_index_csv: str) -> int:
+    """GPUs in `nvidia-smi --query-gpu=index --format=csv,noheader` (0 when it printed none)."""
+    return sum(1 for line in smi_index_csv.splitlines() if line.strip().isdigit())
 
 
 def parse_smi_csv(text: str) -> list[dict[str, str]]:
@@ -210,3 +239,217 @@ def ldconfig_driver_libraries(ldconfig_p: str, realpath: Callable[[str], str],
             if name.endswith(f".so.{version}"):
                 names.add(name)
     return names
+
+
+# ---------------------------------------------------------------- several GPUs
+
+# `nvidia-smi topo -m` PCIe relations and 1.0's `Topology[].Link` codes for them (NVML's
+# common-ancestor levels SYSTEM..SINGLE). SOC is the older drivers' name for SYS.
+TOPO_LINK_CODES = {"SYS": 1, "SOC": 1, "NODE": 2, "PHB": 3, "PXB": 4, "PIX": 5}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_GPU_LABEL = re.compile(r"GPU(\d+)$")
+
+
+def _cells(line: str) -> list[str]:
+    line = line.strip()
+    return [cell.strip() for cell in line.split("\t")] if "\t" in line else line.split()
+
+
+def parse_topo_matrix(text: str) -> dict[int, dict[int, str]]:
+    """GPU-to-GPU cells of `nvidia-smi topo -m` (or `-mp`, `-p2p r`): matrix[row][column].
+
+    NIC rows and columns, the affinity columns and the legends are left out. The header is the
+    first line naming a GPU; rows are the lines after it whose first cell is a GPU label.
+    """
+    header: list[tuple[int, int]] | None = None  # (position after the row label, GPU index)
+    matrix: dict[int, dict[int, str]] = {}
+    for line in _ANSI.sub("", text).splitlines():
+        cells = _cells(line)
+        if header is None:
+            gpus = [(k, _GPU_LABEL.match(c)) for k, c in enumerate(cells)]
+            if any(m for _, m in gpus):
+                header = [(k, int(m.group(1))) for k, m in gpus if m]
+            continue
+        label = _GPU_LABEL.match(cells[0]) if cells else None
+        if label is None:
+            continue
+        values = cells[1:]
+        matrix[int(label.group(1))] = {gpu: values[k] for k, gpu in header if k < len(values)}
+    return matrix
+
+
+def topo_matrix_text(text: str) -> str:
+    """`nvidia-smi topo -m` for a report: its matrix without escapes or legends."""
+    return _ANSI.sub("", text).strip("\n").split("\n\n", 1)[0]
+
+
+def nvlink_count(cell: str) -> int | None:
+    """# of an `NV#` cell (a bonded set of # NVLinks), None for a PCIe relation."""
+    match = re.fullmatch(r"NV(\d+)", cell.strip())
+    return int(match.group(1)) if match else None
+
+
+def compare_topology(info: Mapping[str, Any], smi_bus_ids: Sequence[str],
+                     matrix: Mapping[int, Mapping[int, str]],
+                     pci_matrix: Mapping[int, Mapping[int, str]] | None = None,
+                     p2p: Mapping[int, Mapping[int, str]] | None = None,
+                     ) -> tuple[list[str], list[str]]:
+    """(one line per GPU pair, problems): gpu/info/json `Topology` against `nvidia-smi topo`.
+
+    `matrix` is `topo -m`: an `NV#` cell must be our `NVLinks` == #, a PCIe cell our `Link` code
+    with `NVLinks` 0 or null. Where NVLink hides the PCIe relation in `-m`, our `Link` (NVML's
+    common ancestor, which is the PCIe path whatever NVLinks there are) is checked against
+    `pci_matrix` (`topo -mp`, PCIe only) when given. nvplugin, like 1.0, lists only the peers whose
+    P2P read status is OK: with `p2p` (`topo -p2p r`) an absent peer is right where it is not OK.
+    """
+    lines: list[str] = []
+    problems: list[str] = []
+    devices = info.get("Devices") or []
+    if sorted(matrix) != list(range(len(smi_bus_ids))):
+        problems.append(f"topo -m rows GPU{sorted(matrix)}, nvidia-smi lists {len(smi_bus_ids)}")
+    for i, dev in enumerate(devices):
+        ours = {str(peer.get("BusID")).lower(): peer for peer in dev.get("Topology") or []}
+        for j, cell in sorted((matrix.get(i) or {}).items()):
+            if j == i or j >= len(smi_bus_ids):
+                continue
+            pair = f"GPU{i} -> GPU{j}"
+            peer = ours.pop(smi_bus_ids[j].lower(), None)
+            readable = (p2p or {}).get(i, {}).get(j)
+            nvlinks = nvlink_count(cell)
+            pcie = (pci_matrix or {}).get(i, {}).get(j) or (cell if nvlinks is None else None)
+            seen = f"nvidia-smi {cell}" + (f" (PCIe {pcie})" if nvlinks is not None and pcie
+                                           else "") + (f", P2P read {readable}" if readable
+                                                       else "")
+            if peer is None:
+                if readable not in (None, "OK"):
+                    lines.append(f"{pair}: {seen}; absent from ours, as 1.0 for a peer P2P "
+                                 "cannot read")
+                else:
+                    problems.append(f"{pair}: {seen}; absent from our Topology")
+                continue
+            link, ours_nv = peer.get("Link"), peer.get("NVLinks")
+            lines.append(f"{pair}: {seen}; ours Link {link}, NVLinks {ours_nv}")
+            if readable not in (None, "OK"):
+                problems.append(f"{pair}: listed by us, but nvidia-smi P2P read is {readable}")
+            if pcie is not None:
+                want = TOPO_LINK_CODES.get(pcie)
+                if want is None:
+                    problems.append(f"{pair}: nvidia-smi relation {pcie!r} has no 1.0 link code")
+                elif link != want:
+                    problems.append(f"{pair}: nvidia-smi {pcie} is Link {want}, ours {link}")
+            if nvlinks is not None and ours_nv != nvlinks:
+                problems.append(f"{pair}: nvidia-smi {cell}, our NVLinks {ours_nv}")
+            if nvlinks is None and ours_nv not in (None, 0):
+                problems.append(f"{pair}: nvidia-smi {cell} (no NVLink), our NVLinks {ours_nv}")
+        problems += [f"GPU{i}: our Topology has {bus}, which nvidia-smi topo -m does not show"
+                     for bus in ours]
+    return lines, problems
+
+
+def proc_bus_dir(bus_id: str) -> str:
+    """/proc/driver/nvidia/gpus/ directory name of an NVML/nvidia-smi bus id (4-digit domain)."""
+    domain, rest = bus_id.lower().split(":", 1)
+    return f"{int(domain, 16):04x}:{rest}"
+
+
+def proc_device_minor(information: str) -> int | None:
+    """The `Device Minor:` of /proc/driver/nvidia/gpus/<bus id>/information."""
+    match = re.search(r"^Device Minor:\s*(\d+)\s*$", information, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def compare_identity(smi_rows: Sequence[Mapping[str, str]], minors: Sequence[int | None],
+                     info: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(one line per GPU, problems): order, UUID, bus id, minor and node path of every GPU."""
+    lines: list[str] = []
+    problems: list[str] = []
+    devices = info.get("Devices") or []
+    if len(devices) != len(smi_rows):
+        problems.append(f"GPU count: nvidia-smi {len(smi_rows)}, ours {len(devices)}")
+    for position, (row, dev) in enumerate(zip(smi_rows, devices, strict=False)):
+        minor = minors[position] if position < len(minors) else None
+        bus = str((dev.get("PCI") or {}).get("BusID"))
+        lines.append(f"GPU {row.get('index')}: {row.get('uuid')} {row.get('pci.bus_id')} minor "
+                     f"{minor}; ours Index {dev.get('Index')} {dev.get('UUID')} {bus} Minor "
+                     f"{dev.get('Minor')} {dev.get('Path')}")
+        if minor is None:
+            problems.append(f"GPU {position}: no 'Device Minor:' in /proc/driver/nvidia/gpus")
+        pairs = {
+            "index": (row.get("index"), str(position)),
+            "Index": (position, dev.get("Index")),
+            "uuid": (row.get("uuid"), dev.get("UUID")),
+            "pci.bus_id": (str(row.get("pci.bus_id")).lower(), bus.lower()),
+            "minor": (minor, dev.get("Minor")),
+            "path": (f"/dev/nvidia{minor}", dev.get("Path")),
+        }
+        problems += [f"GPU {position} {name}: nvidia-smi {theirs!r}, ours {ours!r}"
+                     for name, (theirs, ours) in pairs.items() if theirs != ours]
+    return lines, problems
+
+
+def smi_list_uuids(smi_l: str) -> list[str]:
+    """UUIDs of the `GPU n: ... (UUID: ...)` lines of `nvidia-smi -L` (MIG lines left out)."""
+    return re.findall(r"^GPU \d+: .*\(UUID: (GPU-[0-9a-fA-F-]+)\)\s*$", smi_l, re.MULTILINE)
+
+
+def short_bus(bus_id: str) -> str:
+    """`bus:device.0` as vecadd prints a CUDA device's PCI location (no domain, function 0)."""
+    _, bus, device_function = bus_id.lower().rsplit(":", 2)
+    return f"{bus[-2:]}:{device_function.split('.')[0][-2:]}.0"
+
+
+def vecadd_devices(output: str) -> tuple[int | None, list[str]]:
+    """(the `Devices: N` count, each `Device d: name (bb:dd.0)` location) vecadd printed."""
+    count = re.search(r"^Devices: (\d+)$", output, re.MULTILINE)
+    buses = re.findall(r"^Device \d+: .*\(([0-9a-f]{2}:[0-9a-f]{2}\.0)\)$", output, re.MULTILINE)
+    return (int(count.group(1)) if count else None), buses
+
+
+def compare_visible(smi_l: str, vecadd: str, uuids: Sequence[str],
+                    bus_ids: Sequence[str]) -> list[str]:
+    """Problems unless the container saw exactly the GPUs `uuids` (at `bus_ids`), no others."""
+    problems = []
+    seen = smi_list_uuids(smi_l)
+    if seen != list(uuids):
+        problems.append(f"nvidia-smi -L shows {seen}, selected {list(uuids)}")
+    count, buses = vecadd_devices(vecadd)
+    if count != len(uuids):
+        problems.append(f"vecadd: Devices: {count}, selected {len(uuids)}")
+    # CUDA orders devices fastest first, not by bus: compare the sets.
+    wanted = sorted(short_bus(b) for b in bus_ids)
+    if sorted(buses) != wanted:
+        problems.append(f"vecadd sees PCI {sorted(buses)}, selected {wanted}")
+    if not re.search(r"^Vector add of \d+ elements: PASS$", vecadd, re.MULTILINE):
+        problems.append("vecadd did not print 'Vector add ... PASS'")
+    return problems
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeApp:
+    pid: int
+    gpu_uuid: str
+    name: str
+
+
+def parse_compute_apps(text: str) -> list[ComputeApp]:
+    """`nvidia-smi --query-compute-apps=pid,gpu_uuid,process_name --format=csv,noheader`."""
+    apps = []
+    for row in csv.reader(io.StringIO(text.strip())):
+        cells = [cell.strip() for cell in row]
+        if len(cells) >= 3 and cells[0].isdigit():
+            apps.append(ComputeApp(int(cells[0]), cells[1], ",".join(cells[2:])))
+    return apps
+
+
+def compare_placement(apps: Sequence[ComputeApp], uuids: Sequence[str],
+                      program: str = "vecadd") -> list[str]:
+    """Problems unless each GPU in `uuids` runs exactly one `program` and no other GPU runs it."""
+    ours = [app for app in apps if app.name.rsplit("/", 1)[-1] == program]
+    problems = []
+    for uuid in uuids:
+        pids = [app.pid for app in ours if app.gpu_uuid == uuid]
+        if len(pids) != 1:
+            problems.append(f"{uuid}: {len(pids)} {program} processes {pids}, expected 1")
+    problems += [f"{app.gpu_uuid}: {program} pid {app.pid} on a GPU not selected"
+                 for app in ours if app.gpu_uuid not in uuids]
+    return problems
