@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -402,3 +403,17 @@ def test_containers_get_nvlink_multicast_off():
     assert argv == ["docker", "run", "--env=NCCL_NVLS_ENABLE=0",
                     "--env=TORCH_SYMM_MEM_DISABLE_MULTICAST=1", "--env=NVSHMEM_DISABLE_NVLS=1",
                     "--rm", "img", "vecadd"]
+
+
+
+# Real output of the one-GPU H200 host (driver 580.159.04), kept byte for byte in data/: the
+# ANSI underline around the header, the tab layout, the p2p matrix's leading spaces.
+DATA = Path(__file__).parent / "data"
+
+
+def test_real_h200_outputs_parse():
+    from tests.gpu.report import parse_topo_matrix, proc_device_minor
+
+    assert parse_topo_matrix((DATA / "h200-topo-m.txt").read_text()) == {0: {0: "X"}}
+    assert parse_topo_matrix((DATA / "h200-topo-p2p-r.txt").read_text()) == {0: {0: "X"}}
+    assert proc_device_minor((DATA / "h200-gpu-information.txt").read_text()) == 0
