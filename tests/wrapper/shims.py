@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +28,18 @@ ENGINE_SOCKET = "/var/run/docker.sock"
 TEST_USER = "nvptest"
 
 
-def relay_forever(listener: socket.socket, target: str, stop: threading.Event) -> None:
-    """Accept on `listener` and pipe each connection both ways to the unix socket `target`."""
+def relay_forever(
+    listener: socket.socket, target: str, stop: threading.Event,
+    on_request: Callable[[bytes], None] | None = None,
+) -> None:
+    """Accept on `listener` and pipe each connection both ways to the unix socket `target`.
+    `on_request`, if given, sees each chunk the client sends, before it is forwarded."""
 
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
+    def pipe(src: socket.socket, dst: socket.socket, seen: Callable[[bytes], None] | None) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
+                if seen:
+                    seen(data)
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
@@ -45,8 +51,23 @@ def relay_forever(listener: socket.socket, target: str, stop: threading.Event) -
             return
         engine = socket.socket(socket.AF_UNIX)
         engine.connect(target)
-        for a, b in ((client, engine), (engine, client)):
-            threading.Thread(target=pipe, args=(a, b), daemon=True).start()
+        for a, b, seen in ((client, engine, on_request), (engine, client, None)):
+            threading.Thread(target=pipe, args=(a, b, seen), daemon=True).start()
+
+
+@contextlib.contextmanager
+def relaying(
+    listener: socket.socket, target: str, on_request: Callable[[bytes], None] | None = None
+) -> Iterator[None]:
+    """`relay_forever` on a thread while inside; on leaving, stop it and close `listener`."""
+    stop = threading.Event()
+    threading.Thread(target=relay_forever, args=(listener, target, stop, on_request),
+                     daemon=True).start()  # fmt: skip
+    try:
+        yield
+    finally:
+        stop.set()
+        listener.close()
 
 
 @dataclass
@@ -109,14 +130,8 @@ def private_engine_socket(home: UserHome) -> Iterator[Path]:
     os.chown(path, home.uid, home.gid)
     path.chmod(0o600)
     listener.listen(16)
-    stop = threading.Event()
-    threading.Thread(target=relay_forever, args=(listener, ENGINE_SOCKET, stop),
-                     daemon=True).start()  # fmt: skip
-    try:
+    with relaying(listener, ENGINE_SOCKET):
         yield path
-    finally:
-        stop.set()
-        listener.close()
 
 
 def sudo_docker(home: UserHome, engine_socket: Path, pull_from: str | None = None) -> Path:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon
+from tests.wrapper.images import GPU_LABELS
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_LABELS = {"com.nvidia.volumes.needed": "nvidia_driver"}
 StartPlugin = Callable[..., PluginDaemon]
 
 
@@ -34,16 +34,6 @@ def nvidia_docker(
 @pytest.fixture
 def plugin(running_plugin: StartPlugin) -> PluginDaemon:
     return running_plugin(n_gpus=2)
-
-
-@pytest.fixture
-def gpu_image(make_image: ImageFactory) -> str:
-    return make_image(labels=GPU_LABELS)
-
-
-@pytest.fixture
-def plain_image(make_image: ImageFactory) -> str:
-    return make_image()
 
 
 def nodes_in(output: str) -> set[str]:

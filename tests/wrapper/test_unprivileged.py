@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon
+from tests.wrapper.images import GPU_LABELS
 from tests.wrapper.shims import (
     UserHome,
     ensure_test_user,
@@ -25,7 +26,6 @@ from tests.wrapper.shims import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_LABELS = {"com.nvidia.volumes.needed": "nvidia_driver"}
 WrapperRun = Callable[..., subprocess.CompletedProcess[str]]
 
 

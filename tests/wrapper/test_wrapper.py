@@ -3,14 +3,12 @@ inspection, pull, volume creation) and the fake REST daemon (statuses, query enc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +20,10 @@ from nvplugin import __version__, wrapper
 from nvplugin.docker_client import DEFAULT_HOST
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.wrapper.fakeplugin import FakePlugin
+from tests.wrapper.images import GPU_LABELS
+from tests.wrapper.shims import ENGINE_SOCKET, relaying
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_LABELS = {"com.nvidia.volumes.needed": "nvidia_driver"}
 ERROR_LINE = re.compile(r"^nvidia-docker \| \d{4}/\d\d/\d\d \d\d:\d\d:\d\d Error: (.*)$")
 
 
@@ -68,16 +67,6 @@ def run(capsys: pytest.CaptureFixture[str], fake_plugin: FakePlugin) -> Any:
         return Run(code, recorder, captured.out, captured.err)
 
     return call
-
-
-@pytest.fixture
-def gpu_image(make_image: ImageFactory) -> str:
-    return make_image(labels=GPU_LABELS)
-
-
-@pytest.fixture
-def plain_image(make_image: ImageFactory) -> str:
-    return make_image()
 
 
 @pytest.fixture(autouse=True)
@@ -357,34 +346,13 @@ def tcp_engine(docker_engine: DockerEngine) -> Iterator[EngineRelay]:
     """The real engine's unix socket, relayed to a TCP port: a `tcp://` engine without TLS, which
     records the request lines it relays."""
     listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
     relay = EngineRelay(f"tcp://127.0.0.1:{listener.getsockname()[1]}")
 
-    def pipe(src: socket.socket, dst: socket.socket, record: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                if record:
-                    relay.requests += [(m.decode(), p.decode())
-                                       for m, p in REQUEST_LINE.findall(data)]  # fmt: skip
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
+    def record(data: bytes) -> None:
+        relay.requests += [(m.decode(), p.decode()) for m, p in REQUEST_LINE.findall(data)]
 
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return
-            engine = socket.socket(socket.AF_UNIX)
-            engine.connect("/var/run/docker.sock")
-            for a, b, record in ((client, engine, True), (engine, client, False)):
-                threading.Thread(target=pipe, args=(a, b, record), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield relay
-    stop.set()
-    listener.close()
+    with relaying(listener, ENGINE_SOCKET, on_request=record):
+        yield relay
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
