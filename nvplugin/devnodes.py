@@ -49,13 +49,18 @@ def control_nodes(dev_root: Path, driver_root: Path, *, run: Runner = _run
             run([str(modprobe), "-u", "-c=0"])
         except (OSError, subprocess.SubprocessError) as err:
             log.warning("Could not load nvidia-uvm with %s: %s", modprobe, err)
+    # Without the kernel module the nodes are missing for the reason the daemon already gives
+    # in its one "NVIDIA driver not found" line; only with it loaded is a missing node news.
+    missing_level = logging.WARNING if (driver_root / "proc/driver/nvidia").is_dir() \
+        else logging.DEBUG
     nodes = []
     for name, required in CONTROL_NODES:
         node = dev / name
         if node.exists():
             nodes.append(DeviceNode(host_path=str(node), path=f"/dev/{name}"))
         elif required:
-            log.warning("%s is missing; containers will not reach the GPUs until it exists", node)
+            log.log(missing_level, "%s is missing; containers will not reach the GPUs until it "
+                    "exists", node)
     return tuple(nodes)
 
 

@@ -28,6 +28,7 @@ def test_control_nodes_that_exist_in_1_0_order(tmp_path):
 def test_modprobe_absence_is_no_error_and_missing_nodes_warn(tmp_path, caplog):
     calls: list[list[str]] = []
     touch(tmp_path, "nvidiactl")
+    (tmp_path / "proc/driver/nvidia").mkdir(parents=True)  # the kernel module is loaded
     assert [n.path for n in control_nodes(tmp_path, tmp_path, run=calls.append)] == [
         "/dev/nvidiactl"]
     assert calls == []  # a dev root other than / never runs nvidia-modprobe
@@ -70,3 +71,9 @@ def test_gpu_nodes_then_mig_caps(tmp_path):
 
 def test_mig_minors_absent_means_none(tmp_path):
     assert read_mig_minors(tmp_path) == {}
+
+
+def test_without_the_kernel_module_missing_nodes_are_not_warned_about(tmp_path, caplog):
+    # The daemon's "NVIDIA driver not found" line already says why; one line, not three.
+    assert control_nodes(tmp_path, tmp_path) == ()
+    assert caplog.text == ""
