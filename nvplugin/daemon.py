@@ -7,7 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
@@ -35,23 +35,23 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stopping = asyncio.Event()
-        self._cleanups: list[object] = []
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._rediscoveries: set[asyncio.Task[None]] = set()  # held so they are not collected
 
     async def run(self) -> int:
         try:
             await self._start()
-        except NvpluginError as err:
-            log.error("Error: %s", err)
-            await self._shutdown()
-            return 1
-        except Exception as err:  # a bug: one line, every resource released, exit 1
-            log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+        except Exception as err:  # one line, every resource released, exit 1
+            if isinstance(err, NvpluginError):
+                log.error("Error: %s", err)
+            else:  # a bug: the traceback says where
+                log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
             await self._shutdown()
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.rediscover()))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.stopping.wait()
         await self._shutdown()
         log.info("Successfully terminated")
@@ -128,18 +128,24 @@ class Daemon:
             return None
         return await self.gpus.driver_version()
 
-    async def rediscover(self) -> None:
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.rediscover("SIGHUP"))
+        self._rediscoveries.add(task)
+        task.add_done_callback(self._rediscoveries.discard)
+
+    async def rediscover(self, reason: str) -> None:
         """SIGHUP, or the driver changed on disk: read GPUs and driver files again."""
-        log.info("Discovering NVIDIA driver again")
-        with contextlib.suppress(AttributeError):
-            await self.gpus.refresh()
+        log.info("Discovering NVIDIA driver again: %s", reason)
+        await self.gpus.refresh()
         before = self.driver.version
         changed = await self.driver.refresh()
         after = self.driver.version
         if self.driver.error is not None:
             log.warning("Driver volume unavailable: %s", self.driver.error)
+        elif before is not None and before != after:
+            log.info("NVIDIA driver changed from %s to %s", before, after)
         elif changed:
-            log.info("Driver files changed (version %s -> %s)", before, after)
+            log.info("Driver files changed (version %s)", after)
         else:
             log.info("Driver unchanged (version %s)", after)
 
@@ -147,7 +153,7 @@ class Daemon:
         # Reverse order: stop accepting requests first, then release what they used.
         for cleanup in reversed(self._cleanups):
             try:
-                await cleanup()  # type: ignore[operator]
+                await cleanup()
             except Exception:  # shutdown must run every step, whatever one of them does
                 log.exception("Error during shutdown")
         self._cleanups.clear()

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nvplugin import discovery, elfinfo
-from nvplugin.errors import DiscoveryError, DriverNotFound, NvpluginError
+from nvplugin.errors import DriverNotFound, NvpluginError
 from nvplugin.manifest import Manifest
 
 log = logging.getLogger(__name__)
@@ -64,24 +64,22 @@ class DriverState:
                 self._manifest, self._error = None, err
                 return before is not None
             self._manifest, self._error = manifest, None
-            changed = before is None or before.digest() != manifest.digest()
-            if before is not None and before.version != manifest.version:
-                log.info("NVIDIA driver changed from %s to %s", before.version, manifest.version)
-            return changed
+            return before is None or before.digest() != manifest.digest()
 
     async def _changed_on_disk(self) -> bool:
         fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
         return fingerprint != self._fingerprint
 
-    def start_watching(self, interval: float, on_change: Callable[[], Awaitable[None]]) -> None:
+    def start_watching(self, interval: float,
+                       on_change: Callable[[str], Awaitable[None]]) -> None:
+        """Call `on_change(reason)` whenever the driver's fingerprint changes on disk."""
         async def watch() -> None:
             while True:
                 await asyncio.sleep(interval)
                 try:
                     if await self._changed_on_disk():
-                        log.info("Driver files changed under %s, discovering again", self._root)
-                        await on_change()
-                except DiscoveryError as err:
+                        await on_change(f"driver files changed under {self._root}")
+                except NvpluginError as err:
                     log.warning("Driver re-discovery failed: %s", err)
 
         self._watcher = asyncio.create_task(watch(), name="driver-watcher")
