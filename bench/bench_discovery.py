@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nvplugin import discovery, elfinfo, ldcache
-from nvplugin.errors import DiscoveryError
-from nvplugin.hostroot import HostRoot
+from nvplugin.core.errors import DiscoveryError
+from nvplugin.driver import discovery, elfinfo, ldcache
+from nvplugin.driver.hostroot import HostRoot
 
 
 def measure(fn: Callable[[], object], runs: int, before: Callable[[], None] | None = None,

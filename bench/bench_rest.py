@@ -55,16 +55,17 @@ def serve_hello(port: int) -> None:
 
 
 def serve_rest(port: int, root: Path) -> None:
-    from nvplugin import discovery, rest_api
-    from nvplugin.config import Config
-    from nvplugin.gpus import GpuService
+    from nvplugin.api import rest_app
+    from nvplugin.core.config import Config
+    from nvplugin.driver import discovery
+    from nvplugin.gpu.service import GpuService
 
     async def make() -> web.Application:
         gpus = await GpuService.start(driver_root=root, dev_root=root,
                                       nvml_library=discovery.find_nvml_library(root))
         manifest = await asyncio.to_thread(discovery.discover, root,
                                            await gpus.driver_version())
-        return rest_api.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
+        return rest_app.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
 
     web.run_app(make(), host="127.0.0.1", port=port, access_log=None, print=None)
 

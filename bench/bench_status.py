@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nvplugin.gpus import GpuService
-from nvplugin.nvml import NvmlSession
+from nvplugin.gpu.nvml import NvmlSession
+from nvplugin.gpu.service import GpuService
 
 
 def percentile(values: list[float], q: float) -> float:

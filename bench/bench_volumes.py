@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import aiohttp
 from aiohttp import web
 
-from nvplugin.clone import Cloner, Method
-from nvplugin.discovery import discover
-from nvplugin.errors import NvpluginError
-from nvplugin.manifest import Entry, Link, Manifest
-from nvplugin.plugin_api import make_app
-from nvplugin.volume_build import build_volume
-from nvplugin.volumes import VolumeStore
+from nvplugin.api.plugin import make_app
+from nvplugin.core.errors import NvpluginError
+from nvplugin.driver.discovery import discover
+from nvplugin.driver.manifest import Entry, Link, Manifest
+from nvplugin.volumes.build import build_volume
+from nvplugin.volumes.clone import Cloner, Method
+from nvplugin.volumes.store import VolumeStore
 
 
 def synthetic_manifest(where: Path, total_mb: int, files: int = 40) -> Manifest:

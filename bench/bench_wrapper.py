@@ -5,7 +5,7 @@
 - rewrite overhead: `nvidia-docker run --rm --net=none IMG true` against `docker run` with the very
   arguments the wrapper would exec (devices and driver volume included), so the difference is the
   wrapper alone: interpreter start, imports, one image inspect and one volume create (over
-  `nvplugin.engine_http`, no docker SDK), two REST calls to the daemon;
+  `nvplugin.engine.transport`, no docker SDK), two REST calls to the daemon;
 - pass-through overhead: `nvidia-docker ps` against `docker ps`.
 
 Needs the Docker Engine and a plugin daemon at --nv-host (default $NV_HOST or localhost:3476).
@@ -36,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nvplugin import wrapper  # noqa: E402
+from nvplugin.wrapper import nvidia_docker  # noqa: E402
 
 IMAGE = "nvplugin-bench/busybox:gpu"
 STUB_VOLUME = "nvbench_driver_0.0"
@@ -47,7 +47,8 @@ def wrapper_command() -> list[str]:
     script = shutil.which("nvidia-docker")
     if script:
         return [script]
-    return [sys.executable, "-c", "import sys; from nvplugin.wrapper import main; sys.exit(main())"]
+    return [sys.executable, "-c",
+            "import sys; from nvplugin.wrapper.nvidia_docker import main; sys.exit(main())"]
 
 
 def ensure_image(tag: str) -> None:
@@ -112,7 +113,7 @@ def reachable(url: str) -> bool:
 def final_argv(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     """The command line the wrapper would exec (it also creates the volume, as a real run does)."""
     seen: list[list[str]] = []
-    code = wrapper.main(list(argv), env, lambda _f, args, _e: seen.append(list(args)))
+    code = nvidia_docker.main(list(argv), env, lambda _f, args, _e: seen.append(list(args)))
     if code != 0 or not seen:
         raise SystemExit(f"the wrapper failed (exit {code}) for {' '.join(argv)}")
     return seen[0]
@@ -146,9 +147,10 @@ def compare(name: str, ours: Sequence[str], base: Sequence[str], env: Mapping[st
 
 
 def import_cost(env: Mapping[str, str]) -> None:
-    rewrite_path = "import nvplugin.wrapper, nvplugin.docker_client, nvplugin.cuda_compat"
+    wrapper = "nvplugin.wrapper.nvidia_docker"
+    rewrite_path = f"import {wrapper}, nvplugin.engine.client, nvplugin.wrapper.cuda_compat"
     for label, code in (("python3 -c pass", "pass"),
-                        ("import nvplugin.wrapper (pass-through)", "import nvplugin.wrapper"),
+                        (f"import {wrapper} (pass-through)", f"import {wrapper}"),
                         ("rewrite-path imports", rewrite_path),
                         ("import docker (pull, ssh:// only)", "import docker")):  # fmt: skip
         samples = []

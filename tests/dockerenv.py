@@ -185,7 +185,7 @@ class PluginDaemon:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "nvplugin.daemon",
+            sys.executable, "-m", "nvplugin",
             "--driver-root", str(self.driver_root), "--dev-root", str(self.dev_root),
             "-s", str(self.socket_dir), "-d", str(self.volumes_dir),
             "-l", f"127.0.0.1:{self.port}", "--log-level", "debug", *self.extra_args,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import config
-from nvplugin.errors import ConfigError
+from nvplugin.core import config
+from nvplugin.core.errors import ConfigError
 
 
 def test_defaults_are_1_0s():

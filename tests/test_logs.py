@@ -8,7 +8,7 @@ import re
 
 from aiohttp.http_exceptions import BadHttpMessage
 
-from nvplugin import logs
+from nvplugin.core import logs
 
 
 def test_prefix_and_one_line_per_event():

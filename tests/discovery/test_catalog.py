@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nvplugin import catalog
-from nvplugin.elfinfo import ElfFacts
+from nvplugin.driver import catalog
+from nvplugin.driver.elfinfo import ElfFacts
 
 
 @pytest.mark.parametrize(("name", "stem"), [

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from nvplugin import discovery, elfinfo
-from nvplugin.errors import DriverNotFound
-from nvplugin.manifest import Manifest
+from nvplugin.core.errors import DriverNotFound
+from nvplugin.driver import discovery, elfinfo
+from nvplugin.driver.manifest import Manifest
 from tests.discovery.multilib import has_32bit
 
 HOSTS = {
@@ -82,7 +82,7 @@ def test_rejections_carry_reasons(fake_host_factory, path, reason):
 
 def test_damaged_library_is_logged_and_skipped(fake_host_factory, caplog):
     host = fake_host_factory(damaged_lib=True)
-    with caplog.at_level(logging.WARNING, logger="nvplugin.discovery"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.driver.discovery"):
         manifest = discovery.discover(host.root)
     assert "lib64/libnvidia-ifr.so.580.159.04" not in {e.dest for e in manifest.entries}
     lines = [r.getMessage() for r in caplog.records if "libnvidia-ifr" in r.getMessage()]
@@ -151,7 +151,7 @@ def test_cache_misses_are_found_by_the_scan(fake_host_factory):
 def test_corrupted_cache_falls_back_to_the_scan(fake_host_factory, caplog):
     host = fake_host_factory(with_32bit=False)
     host.cache_path.write_bytes(host.cache_path.read_bytes()[:100])
-    with caplog.at_level(logging.WARNING, logger="nvplugin.discovery"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.driver.discovery"):
         manifest = discovery.discover(host.root)
     assert {e.dest for e in manifest.entries} == host.expected_dests
     assert "truncated" in _rejected(manifest, host)[str(host.cache_path)]
@@ -226,7 +226,7 @@ def test_h200_wrapper_scripts_give_way_to_the_real_binaries(fake_host_factory, c
     # The H200 host: /usr/bin/nvidia-smi is a shell wrapper, /bin -> usr/bin, and the ELF
     # binaries live in the read-only /usr/local/nvidia/bin.
     host = fake_host_factory(layout="usr-local-nvidia")
-    with caplog.at_level(logging.DEBUG, logger="nvplugin.discovery"):
+    with caplog.at_level(logging.DEBUG, logger="nvplugin.driver.discovery"):
         manifest = discovery.discover(host.root)
     bins = {e.dest: e.source for e in manifest.entries if e.kind == "bin"}
     assert bins["bin/nvidia-smi"] == str(host.path("/usr/local/nvidia/bin/nvidia-smi"))
@@ -240,6 +240,6 @@ def test_h200_wrapper_scripts_give_way_to_the_real_binaries(fake_host_factory, c
 def test_missing_binary_is_warned_about(fake_host, caplog):
     smi = fake_host.path("/usr/bin/nvidia-smi")
     smi.write_text("#!/bin/sh\n")
-    with caplog.at_level(logging.WARNING, logger="nvplugin.discovery"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.driver.discovery"):
         discovery.discover(fake_host.root)
     assert any(str(smi) in r.getMessage() for r in caplog.records)

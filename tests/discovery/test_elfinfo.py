@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import elfinfo
-from nvplugin.errors import ElfError
+from nvplugin.core.errors import ElfError
+from nvplugin.driver import elfinfo
 from tests.discovery.multilib import need_32bit
 
 

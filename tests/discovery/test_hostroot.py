@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin.errors import RootEscapeError
-from nvplugin.hostroot import HostRoot
+from nvplugin.core.errors import RootEscapeError
+from nvplugin.driver.hostroot import HostRoot
 
 
 @pytest.fixture

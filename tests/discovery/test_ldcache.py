@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nvplugin import ldcache
-from nvplugin.errors import CacheFormatError
+from nvplugin.core.errors import CacheFormatError
+from nvplugin.driver import ldcache
 from tests.discovery.multilib import has_32bit
 from tests.fakehost.build import write_ld_cache
 from tests.requirements import need, need_tool

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from nvplugin import catalog
-from nvplugin.elfinfo import ElfFacts
-from nvplugin.library_choice import Candidate, choose_libraries
-from nvplugin.manifest import Rejected
+from nvplugin.driver import catalog
+from nvplugin.driver.elfinfo import ElfFacts
+from nvplugin.driver.library_choice import Candidate, choose_libraries
+from nvplugin.driver.manifest import Rejected
 
 LIB64 = "/usr/lib/x86_64-linux-gnu"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import json
 
-from nvplugin.config import Config
-from nvplugin.listing import run_list
+from nvplugin.cli.listing import run_list
+from nvplugin.core.config import Config
 
 
 def test_text_lists_files_links_and_rejections(fake_host_factory):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from nvplugin import discovery, driver_version
+from nvplugin.driver import discovery, driver_version
 
 PROC_LINES = [
     ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  575.57.08  Sat May 24 07:21:16 UTC 2025",

@@ -6,8 +6,8 @@ import json
 import stat
 from pathlib import Path
 
-from nvplugin import doctor_checks
-from nvplugin.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name
+from nvplugin.cli import doctor_checks
+from nvplugin.cli.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name
 
 
 def test_matching_versions_pass_and_a_mismatch_fails_with_the_nvml_wording():

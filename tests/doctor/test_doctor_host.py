@@ -25,7 +25,7 @@ NOBODY = 65534
 def run_doctor(driver_root: Path, *, socket_dir: Path, volumes_dir: Path, listen: str,
                env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
                ) -> tuple[int, dict[str, dict[str, Any]]]:
-    argv = [*prefix, sys.executable, "-m", "nvplugin.daemon", "doctor", "--json",
+    argv = [*prefix, sys.executable, "-m", "nvplugin", "doctor", "--json",
             "--driver-root", str(driver_root), "--dev-root", str(driver_root),
             "-s", str(socket_dir), "-d", str(volumes_dir), "-l", listen]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
@@ -74,7 +74,7 @@ def test_a_healthy_host_passes_every_check(daemon, docker_engine):
 
 
 def test_text_output_is_one_line_per_check_with_a_summary(daemon):
-    argv = [sys.executable, "-m", "nvplugin.daemon", "doctor", "--driver-root",
+    argv = [sys.executable, "-m", "nvplugin", "doctor", "--driver-root",
             str(daemon.driver_root), "-s", str(daemon.socket_dir), "-d", str(daemon.volumes_dir),
             "-l", f"127.0.0.1:{daemon.port}"]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,

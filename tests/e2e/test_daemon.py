@@ -30,7 +30,7 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nvplugin.daemon", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "nvplugin", *args], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import elfinfo
+from nvplugin.driver import elfinfo
 from tests.fakehost import components as c
 from tests.fakehost.build import FAKE_NVML_SOURCE, build_fake_host, make_dev_nodes
 from tests.fakehost.compiler import ObjectCache

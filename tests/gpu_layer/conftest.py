@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from nvplugin.gpus import GpuService
+from nvplugin.gpu.service import GpuService
 from tests.fakenvml.fixtures import FakeNvml
 
 

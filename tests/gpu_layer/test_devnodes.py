@@ -3,8 +3,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from nvplugin.devices import DeviceNode, MigDevice
-from nvplugin.devnodes import control_nodes, gpu_nodes, read_mig_minors
+from nvplugin.gpu.devnodes import control_nodes, gpu_nodes, read_mig_minors
+from nvplugin.gpu.records import DeviceNode, MigDevice
 from tests.gpu_layer.test_selection import make_gpu
 
 

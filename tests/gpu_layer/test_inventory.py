@@ -8,8 +8,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from nvplugin.devices import P2PLink
-from nvplugin.errors import NvmlError, SelectionError
+from nvplugin.core.errors import NvmlError, SelectionError
+from nvplugin.gpu.records import P2PLink
 
 GIB = 1 << 30
 
@@ -137,7 +137,7 @@ async def test_symbols_absent_from_the_library_read_as_none(
 async def test_a_failing_field_is_none_with_one_warning(fake_nvml, start_service, caplog):
     fake_nvml.update(lambda c: c["gpus"][0].update(temperature="GPU_IS_LOST"))
     service = await start_service()
-    with caplog.at_level(logging.WARNING, logger="nvplugin.nvml"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.gpu.nvml"):
         for _ in range(3):
             service.status_cache.max_age = -1.0
             assert (await service.status())[0].temperature_c is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pynvml
 
-from nvplugin import nvml
+from nvplugin.gpu import nvml
 
 MIB = 1 << 20
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pynvml
 
-from nvplugin.gpus import GpuService
+from nvplugin.gpu.service import GpuService
 
 # The fake NVML counts the calls made on a watched thread: here the event loop's. That is exact
 # where a slow-callback threshold is a guess about the scheduler (a loaded 2-core machine has
@@ -98,7 +98,7 @@ def test_no_path_means_the_loaders_search(fake_nvml, tmp_path):
         import asyncio, ctypes
         from pathlib import Path
         import pynvml
-        from nvplugin.gpus import GpuService
+        from nvplugin.gpu.service import GpuService
         async def main():
             s = await GpuService.start(driver_root=Path("/nonexistent"),
                                        dev_root=Path("/nonexistent"), nvml_library=None)

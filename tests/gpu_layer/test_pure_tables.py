@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from nvplugin import gpu_facts
-from nvplugin.devnodes import parse_mig_minors
+from nvplugin.gpu import facts
+from nvplugin.gpu.devnodes import parse_mig_minors
 
 
 @pytest.mark.parametrize(("cc", "family", "per_sm"), [
@@ -15,14 +15,14 @@ from nvplugin.devnodes import parse_mig_minors
     ((4, 0), None, None),
 ], ids=str)
 def test_family_and_cores_per_sm(cc: tuple[int, int], family: str | None, per_sm: int | None):
-    assert gpu_facts.family(*cc) == family
-    assert gpu_facts.cores_per_sm(*cc) == per_sm
+    assert facts.family(*cc) == family
+    assert facts.cores_per_sm(*cc) == per_sm
 
 
 @pytest.mark.parametrize(("value", "text"), [(13000, "13.0"), (12080, "12.8"), (8000, "8.0"),
                                              (9020, "9.2"), (10010, "10.1")])
 def test_cuda_version(value: int, text: str):
-    assert gpu_facts.cuda_version(value) == text
+    assert facts.cuda_version(value) == text
 
 
 @pytest.mark.parametrize(("gen", "width", "mbs"), [(1, 16, 4000), (3, 16, 15760), (4, 8, 15752),
@@ -30,18 +30,18 @@ def test_cuda_version(value: int, text: str):
                                                    (9, 16, None), (None, 16, None),
                                                    (5, None, None)])
 def test_pcie_bandwidth(gen: int | None, width: int | None, mbs: int | None):
-    assert gpu_facts.pcie_bandwidth(gen, width) == mbs
+    assert facts.pcie_bandwidth(gen, width) == mbs
 
 
 def test_memory_bandwidth_is_double_data_rate_over_the_bus():
-    assert gpu_facts.memory_bandwidth(715, 4096) == 2 * 715 * 512
-    assert gpu_facts.memory_bandwidth(None, 4096) is None
-    assert gpu_facts.memory_bandwidth(715, None) is None
+    assert facts.memory_bandwidth(715, 4096) == 2 * 715 * 512
+    assert facts.memory_bandwidth(None, 4096) is None
+    assert facts.memory_bandwidth(715, None) is None
 
 
 def test_sysfs_bus_id_uses_the_four_digit_lower_case_domain():
-    assert gpu_facts.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
-    assert gpu_facts.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
+    assert facts.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
+    assert facts.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
 
 
 def test_mig_minors_and_cap_paths(tmp_path):
@@ -50,7 +50,7 @@ def test_mig_minors_and_cap_paths(tmp_path):
     minors = parse_mig_minors(text)
     assert minors["config"] == 1 and minors["gpu1/gi2/ci0/access"] == 31
     assert "broken" not in minors
-    assert gpu_facts.mig_cap_paths(minors, 1, 2, 0, tmp_path) == (
+    assert facts.mig_cap_paths(minors, 1, 2, 0, tmp_path) == (
         str(tmp_path / "dev/nvidia-caps/nvidia-cap30"),
         str(tmp_path / "dev/nvidia-caps/nvidia-cap31"))
-    assert gpu_facts.mig_cap_paths(minors, 7, 0, 0, tmp_path) == ()
+    assert facts.mig_cap_paths(minors, 7, 0, 0, tmp_path) == ()

@@ -16,8 +16,8 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from nvplugin import nvml
-from nvplugin.gpus import GpuService
+from nvplugin.gpu import nvml
+from nvplugin.gpu.service import GpuService
 
 SOURCE = Path(nvml.__file__).read_text()
 
@@ -132,7 +132,7 @@ async def test_a_missing_optional_wrapper_costs_its_fields_only(
     fake_nvml.write(_full_config(fake_nvml, old_driver=name in FALLBACK_FOR))
     monkeypatch.setattr(nvml, "_reported_missing", set())
     monkeypatch.delattr(pynvml, name, raising=False)
-    with caplog.at_level(logging.WARNING, logger="nvplugin.nvml"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.gpu.nvml"):
         service = await start_service()
         assert service.available, service.reason
         values = await _read_everything(service)
@@ -164,7 +164,7 @@ async def test_a_missing_shutdown_wrapper_is_a_warning(fake_nvml, start_service,
                                                        caplog):
     service = await start_service()
     monkeypatch.delattr(pynvml, "nvmlShutdown")
-    with caplog.at_level(logging.WARNING, logger="nvplugin.nvml"):
+    with caplog.at_level(logging.WARNING, logger="nvplugin.gpu.nvml"):
         await service.refresh()
     assert service.available
     assert any("nvmlShutdown failed" in r.getMessage() for r in caplog.records)

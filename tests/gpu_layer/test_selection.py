@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nvplugin.devices import Gpu, MigDevice
-from nvplugin.errors import SelectionError
-from nvplugin.selection import ITEM_LIMIT, quote_item, select, select_gpus, split
+from nvplugin.core.errors import SelectionError
+from nvplugin.gpu.records import Gpu, MigDevice
+from nvplugin.gpu.selection import ITEM_LIMIT, quote_item, select, select_gpus, split
 
 UUIDS = ["GPU-836c0c09-1111-2222-3333-444444444444", "GPU-b78a60a0-1111-2222-3333-444444444444",
          "GPU-b78a61ff-1111-2222-3333-444444444444", "GPU-00aa0000-1111-2222-3333-444444444444"]

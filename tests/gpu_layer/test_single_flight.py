@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from nvplugin.single_flight import Recent, SingleFlight
+from nvplugin.core.single_flight import Recent, SingleFlight
 
 
 class Clock:

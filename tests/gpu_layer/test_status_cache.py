@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from nvplugin.devices import GpuStatus
-from nvplugin.status import StatusCache
+from nvplugin.gpu.records import GpuStatus
+from nvplugin.gpu.status_cache import StatusCache
 
 
 class FakeClock:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import config
+from nvplugin.core import config
 from tests.packaging.units import DROP_IN_DIR, REPO, UNIT, command_argv, environment, parse
 from tests.requirements import need_tool
 
@@ -26,7 +26,7 @@ def units_in(tmp_path: Path, drop_in: str | None = None) -> Path:
     verify insists on an executable); with the drop-in example installed when asked."""
     script = tmp_path / "bin" / "nvidia-docker-plugin"
     script.parent.mkdir()
-    script.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvplugin.daemon "
+    script.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m nvplugin "
                       '"$@"\n')
     script.chmod(0o755)
     units = tmp_path / "units"
@@ -115,7 +115,7 @@ def test_restart_and_stop_settings():
     assert service["KillSignal"] == ["SIGTERM"]
     assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # Longer than the daemon's own drain (SHUTDOWN_TIMEOUT_S), so systemd never SIGKILLs it.
-    from nvplugin.daemon import SHUTDOWN_TIMEOUT_S
+    from nvplugin.cli.serve import SHUTDOWN_TIMEOUT_S
 
     assert int(service["TimeoutStopSec"][0]) > SHUTDOWN_TIMEOUT_S
 

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvplugin import discovery
+from nvplugin.driver import discovery
 from tests.fakehost.build import build_fake_host, make_dev_nodes
 from tests.fakehost.compiler import ObjectCache
 from tests.fakenvml.build import make_config, write_config

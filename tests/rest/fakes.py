@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nvplugin import selection
-from nvplugin.devices import Gpu, GpuInventory, GpuStatus
-from nvplugin.errors import NvmlError
+from nvplugin.core.errors import NvmlError
+from nvplugin.gpu import selection
+from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from nvplugin import discovery, rest_api
-from nvplugin.config import Config
-from nvplugin.errors import NvpluginError
-from nvplugin.gpus import GpuService
-from nvplugin.manifest import Manifest
+from nvplugin.api import rest_app
+from nvplugin.core.config import Config
+from nvplugin.core.errors import NvpluginError
+from nvplugin.driver import discovery
+from nvplugin.driver.manifest import Manifest
+from nvplugin.gpu.service import GpuService
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ class LiveRest:
             self.manifest_error = err
         config = Config(driver_root=self.driver_root, dev_root=self.dev_root,
                         host_root=self.host_root, listen=f"127.0.0.1:{self.port}")
-        app = rest_api.make_app(self.gpus, self.provide_manifest, config)
+        app = rest_app.make_app(self.gpus, self.provide_manifest, config)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

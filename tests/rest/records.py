@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nvplugin.devices import (
+from nvplugin.gpu.records import (
     DriverVersions,
     Gpu,
     GpuInventory,

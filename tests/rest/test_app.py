@@ -1,4 +1,4 @@
-"""rest_api.make_app over HTTP with a record-backed GPU service: routes, selectors, errors."""
+"""rest_app.make_app over HTTP with a record-backed GPU service: routes, selectors, errors."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from nvplugin import cli_args, render_json, render_text, rest_api
-from nvplugin.config import Config
-from nvplugin.devices import GpuInventory
-from nvplugin.errors import DriverNotFound
-from nvplugin.manifest import Entry, Link, Manifest
+from nvplugin.api import json_docs, launch_args, rest_app, text_pages
+from nvplugin.core.config import Config
+from nvplugin.core.errors import DriverNotFound
+from nvplugin.driver.manifest import Entry, Link, Manifest
+from nvplugin.gpu.records import GpuInventory
 from tests.rest import records
 from tests.rest.fakes import Node, RecordGpus
 
@@ -42,19 +42,19 @@ def gpus() -> RecordGpus:
 
 @pytest.fixture
 async def client(aiohttp_client: MakeClient, gpus: RecordGpus) -> TestClient:
-    return await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, Config()))
+    return await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, Config()))
 
 
 @pytest.mark.parametrize("prefix", PREFIXES, ids=["v1.0", "alias"])
 async def test_every_route_renders_the_records(client: TestClient, prefix: str) -> None:
     inventory, statuses = records.v1_sample_host()
     expected = {
-        "/gpu/info": (render_text.gpu_info_text(inventory), "text/plain"),
-        "/gpu/info/json": (render_json.gpu_info_json(inventory), "application/json"),
-        "/gpu/status": (render_text.gpu_status_text(inventory, statuses), "text/plain"),
-        "/gpu/status/json": (render_json.gpu_status_json(statuses), "application/json"),
-        "/mesos/cli": (cli_args.mesos_cli_text(inventory), "text/plain"),
-        "/driver/files": (render_json.go_json(MANIFEST.to_json()), "application/json"),
+        "/gpu/info": (text_pages.gpu_info_text(inventory), "text/plain"),
+        "/gpu/info/json": (json_docs.gpu_info_json(inventory), "application/json"),
+        "/gpu/status": (text_pages.gpu_status_text(inventory, statuses), "text/plain"),
+        "/gpu/status/json": (json_docs.gpu_status_json(statuses), "application/json"),
+        "/mesos/cli": (launch_args.mesos_cli_text(inventory), "text/plain"),
+        "/driver/files": (json_docs.go_json(MANIFEST.to_json()), "application/json"),
     }
     for path, (body, content_type) in expected.items():
         response = await client.get(prefix + path)
@@ -155,7 +155,7 @@ async def test_unavailable_driver_answers_503_with_reason(
 
 
 async def test_nvml_failure_answers_503(client: TestClient, gpus: RecordGpus) -> None:
-    from nvplugin.errors import NvmlError
+    from nvplugin.core.errors import NvmlError
 
     gpus.fail_with = NvmlError("nvmlDeviceGetUUID: GPU is lost\nreset it")
     response = await client.get("/gpu/status/json")
@@ -165,7 +165,7 @@ async def test_nvml_failure_answers_503(client: TestClient, gpus: RecordGpus) ->
 
 async def test_missing_driver_files_answer_503(aiohttp_client: MakeClient, gpus: RecordGpus,
                                                ) -> None:
-    client = await aiohttp_client(rest_api.make_app(gpus, no_driver, Config()))
+    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config()))
     response = await client.get("/driver/files")
     assert response.status == 503
     assert (await response.text()).startswith("no NVIDIA driver under /")
@@ -175,7 +175,7 @@ async def test_unexpected_error_is_logged_once_and_names_the_route(
     client: TestClient, gpus: RecordGpus, caplog: pytest.LogCaptureFixture
 ) -> None:
     gpus.fail_with = KeyError("boom")
-    with caplog.at_level(logging.ERROR, logger="nvplugin.rest_api"):
+    with caplog.at_level(logging.ERROR, logger="nvplugin.api.rest_app"):
         response = await client.get("/v1.0/gpu/info")
     body = await response.text()
     assert response.status == 500
@@ -216,7 +216,7 @@ async def test_devices_under_another_dev_root_are_mapped(
     )
     gpus.inventory_ = type(inventory)(inventory.versions, moved)
     config = Config(dev_root=Path("/run/nvidia/driver"), driver_root=Path("/run/nvidia/driver"))
-    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
     response = await client.get("/docker/cli?dev=1")
     assert await response.text() == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
@@ -240,7 +240,7 @@ async def test_the_images_devices_are_given_as_the_docker_host_sees_them(
     # The README's container: the host's / at /host, --dev-root /host, --host-root /host.
     _nodes_under(gpus, "/host")
     config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
-    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
     response = await client.get(prefix + "/docker/cli?dev=1")
     assert await response.text() == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
@@ -257,7 +257,7 @@ async def test_a_driver_container_seen_from_the_image_keeps_its_host_path(
     _nodes_under(gpus, "/host/run/nvidia/driver")
     root = Path("/host/run/nvidia/driver")
     config = Config(driver_root=root, dev_root=root, host_root=Path("/host"))
-    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
     document = await (await client.get("/docker/cli/json?dev=0")).json()
     assert document["Devices"] == [f"/run/nvidia/driver{p}:{p}"
                                    for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")]
@@ -271,36 +271,36 @@ async def test_a_node_docker_cannot_see_is_refused_with_503_and_logged(
     _nodes_under(gpus, "/host")
     gpus.nodes = (Node("/dev/nvidiactl", "/dev/nvidiactl"),)
     config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
-    client = await aiohttp_client(rest_api.make_app(gpus, lambda: MANIFEST, config))
-    with caplog.at_level(logging.ERROR, logger="nvplugin.rest_api"):
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
+    with caplog.at_level(logging.ERROR, logger="nvplugin.api.rest_app"):
         for path in ("/docker/cli", "/docker/cli/json"):
             response = await client.get(path)
             assert response.status == 503
             text = await response.text()
             assert text.startswith("/dev/nvidiactl is not under --host-root /host"), text
             assert text.count("\n") == 1 and "--device" not in text
-    refusals = [r.getMessage() for r in caplog.records if r.name == "nvplugin.rest_api"]
+    refusals = [r.getMessage() for r in caplog.records if r.name == "nvplugin.api.rest_app"]
     assert len(refusals) == 2
     assert refusals[0].startswith("Error: refusing /docker/cli: /dev/nvidiactl is not under")
 
 
 def test_routes_are_registered_under_both_prefixes() -> None:
-    app = rest_api.make_app(RecordGpus(*records.one_gpu_host()), lambda: MANIFEST, Config())
+    app = rest_app.make_app(RecordGpus(*records.one_gpu_host()), lambda: MANIFEST, Config())
     paths = {r.canonical for r in app.router.resources()}
-    assert paths == {p + path for p in PREFIXES for path, _ in rest_api.ROUTES}
+    assert paths == {p + path for p in PREFIXES for path, _ in rest_app.ROUTES}
     assert isinstance(app, web.Application)
 
 
 async def test_docker_cli_without_driver_files_is_503(aiohttp_client: MakeClient,
                                                        gpus: RecordGpus) -> None:
-    client = await aiohttp_client(rest_api.make_app(gpus, no_driver, Config()))
+    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config()))
     response = await client.get("/docker/cli")
     assert response.status == 503
     assert (await response.text()).startswith("no NVIDIA driver under /")
 
 
 def test_last_pages_renders_again_only_for_other_records() -> None:
-    pages, calls = rest_api.LastPages(), []
+    pages, calls = rest_app.LastPages(), []
 
     def renderer(inventory: GpuInventory) -> str:
         calls.append(inventory)
@@ -311,16 +311,16 @@ def test_last_pages_renders_again_only_for_other_records() -> None:
     assert pages.render(renderer, one) == "page 1"
     assert pages.render(renderer, dataclasses.replace(one)) == "page 1"  # equal records
     assert pages.render(renderer, two) == "page 2"
-    assert pages.render(render_text.gpu_info_text, one) == render_text.gpu_info_text(one)
+    assert pages.render(text_pages.gpu_info_text, one) == text_pages.gpu_info_text(one)
     assert len(calls) == 2
 
 
 async def test_each_app_keeps_its_own_pages(aiohttp_client: MakeClient) -> None:
     first, _ = records.one_gpu_host()
     second, statuses = records.v1_sample_host()
-    apps = [await aiohttp_client(rest_api.make_app(RecordGpus(inventory, statuses),
+    apps = [await aiohttp_client(rest_app.make_app(RecordGpus(inventory, statuses),
                                                    lambda: MANIFEST, Config()))
             for inventory in (first, second)]
     for client, inventory in zip(apps * 2, (first, second) * 2, strict=True):
         response = await client.get("/gpu/info")
-        assert await response.text() == render_text.gpu_info_text(inventory)
+        assert await response.text() == text_pages.gpu_info_text(inventory)

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from nvplugin import rest_api
-from nvplugin.config import Config
-from nvplugin.gpus import GpuService
-from nvplugin.manifest import Manifest
+from nvplugin.api import rest_app
+from nvplugin.core.config import Config
+from nvplugin.driver.manifest import Manifest
+from nvplugin.gpu.service import GpuService
 from tests.fakenvml.build import gpu, make_config
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -127,7 +127,7 @@ async def _pages(fake_nvml, host_root: Path, aiohttp_client: MakeClient, config:
         assert service.available, service.reason
         manifest = Manifest(version=await service.driver_version())
         # --host-root is the fake host's root, so its /dev/nvidia0 is the Docker host's.
-        app = rest_api.make_app(service, lambda: manifest,
+        app = rest_app.make_app(service, lambda: manifest,
                                 Config(driver_root=host_root, dev_root=host_root,
                                        host_root=host_root))
         client = await aiohttp_client(app)

@@ -1,13 +1,14 @@
 """Device paths as the Docker host sees them: `devices.docker_host_path` and the `--device` values
-built from it (`cli_args.docker_device`, `cli_args.docker_args`)."""
+built from it (`launch_args.docker_device`, `launch_args.docker_args`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from nvplugin import cli_args
-from nvplugin.devices import DeviceNode, docker_host_path
-from nvplugin.errors import ConfigError
+from nvplugin.api import launch_args
+from nvplugin.core.errors import ConfigError
+from nvplugin.core.hostpath import docker_host_path
+from nvplugin.gpu.records import DeviceNode
 from tests.rest import records
 
 
@@ -56,7 +57,7 @@ def test_relative_paths_are_refused():
     ("/host/run/drv/dev/nvidia0", "/host", "/run/drv/dev/nvidia0:/dev/nvidia0"),
 ])
 def test_device_values(host_path, host_root, expected):
-    assert cli_args.docker_device(host_path, "/dev/nvidia0", host_root) == expected
+    assert launch_args.docker_device(host_path, "/dev/nvidia0", host_root) == expected
 
 
 def _host_nodes(root: str) -> tuple[list[DeviceNode], list]:
@@ -71,20 +72,21 @@ def test_the_images_nodes_are_given_as_the_hosts_own():
     # The README's container: --dev-root /host, --host-root /host. The bug was handing Docker
     # `/host/dev/...`, which exists only inside the plugin container.
     control, gpus = _host_nodes("/host")
-    args = cli_args.docker_args("580.159.04", ["nvidia_driver"], control, gpus, host_root="/host")
+    args = launch_args.docker_args("580.159.04", ["nvidia_driver"], control, gpus,
+                                   host_root="/host")
     assert args.devices == ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia2", "/dev/nvidia3")
-    assert cli_args.docker_cli_text(args) == (
+    assert launch_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_580.159.04:/usr/local/nvidia:ro "
         "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia2 "
         "--device=/dev/nvidia3"
     )
     assert '"Devices":["/dev/nvidiactl","/dev/nvidia-uvm","/dev/nvidia2","/dev/nvidia3"]' in (
-        cli_args.docker_cli_json(args))
+        launch_args.docker_cli_json(args))
 
 
 def test_a_driver_container_seen_from_the_image_keeps_its_host_path():
     control, gpus = _host_nodes("/host/run/nvidia/driver")
-    args = cli_args.docker_args("580.159.04", [], control, gpus, host_root="/host")
+    args = launch_args.docker_args("580.159.04", [], control, gpus, host_root="/host")
     assert args.devices == tuple(
         f"/run/nvidia/driver/dev/{n}:/dev/{n}"
         for n in ("nvidiactl", "nvidia-uvm", "nvidia2", "nvidia3"))
@@ -94,4 +96,4 @@ def test_a_node_outside_the_host_root_fails_the_whole_answer():
     control, gpus = _host_nodes("/host")
     control.append(DeviceNode("/dev/nvidia-modeset", "/dev/nvidia-modeset"))
     with pytest.raises(ConfigError, match="/dev/nvidia-modeset is not under --host-root /host"):
-        cli_args.docker_args("580.159.04", [], control, gpus, host_root="/host")
+        launch_args.docker_args("580.159.04", [], control, gpus, host_root="/host")

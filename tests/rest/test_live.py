@@ -13,7 +13,7 @@ import requests
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-from nvplugin import render_json
+from nvplugin.api import json_docs
 from tests.rest.live import LiveRest
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -108,6 +108,6 @@ def test_status_json_says_when_it_was_sampled(live_rest: LiveRest) -> None:
 def test_driver_files_is_the_discovered_manifest(live_rest: LiveRest) -> None:
     assert live_rest.manifest is not None
     assert get(live_rest, "/driver/files").json() == json.loads(
-        render_json.go_json(live_rest.manifest.to_json())
+        json_docs.go_json(live_rest.manifest.to_json())
     )
     assert live_rest.manifest.version == "580.159.04"

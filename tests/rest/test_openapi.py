@@ -16,7 +16,7 @@ from openapi_spec_validator import validate
 from schemathesis.checks import CHECKS
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from nvplugin import rest_api
+from nvplugin.api import rest_app
 from tests.rest.live import LiveRest
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
@@ -43,7 +43,7 @@ def test_spec_is_valid_openapi() -> None:
 
 
 def test_every_route_is_described_under_both_prefixes() -> None:
-    expected = {p + path for p in (f"/{rest_api.API_VERSION}", "") for path, _ in rest_api.ROUTES}
+    expected = {p + path for p in (f"/{rest_app.API_VERSION}", "") for path, _ in rest_app.ROUTES}
     assert set(SPEC["paths"]) == expected
     for item in SPEC["paths"].values():
         # Only GET is an operation: schemathesis (rightly) reads a listed method as served.

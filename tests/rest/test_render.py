@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import cli_args, render_json, render_text, selection
-from nvplugin.devices import GpuInventory, GpuStatus
-from nvplugin.errors import SelectionError
+from nvplugin.api import json_docs, launch_args, text_pages
+from nvplugin.core.errors import SelectionError
+from nvplugin.gpu import selection
+from nvplugin.gpu.records import GpuInventory, GpuStatus
 from tests.rest import records
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -34,20 +35,20 @@ def check_golden(name: str, actual: str) -> None:
 @pytest.mark.parametrize("host", sorted(records.HOSTS))
 def test_gpu_info_text_matches_golden(host: str) -> None:
     inventory, _ = records.HOSTS[host]()
-    check_golden(f"{host}_info.txt", render_text.gpu_info_text(inventory))
+    check_golden(f"{host}_info.txt", text_pages.gpu_info_text(inventory))
 
 
 @pytest.mark.parametrize("host", sorted(records.HOSTS))
 def test_gpu_status_text_matches_golden(host: str) -> None:
     inventory, statuses = records.HOSTS[host]()
-    check_golden(f"{host}_status.txt", render_text.gpu_status_text(inventory, statuses))
+    check_golden(f"{host}_status.txt", text_pages.gpu_status_text(inventory, statuses))
 
 
 @pytest.mark.parametrize("host", ["one_gpu", "two_gpu"])
 def test_json_matches_golden(host: str) -> None:
     inventory, statuses = records.HOSTS[host]()
-    check_golden(f"{host}_info.json", render_json.gpu_info_json(inventory))
-    check_golden(f"{host}_status.json", render_json.gpu_status_json(statuses))
+    check_golden(f"{host}_info.json", json_docs.gpu_info_json(inventory))
+    check_golden(f"{host}_status.json", json_docs.gpu_status_json(statuses))
 
 
 V1_INFO_KEYS = ["UUID", "Path", "Model", "Power", "CPUAffinity", "PCI", "Clocks", "Topology",
@@ -81,7 +82,7 @@ def restrict(value: object, like: object) -> object:
 
 def test_info_json_keeps_v1_keys_values_and_order() -> None:
     inventory, _ = records.v1_sample_host()
-    body = render_json.gpu_info_json(inventory)
+    body = json_docs.gpu_info_json(inventory)
     assert body.endswith("}\n") and body.count("\n") == 1
     document = json.loads(body)
     assert list(document) == ["Version", "Devices"]
@@ -98,7 +99,7 @@ def test_info_json_keeps_v1_keys_values_and_order() -> None:
 
 def test_status_json_keeps_v1_keys_and_adds_sample_times() -> None:
     _, statuses = records.v1_sample_host()
-    document = json.loads(render_json.gpu_status_json(statuses))
+    document = json.loads(json_docs.gpu_status_json(statuses))
     status0 = document["Devices"][0]
     assert list(status0)[: len(V1_STATUS_KEYS)] == V1_STATUS_KEYS
     v1 = json.loads(V1_STATUS0)
@@ -113,44 +114,44 @@ def test_status_json_keeps_v1_keys_and_adds_sample_times() -> None:
 def test_json_escapes_html_like_go() -> None:
     inventory, _ = records.one_gpu_host()
     gpu = records.gpu(0, model="<b>&\u2028")
-    body = render_json.gpu_info_json(GpuInventory(inventory.versions, (gpu,)))
+    body = json_docs.gpu_info_json(GpuInventory(inventory.versions, (gpu,)))
     assert '"Model":"\\u003cb\\u003e\\u0026\\u2028"' in body
     assert json.loads(body)["Devices"][0]["Model"] == "<b>&\u2028"
 
 
 def test_text_escapes_control_characters_in_names() -> None:
     inventory, statuses = records.two_gpu_host()
-    text = render_text.gpu_status_text(inventory, statuses)
+    text = text_pages.gpu_status_text(inventory, statuses)
     assert "      Name:    tab\\x09here\\x0anewline\n" in text
     assert "Memory:  N/A" in text  # a process whose memory NVML could not read
 
 
 def test_status_pairs_need_both_readings() -> None:
     inventory, _ = records.one_gpu_host()
-    full = render_text.gpu_status_text(inventory, (records.status(0),))
+    full = text_pages.gpu_status_text(inventory, (records.status(0),))
     assert "  Power:        74 / 700 W\n" in full
     assert "    Global:  0 / 143771 MiB\n" in full
-    no_total = render_text.gpu_status_text(GpuInventory(inventory.versions, ()),
+    no_total = text_pages.gpu_status_text(GpuInventory(inventory.versions, ()),
                                            (records.status(0),))
     assert "  Power:        N/A\n" in no_total and "    BAR1:  N/A\n" in no_total
 
 
 def test_zero_prints_as_zero_not_na() -> None:
     inventory = GpuInventory(records.MODERN_VERSIONS, (records.gpu(0, cpu_affinity=0, cores=0),))
-    text = render_text.gpu_info_text(inventory)
+    text = text_pages.gpu_info_text(inventory)
     assert "  CPU Affinity:  NUMA node0\n" in text and "  Cores:         0\n" in text
 
 
 def test_no_gpus() -> None:
     inventory = GpuInventory(records.MODERN_VERSIONS, ())
-    assert render_text.gpu_info_text(inventory) == (
+    assert text_pages.gpu_info_text(inventory) == (
         "\nDriver version:          580.159.04\nSupported CUDA version:  13.0\n\n"
     )
-    assert render_text.gpu_status_text(inventory, ()) == "\n"
-    assert render_json.gpu_info_json(inventory) == (
+    assert text_pages.gpu_status_text(inventory, ()) == "\n"
+    assert json_docs.gpu_info_json(inventory) == (
         '{"Version":{"Driver":"580.159.04","CUDA":"13.0"},"Devices":[]}\n'
     )
-    assert render_json.gpu_status_json(()) == '{"Devices":[]}\n'
+    assert json_docs.gpu_status_json(()) == '{"Devices":[]}\n'
 
 
 class Node:
@@ -164,14 +165,14 @@ CONTROL = [Node("/dev/nvidiactl", "/dev/nvidiactl"), Node("/dev/nvidia-uvm", "/d
 
 def test_docker_cli_text_is_v1_line() -> None:
     inventory, _ = records.v1_sample_host()
-    args = cli_args.docker_args("375.26", ["nvidia_driver"], CONTROL,
+    args = launch_args.docker_args("375.26", ["nvidia_driver"], CONTROL,
                               reversed(inventory.gpus), host_root="/")
-    assert cli_args.docker_cli_text(args) == (
+    assert launch_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
         "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia-uvm-tools "
         "--device=/dev/nvidia0 --device=/dev/nvidia1"
     )
-    assert cli_args.docker_cli_json(args) == (
+    assert launch_args.docker_cli_json(args) == (
         '{"VolumeDriver":"nvidia-docker","Volumes":["nvidia_driver_375.26:/usr/local/nvidia:ro"],'
         '"Devices":["/dev/nvidiactl","/dev/nvidia-uvm","/dev/nvidia-uvm-tools","/dev/nvidia0",'
         '"/dev/nvidia1"]}\n'
@@ -181,10 +182,10 @@ def test_docker_cli_text_is_v1_line() -> None:
 def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     gpu = records.gpu(0, minor=2, path="/dev/nvidia2", host_path="/run/drv/dev/nvidia2")
     nodes = [Node("/run/drv/dev/nvidiactl", "/dev/nvidiactl")]
-    args = cli_args.docker_args("580.159.04", [], nodes, [gpu], host_root="/")
+    args = launch_args.docker_args("580.159.04", [], nodes, [gpu], host_root="/")
     assert args.devices == ("/run/drv/dev/nvidiactl:/dev/nvidiactl",
                             "/run/drv/dev/nvidia2:/dev/nvidia2")
-    assert cli_args.docker_cli_text(args) == (
+    assert launch_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --device=/run/drv/dev/nvidiactl:/dev/nvidiactl "
         "--device=/run/drv/dev/nvidia2:/dev/nvidia2"
     )
@@ -194,7 +195,7 @@ def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     "spec", [None, "", "*", " ", "nvidia_driver", "nvidia_driver nvidia_driver"]
 )
 def test_volume_selector_accepts(spec: str | None) -> None:
-    assert cli_args.volume_kinds(spec) == ("nvidia_driver",)
+    assert launch_args.volume_kinds(spec) == ("nvidia_driver",)
 
 
 @pytest.mark.parametrize(
@@ -205,7 +206,7 @@ def test_volume_selector_accepts(spec: str | None) -> None:
 )
 def test_volume_selector_rejects(spec: str, item: str) -> None:
     with pytest.raises(SelectionError) as caught:
-        cli_args.volume_kinds(spec)
+        launch_args.volume_kinds(spec)
     assert str(caught.value) == f"invalid volume: {item}"
 
 
@@ -218,7 +219,7 @@ def test_quote_item_cuts_and_escapes() -> None:
 
 def test_mesos_cli_packs_the_exact_info_json() -> None:
     inventory, _ = records.v1_sample_host()
-    line = cli_args.mesos_cli_text(inventory)
+    line = launch_args.mesos_cli_text(inventory)
     attributes, resources = line.split(" ")
     assert resources == (
         "--resources=gpus:{GPU-11111111-2222-3333-4444-555555555555,"
@@ -227,4 +228,4 @@ def test_mesos_cli_packs_the_exact_info_json() -> None:
     encoded = attributes.removeprefix("--attributes=gpus:")
     assert "=" not in encoded and "+" not in encoded and "/" not in encoded
     packed = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    assert zlib.decompress(packed).decode() == render_json.gpu_info_json(inventory)
+    assert zlib.decompress(packed).decode() == json_docs.gpu_info_json(inventory)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvplugin.tabwriter import align
+from nvplugin.api.tabwriter import align
 
 CASES = [
     ("no-tabs", "a\nbb\n", "a\nbb\n"),

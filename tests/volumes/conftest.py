@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from nvplugin.config import Config
-from nvplugin.manifest import Entry, Link, Manifest
-from nvplugin.plugin_api import make_app
-from nvplugin.plugin_socket import PluginSite, start_plugin_site
-from nvplugin.volumes import VolumeStore
+from nvplugin.api.plugin import make_app
+from nvplugin.api.plugin_socket import PluginSite, start_plugin_site
+from nvplugin.core.config import Config
+from nvplugin.driver.manifest import Entry, Link, Manifest
+from nvplugin.volumes.store import VolumeStore
 from tests.requirements import need_root
 
 VERSION = "580.159.04"

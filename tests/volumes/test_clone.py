@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin.clone import CloneError, Cloner, Method
-from nvplugin.volumes import VolumeStore
+from nvplugin.volumes.clone import CloneError, Cloner, Method
+from nvplugin.volumes.store import VolumeStore
 from tests.volumes.conftest import (
     VERSION,
     Driver,

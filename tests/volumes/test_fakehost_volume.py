@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from nvplugin.clone import Method
-from nvplugin.discovery import discover
-from nvplugin.volumes import VolumeStore
+from nvplugin.driver.discovery import discover
+from nvplugin.volumes.clone import Method
+from nvplugin.volumes.store import VolumeStore
 from tests.fakehost.build import FakeHost
 from tests.volumes.conftest import tree
 

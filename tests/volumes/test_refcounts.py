@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin import refcounts
-from nvplugin.atomicfile import write_atomic
-from nvplugin.refcounts import MountTable
+from nvplugin.core.atomicfile import write_atomic
+from nvplugin.volumes import mount_table
+from nvplugin.volumes.mount_table import MountTable
 
 V = "nvidia_driver_1.0"
 
@@ -53,7 +53,7 @@ async def test_concurrent_changes_share_writes(tmp_path: Path, monkeypatch: pyte
         writes.append(data)
         write_atomic(path, data, mode)
 
-    monkeypatch.setattr(refcounts, "write_atomic", slow_write)
+    monkeypatch.setattr(mount_table, "write_atomic", slow_write)
     table = MountTable(tmp_path / "state.json")
 
     async def mount(i: int) -> None:

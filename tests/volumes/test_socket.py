@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from nvplugin.config import Config
-from nvplugin.errors import ConfigError
-from nvplugin.plugin_api import make_app
-from nvplugin.plugin_socket import start_plugin_site
-from nvplugin.volumes import VolumeStore
+from nvplugin.api.plugin import make_app
+from nvplugin.api.plugin_socket import start_plugin_site
+from nvplugin.core.config import Config
+from nvplugin.core.errors import ConfigError
+from nvplugin.volumes.store import VolumeStore
 from tests.dockerenv import _unix_post
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin.errors import (
+from nvplugin.core.errors import (
     ConfigError,
     DriverNotFound,
     VolumeBuildError,
@@ -20,9 +20,9 @@ from nvplugin.errors import (
     VolumeNotFound,
     VolumeVersionError,
 )
-from nvplugin.manifest import Entry
-from nvplugin.volume_build import build_volume
-from nvplugin.volumes import VolumeStore
+from nvplugin.driver.manifest import Entry
+from nvplugin.volumes.build import build_volume
+from nvplugin.volumes.store import VolumeStore
 from tests.volumes.conftest import VERSION, Driver, make_manifest, tree
 
 NAME = f"nvidia_driver_{VERSION}"
@@ -232,7 +232,7 @@ async def test_crash_leftovers_are_cleaned_at_start(tmp_path: Path, driver: Driv
 
 async def test_build_never_exposes_a_partial_volume(tmp_path: Path, driver: Driver):
     """While a build runs, only a hidden temp dir exists; the rename is the only publish."""
-    from nvplugin.clone import Cloner
+    from nvplugin.volumes.clone import Cloner
 
     seen: list[list[str]] = []
 

@@ -162,7 +162,8 @@ def user_python(user: pwd.struct_passwd, repo: Path) -> str:
     candidates = [sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")]
     for exe in dict.fromkeys(c for c in candidates if c):
         probe = subprocess.run(
-            [runuser(), "-u", user.pw_name, "--", exe, "-c", "import nvplugin.wrapper"],
+            [runuser(), "-u", user.pw_name, "--", exe, "-c",
+             "import nvplugin.wrapper.nvidia_docker"],
             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(repo)},
             capture_output=True, cwd=repo,
         )  # fmt: skip

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from nvplugin import wrapper
-from nvplugin.docker_argv import split
-from nvplugin.docker_client import DEFAULT_HOST, CliEngine, Endpoint, Engine, open_engine
-from nvplugin.errors import DockerError, ImagePullError, PluginDaemonError
+from nvplugin.core.errors import DockerError, ImagePullError, PluginDaemonError
+from nvplugin.engine.client import DEFAULT_HOST, CliEngine, Endpoint, Engine, open_engine
+from nvplugin.wrapper import nvidia_docker
+from nvplugin.wrapper.cmdline import split
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.requirements import need_tool
 
@@ -110,5 +110,5 @@ def test_open_engine_keeps_the_api_when_the_socket_admits_the_user(
 )  # fmt: skip
 def test_cli_fallback_command(nv_docker: str, argv: list[str], expected: list[str] | None):
     environ = {"NV_DOCKER": nv_docker} if nv_docker else {}
-    command = wrapper.docker_command(environ)
-    assert wrapper.cli_fallback(command, split(argv), environ) == expected
+    command = nvidia_docker.docker_command(environ)
+    assert nvidia_docker.cli_fallback(command, split(argv), environ) == expected

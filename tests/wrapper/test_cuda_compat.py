@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvplugin.cuda_compat import (
+from nvplugin.core.errors import CudaRequirementError, DockerError
+from nvplugin.wrapper.cuda_compat import (
     HostFacts,
     Term,
     check_cuda_label,
@@ -16,7 +17,6 @@ from nvplugin.cuda_compat import (
     requirement_holds,
     version_key,
 )
-from nvplugin.errors import CudaRequirementError, DockerError
 
 BRANDS = "unknown grid tesla nvidia quadro quadrortx nvidiartx vapps vpc vcs vws cloudgaming"
 # The CUDA 13.0 image's value: `cuda>=13.0` OR 60 forward-compatibility branch alternatives.

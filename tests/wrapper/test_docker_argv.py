@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nvplugin.docker_argv import (
+from nvplugin.wrapper.cmdline import (
     RUN_BOOL_LONG,
     RUN_SHORT_NAMES,
     RUN_VALUE_LONG,

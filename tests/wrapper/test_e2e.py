@@ -183,8 +183,8 @@ def test_missing_unpullable_image_exits_125(docker_engine: DockerEngine) -> None
 
 def test_pass_through_imports_neither_sdk_nor_aiohttp() -> None:
     code = (
-        "import sys; from nvplugin import wrapper; "
-        "wrapper.main(['ps'], {}, lambda *a: None); "
+        "import sys; from nvplugin.wrapper import nvidia_docker; "
+        "nvidia_docker.main(['ps'], {}, lambda *a: None); "
         "print(sorted(m for m in ('docker', 'aiohttp', 'requests') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

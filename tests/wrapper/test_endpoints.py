@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from nvplugin.docker_argv import split
-from nvplugin.docker_client import DEFAULT_HOST, display_reference, resolve_endpoint
-from nvplugin.errors import ConfigError, DockerError
-from nvplugin.wrapper import (
+from nvplugin.core.errors import ConfigError, DockerError
+from nvplugin.engine.client import DEFAULT_HOST, display_reference, resolve_endpoint
+from nvplugin.wrapper.cmdline import split
+from nvplugin.wrapper.nvidia_docker import (
     PluginAddress,
     container_path,
     docker_globals,

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from nvplugin import engine_http
-from nvplugin.docker_client import DEFAULT_HOST, Endpoint, Engine
-from nvplugin.errors import DockerError, PluginDaemonError
+from nvplugin.core.errors import DockerError, PluginDaemonError
+from nvplugin.engine import transport
+from nvplugin.engine.client import DEFAULT_HOST, Endpoint, Engine
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.requirements import need_tool
 
@@ -102,8 +102,8 @@ def unix_server(tmp_path: Path) -> Iterator[tuple[str, Script]]:
 
 def test_requests_share_one_kept_alive_unix_connection(unix_server: tuple[str, Script]) -> None:
     host, script = unix_server
-    conn, prefix = engine_http.engine_connection(host, timeout=5)
-    client = engine_http.HttpClient(conn, prefix)
+    conn, prefix = transport.engine_connection(host, timeout=5)
+    client = transport.HttpClient(conn, prefix)
     first = client.request("GET", "/images/x/json")
     second = client.request("POST", "/volumes/create", {"Name": "v", "Driver": "d"})
     client.close()
@@ -121,7 +121,7 @@ def test_requests_share_one_kept_alive_unix_connection(unix_server: tuple[str, S
 def test_a_connection_the_peer_dropped_is_reopened_once(unix_server: tuple[str, Script]) -> None:
     host, script = unix_server
     script.close_after_each = True
-    client = engine_http.HttpClient(*engine_http.engine_connection(host, timeout=5))
+    client = transport.HttpClient(*transport.engine_connection(host, timeout=5))
     assert [client.request("GET", f"/images/{i}/json").status for i in range(3)] == [200] * 3
     assert script.connections == 3
 
@@ -141,9 +141,9 @@ def test_the_first_request_is_not_retried(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=hang_up, daemon=True)
     thread.start()
-    client = engine_http.HttpClient(*engine_http.engine_connection(
+    client = transport.HttpClient(*transport.engine_connection(
         f"unix://{tmp_path / 'mute.sock'}", timeout=5))  # fmt: skip
-    with pytest.raises(engine_http.Unreachable, match="Remote end closed connection"):
+    with pytest.raises(transport.Unreachable, match="Remote end closed connection"):
         client.request("GET", "/_ping")
     listener.close()
     assert len(accepted) == 1
@@ -162,8 +162,8 @@ def test_the_first_request_is_not_retried(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_engine_connection_forms(host: str, tls: bool, expected: tuple[Any, ...]) -> None:
     context = ssl.create_default_context() if tls else None
-    conn, prefix = engine_http.engine_connection(host, 5, context)
-    if isinstance(conn, engine_http.UnixHTTPConnection):
+    conn, prefix = transport.engine_connection(host, 5, context)
+    if isinstance(conn, transport.UnixHTTPConnection):
         got = ("unix", conn.socket_path, None, prefix)
     else:
         kind = "tcps" if isinstance(conn, http.client.HTTPSConnection) else "tcp"
@@ -179,7 +179,7 @@ def test_engine_connection_forms(host: str, tls: bool, expected: tuple[Any, ...]
 )  # fmt: skip
 def test_engine_connection_refuses(host: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        engine_http.engine_connection(host, 5)
+        transport.engine_connection(host, 5)
 
 
 # --- Engine against the real Docker Engine ----------------------------------------------------

@@ -1,5 +1,5 @@
-"""`wrapper.main` in-process: the final argv it would exec, against the real Docker Engine (image
-inspection, pull, volume creation) and the fake REST daemon (statuses, query encoding)."""
+"""`nvidia_docker.main` in-process: the final argv it would exec, against the real Docker Engine
+(image inspection, pull, volume creation) and the fake REST daemon (statuses, query encoding)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from nvplugin import __version__, wrapper
-from nvplugin.docker_client import DEFAULT_HOST
+from nvplugin import __version__
+from nvplugin.engine.client import DEFAULT_HOST
+from nvplugin.wrapper import nvidia_docker
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.wrapper.fakeplugin import FakePlugin
 from tests.wrapper.images import GPU_LABELS
@@ -62,7 +63,7 @@ def run(capsys: pytest.CaptureFixture[str], fake_plugin: FakePlugin) -> Any:
     def call(*argv: str, **env: str) -> Run:
         environ = {"PATH": "/usr/bin:/bin", "HOME": "/root", "NV_HOST": fake_plugin.url, **env}
         recorder = Exec()
-        code = wrapper.main(list(argv), environ, recorder)
+        code = nvidia_docker.main(list(argv), environ, recorder)
         captured = capsys.readouterr()
         return Run(code, recorder, captured.out, captured.err)
 
@@ -125,7 +126,7 @@ def test_unlabelled_image_is_untouched(run: Any, plain_image: str, fake_plugin: 
 
 
 def test_missing_exec_target_is_reported(fake_plugin: FakePlugin, capsys: Any) -> None:
-    code = wrapper.main(["ps"], {"NV_DOCKER": "/nonexistent/docker"})
+    code = nvidia_docker.main(["ps"], {"NV_DOCKER": "/nonexistent/docker"})
     assert code == 127
     assert "cannot run '/nonexistent/docker'" in capsys.readouterr().err
 
@@ -208,7 +209,7 @@ def test_invalid_device(run: Any, gpu_image: str, nv_gpu: str, message: str) -> 
     ids=["known", "unknown-and-repeated", "only-unknown", "unlabelled-with-NV_GPU"],
 )  # fmt: skip
 def test_volume_kinds(label: str, kinds: list[str], want_volumes: bool) -> None:
-    assert wrapper.volume_kinds(label) == (kinds, want_volumes)
+    assert nvidia_docker.volume_kinds(label) == (kinds, want_volumes)
 
 
 def test_unknown_volume_kinds_are_ignored(
@@ -361,8 +362,8 @@ def test_rewrite_of_a_local_image_imports_no_sdk(
 ) -> None:
     host = DEFAULT_HOST if transport == "unix" else request.getfixturevalue("tcp_engine").host
     code = (
-        "import json, sys; from nvplugin import wrapper; seen = []; "
-        f"code = wrapper.main(['run', {gpu_image!r}], "
+        "import json, sys; from nvplugin.wrapper import nvidia_docker; seen = []; "
+        f"code = nvidia_docker.main(['run', {gpu_image!r}], "
         f"{{'NV_HOST': {fake_plugin.url!r}, 'DOCKER_HOST': {host!r}, 'HOME': '/root'}}, "
         "lambda _f, args, _e: seen.append(args)); "
         "heavy = [m for m in ('docker', 'requests', 'urllib3', 'aiohttp') if m in sys.modules]; "

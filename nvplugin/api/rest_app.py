@@ -1,0 +1,222 @@
+"""The REST API on localhost:3476: nvidia-docker 1.0's routes, under `/v1.0` and unversioned.
+
+Handlers parse the query, make one service call and hand records to `render_text`, `render_json`
+or `cli_args`. One middleware maps failures to one-line `text/plain` answers: 400 for a bad
+selector, 404/405 for routing, 503 while the driver or NVML is unavailable, and 500 (logged once,
+with the route) for anything unexpected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiohttp import web
+
+from nvplugin.api import json_docs, launch_args, text_pages
+from nvplugin.core.config import Config
+from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
+from nvplugin.driver.manifest import Manifest
+from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "v1.0"
+TEXT = "text/plain"
+JSON = "application/json"
+MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
+
+
+class GpuSource(Protocol):
+    """What the REST API needs of `nvplugin.gpu.service.GpuService`."""
+
+    @property
+    def available(self) -> bool: ...
+    @property
+    def reason(self) -> str | None: ...
+
+    async def inventory(self) -> GpuInventory: ...
+    async def status(self) -> tuple[GpuStatus, ...]: ...
+    def select(self, spec: str | None) -> tuple[Gpu, ...]: ...
+    async def control_nodes(self) -> tuple[launch_args.DeviceNodeLike, ...]: ...
+    async def driver_version(self) -> str: ...
+
+
+ManifestProvider = Callable[[], Manifest]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LastPages:
+    """The last answer of each inventory renderer, kept with the inventory it was made from.
+
+    gpu/info, its JSON and mesos/cli lay the static inventory out again on every request (about
+    0.3 ms for 8 GPUs); comparing equal records, mostly the very same objects, takes under 1 us.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[Callable[[GpuInventory], str], tuple[GpuInventory, str]] = {}
+
+    def render(self, renderer: Callable[[GpuInventory], str], inventory: GpuInventory) -> str:
+        last = self._last.get(renderer)
+        if last is not None and last[0] == inventory:
+            return last[1]
+        page = renderer(inventory)
+        self._last[renderer] = (inventory, page)
+        return page
+
+
+GPUS = web.AppKey("gpus", GpuSource)
+PAGES = web.AppKey("pages", LastPages)
+MANIFEST: web.AppKey[ManifestProvider] = web.AppKey("manifest_provider")
+CONFIG = web.AppKey("config", Config)
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    return web.Response(body=body.encode("utf-8", "replace"), status=status,
+                        content_type=TEXT, charset="utf-8")
+
+
+def _json(body: str) -> web.Response:
+    return web.Response(body=body.encode("utf-8", "replace"), content_type=JSON)
+
+
+def _gpus(request: web.Request) -> GpuSource:
+    gpus = request.app[GPUS]
+    if not gpus.available:
+        raise NvmlError(gpus.reason or "NVML is unavailable on this host")
+    return gpus
+
+
+async def _inventory(request: web.Request) -> GpuInventory:
+    return await _gpus(request).inventory()  # GpuService keeps it; no cache here
+
+
+# ---------------------------------------------------------------- handlers
+
+
+async def _page(request: web.Request, renderer: Callable[[GpuInventory], str]) -> str:
+    return request.app[PAGES].render(renderer, await _inventory(request))
+
+
+async def gpu_info(request: web.Request) -> web.Response:
+    return _text(await _page(request, text_pages.gpu_info_text))
+
+
+async def gpu_info_json(request: web.Request) -> web.Response:
+    return _json(await _page(request, json_docs.gpu_info_json))
+
+
+async def gpu_status(request: web.Request) -> web.Response:
+    # The page prints "used / total": the totals come from the static inventory.
+    statuses = await _gpus(request).status()
+    return _text(text_pages.gpu_status_text(await _inventory(request), statuses))
+
+
+async def gpu_status_json(request: web.Request) -> web.Response:
+    return _json(json_docs.gpu_status_json(await _gpus(request).status()))
+
+
+async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
+    kinds = launch_args.volume_kinds(request.query.get("vol"))
+    gpus = _gpus(request)
+    selected = gpus.select(request.query.get("dev"))  # absent, "", "*": every GPU
+    # The volume is named after the driver files the daemon discovered (and can build), which
+    # also saves an NVML call per request; no files means no volume to offer: 503.
+    version = request.app[MANIFEST]().version
+    nodes = await gpus.control_nodes()
+    host_root = str(request.app[CONFIG].host_root)
+    try:
+        return launch_args.docker_args(version, kinds, nodes, selected, host_root=host_root)
+    except ConfigError as err:
+        # A node the Docker host cannot see (start-up refuses a --dev-root outside --host-root,
+        # so only a node found elsewhere gets here): the daemon's setup, not the request, is
+        # wrong. Refused, logged, and answered 503 rather than handing Docker a dead path.
+        log.error("Error: refusing %s: %s", request.path, err.message)
+        raise NvpluginError(err.message) from err
+
+
+async def docker_cli(request: web.Request) -> web.Response:
+    return _text(launch_args.docker_cli_text(await _docker_args(request)))
+
+
+async def docker_cli_json(request: web.Request) -> web.Response:
+    return _json(launch_args.docker_cli_json(await _docker_args(request)))
+
+
+async def mesos_cli(request: web.Request) -> web.Response:
+    return _text(await _page(request, launch_args.mesos_cli_text))
+
+
+async def driver_files(request: web.Request) -> web.Response:
+    manifest = request.app[MANIFEST]()  # the daemon's current manifest, already in memory
+    return _json(json_docs.go_json(manifest.to_json()))
+
+
+# One table, registered under /v1.0 and again unversioned (the latest API version).
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/gpu/info", gpu_info),
+    ("/gpu/info/json", gpu_info_json),
+    ("/gpu/status", gpu_status),
+    ("/gpu/status/json", gpu_status_json),
+    ("/docker/cli", docker_cli),
+    ("/docker/cli/json", docker_cli_json),
+    ("/mesos/cli", mesos_cli),
+    ("/driver/files", driver_files),
+)
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _client_error(err: NvpluginError) -> str:
+    """The 400 line. Selectors quote the offending item (cut, escaped) when they raise; this
+    only guarantees one bounded line should a message arrive unquoted."""
+    line = text_pages.escape_controls(err.message, backslash=False)
+    return line[:MAX_ERROR_LINE] + "\n"
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "an unknown route"
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return _text("404 page not found\n", status=404)
+    except web.HTTPMethodNotAllowed as exc:
+        response = _text("405 method not allowed: use GET\n", status=405)
+        response.headers["Allow"] = ",".join(sorted(exc.allowed_methods))
+        return response
+    except (SelectionError, ConfigError) as err:
+        return _text(_client_error(err), status=400)
+    except NvpluginError as err:
+        # No driver, NVML down, or no driver files yet: the host's state, not a daemon bug.
+        return _text(text_pages.one_line(err.message), status=503)
+    except web.HTTPException:
+        raise
+    except Exception as err:
+        route = _route_name(request)
+        log.exception("Error: unexpected failure serving %s %s", request.method, route)
+        return _text(
+            f"internal error serving {request.method} {route}: {type(err).__name__}; "
+            "the traceback is in the nvidia-docker-plugin log\n",
+            status=500,
+        )
+
+
+def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
+             ) -> web.Application:
+    """The REST application; the daemon serves it on `config.listen`."""
+    app = web.Application(middlewares=[error_middleware])
+    app[GPUS] = gpus
+    app[PAGES] = LastPages()
+    app[MANIFEST] = manifest_provider
+    app[CONFIG] = config
+    for prefix in (f"/{API_VERSION}", ""):
+        for path, handler in ROUTES:
+            app.router.add_get(prefix + path, handler)
+    return app

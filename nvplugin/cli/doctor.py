@@ -1,0 +1,303 @@
+"""`nvidia-docker-plugin doctor`: checks this host the way the daemon and Docker will use it.
+
+The probes here do the I/O: driver files and /proc under --driver-root, nodes under --dev-root,
+NVML through `GpuService`, Docker through its SDK, our socket and REST port through plain HTTP.
+Each yields `Check` records (doctor_checks.py, where the pure verdicts and the rendering live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import socket
+import stat
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from nvplugin.cli.doctor_checks import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    Check,
+    Name,
+    compare_versions,
+    exit_status,
+    nodes_check,
+    render_json,
+    render_text,
+    stale_check,
+    uvm_check,
+)
+from nvplugin.core.config import Config
+from nvplugin.core.names import DRIVER_VOLUME_KIND
+from nvplugin.driver import driver_version
+
+PROBE_TIMEOUT_S = 5.0
+
+
+@dataclass(slots=True)
+class Facts:
+    """What earlier probes learnt that later ones build on."""
+
+    kernel_version: str | None = None
+    library_version: str | None = None
+    nvml_version: str | None = None
+    nvml_library: str | None = None
+    gpu_nodes: list[str] = field(default_factory=list)
+    docker: Any = None
+    socket_answers: bool = False
+
+    @property
+    def current_version(self) -> str | None:
+        return self.nvml_version or self.kernel_version or self.library_version
+
+
+# ---------------------------------------------------------------- probes
+
+
+def probe_driver(cfg: Config, facts: Facts) -> Check:
+    path = cfg.driver_root / "proc/driver/nvidia/version"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as err:
+        return Check(Name.DRIVER, FAIL, f"NVIDIA kernel module not loaded ({path}: "
+                     f"{err.strerror})", "install the NVIDIA driver, or load it: nvidia-modprobe")
+    facts.kernel_version = driver_version.from_proc(text)
+    if facts.kernel_version is None:
+        return Check(Name.DRIVER, FAIL, f"no version in {path}: {text[:80]!r}",
+                     "reinstall the NVIDIA driver")
+    return Check(Name.DRIVER, PASS, f"NVIDIA kernel module {facts.kernel_version} loaded")
+
+
+def probe_libraries(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.core.errors import NvpluginError
+    from nvplugin.driver import discovery
+
+    try:
+        facts.nvml_library = discovery.find_nvml_library(cfg.driver_root)
+    except NvpluginError as err:
+        return Check(Name.LIBRARIES, FAIL, str(err),
+                     "install the NVIDIA driver's user-space libraries, then run ldconfig")
+    facts.library_version = driver_version.from_file_name(facts.nvml_library)
+    return compare_versions(facts.kernel_version, facts.library_version)
+
+
+def probe_nvml(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.gpu.service import GpuService
+
+    async def read() -> Check:
+        gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
+                                      nvml_library=facts.nvml_library)
+        try:
+            if not gpus.available:
+                return Check(Name.NVML, FAIL, f"NVML cannot be used: {gpus.reason}",
+                             "fix the driver checks above; a mismatch needs a reboot")
+            inventory = await gpus.inventory()
+            facts.nvml_version = inventory.versions.driver
+            facts.gpu_nodes = [g.host_path for g in inventory.gpus]
+            return Check(Name.NVML, PASS, f"NVML loaded: {len(inventory.gpus)} GPU(s), driver "
+                         f"{inventory.versions.driver}, CUDA {inventory.versions.cuda or 'N/A'}")
+        finally:
+            await gpus.close()
+
+    return asyncio.run(read())
+
+
+def _proc_minors(driver_root: Path) -> list[int]:
+    minors = []
+    for info in sorted((driver_root / "proc/driver/nvidia/gpus").glob("*/information")):
+        with contextlib.suppress(OSError):
+            for line in info.read_text(errors="replace").splitlines():
+                key, _, value = line.partition(":")
+                if key.strip() == "Device Minor" and value.strip().isdigit():
+                    minors.append(int(value))
+    return minors
+
+
+def _node_state(path: Path) -> tuple[int | None, bool]:
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None, False
+    return mode, os.access(path, os.R_OK | os.W_OK)
+
+
+def probe_nodes(cfg: Config, facts: Facts) -> list[Check]:
+    dev = cfg.dev_root / "dev"
+    gpu_nodes = [Path(p) for p in facts.gpu_nodes] or [
+        dev / f"nvidia{m}" for m in _proc_minors(cfg.driver_root)]
+    states = [(path, *_node_state(path)) for path in (dev / "nvidiactl", *gpu_nodes)]
+    uvm = dev / "nvidia-uvm"
+    return [nodes_check(dev, states), uvm_check(uvm, *_node_state(uvm))]
+
+
+def probe_docker(cfg: Config, facts: Facts) -> Check:
+    import docker
+
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=int(PROBE_TIMEOUT_S))
+        version = client.version()
+    except Exception as err:  # the SDK raises many types for "not there"
+        return Check(Name.DOCKER, FAIL, f"Docker Engine not reachable at {where}: {err}",
+                     "start Docker (systemctl start docker) or fix DOCKER_HOST")
+    facts.docker = client
+    return Check(Name.DOCKER, PASS, f"Docker Engine {version.get('Version')} at {where}")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("plugin.moby.localhost", timeout=PROBE_TIMEOUT_S)
+        self.path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(PROBE_TIMEOUT_S)
+        self.sock.connect(str(self.path))
+
+
+def _request(conn: http.client.HTTPConnection, method: str, route: str) -> tuple[int, bytes]:
+    try:
+        conn.request(method, route, headers={"Accept": "application/vnd.docker.plugins.v1.2+json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def probe_socket(cfg: Config, facts: Facts) -> Check:
+    path = cfg.socket_path
+    restart = "systemctl restart nvidia-docker (or start nvidia-docker-plugin)"
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return Check(Name.SOCKET, FAIL, f"{path} is absent: the plugin daemon is not running",
+                     "systemctl start nvidia-docker (or start nvidia-docker-plugin)")
+    if not stat.S_ISSOCK(mode):
+        return Check(Name.SOCKET, FAIL, f"{path} is not a socket", f"remove it, then {restart}")
+    try:
+        status, body = _request(_UnixConnection(path), "POST", "/Plugin.Activate")
+        implements = json.loads(body).get("Implements", [])
+    except (OSError, ValueError, AttributeError, http.client.HTTPException) as err:
+        return Check(Name.SOCKET, FAIL, f"stale socket {path}: nobody answers ({err}); Docker "
+                     "waits ~15 s for it on every `docker volume ls`", restart)
+    if status != 200 or "VolumeDriver" not in implements:
+        return Check(Name.SOCKET, FAIL, f"{path} answered Activate with {status} {body[:80]!r}",
+                     "another program owns this socket: stop it, then " + restart)
+    facts.socket_answers = True
+    detail = f"{path} answers Activate (VolumeDriver)"
+    if cfg.needs_spec_file and not cfg.spec_path.is_file():
+        return Check(Name.SOCKET, WARN, detail + f", but {cfg.spec_path} is missing: Docker "
+                     "will not find it", restart)
+    return Check(Name.SOCKET, PASS, detail)
+
+
+def probe_docker_driver(cfg: Config, facts: Facts) -> Check:
+    if facts.docker is None or not facts.socket_answers:
+        return Check(Name.DOCKER_DRIVER, SKIP, "needs Docker and the plugin socket (see above)")
+    name = cfg.plugin_name
+    try:
+        volumes = facts.docker.volumes.list(filters={"driver": name})
+        plugins = facts.docker.info().get("Plugins", {}).get("Volume") or []
+    except Exception as err:  # any API error is the finding
+        return Check(Name.DOCKER_DRIVER, FAIL, f"Docker cannot list {name} volumes: {err}",
+                     "journalctl -u nvidia-docker -u docker, then systemctl restart nvidia-docker")
+    names = ", ".join(sorted(v.name for v in volumes)) or "none yet"
+    used = "in use by Docker" if name in plugins else "found by Docker"
+    return Check(Name.DOCKER_DRIVER, PASS, f"volume driver {name} {used}; volumes: {names}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def probe_volumes_dir(cfg: Config, facts: Facts) -> Check:
+    target = _nearest_existing(cfg.volumes_dir)
+    try:
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".doctor-"):
+            pass
+    except OSError as err:
+        return Check(Name.VOLUMES_DIR, FAIL, f"{target} is not writable: {err.strerror}",
+                     f"chown it to the daemon's user, or add {cfg.volumes_dir} to the unit's "
+                     "ReadWritePaths=")
+    where = "exists" if target == cfg.volumes_dir else f"will be created under {target}"
+    if facts.nvml_library is None:
+        return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable")
+    return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable; driver files "
+                 + _placement(Path(facts.nvml_library).resolve(), target))
+
+
+def _placement(source: Path, target: Path) -> str:
+    """Try what a volume build tries first: a hard link from the driver into the directory."""
+    link = target / f".doctor-link-{os.getpid()}"
+    try:
+        os.link(source, link)
+    except OSError as err:
+        where = "another filesystem" if os.stat(source).st_dev != os.stat(target).st_dev \
+            else "the same filesystem"
+        return (f"will be copied (reflinked where supported): hard link from {where} "
+                f"failed ({err.strerror})")
+    link.unlink()
+    return "will be hard-linked (no copies)"
+
+
+def probe_stale(cfg: Config, facts: Facts) -> Check:
+    kind_dir = cfg.volumes_dir / DRIVER_VOLUME_KIND
+    try:
+        versions = [p.name for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    except FileNotFoundError:
+        versions = []
+    except OSError as err:
+        return Check(Name.STALE, FAIL, f"cannot read {kind_dir}: {err.strerror}",
+                     "run doctor as the daemon's user or root")
+    return stale_check(versions, facts.current_version, kind_dir)
+
+
+def probe_rest(cfg: Config, facts: Facts) -> Check:
+    address = cfg.listen_host_port
+    if address is None:
+        return Check(Name.REST, SKIP, "REST API disabled (-l '')")
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(address[0], address[0])
+    route = "/v1.0/gpu/info/json"
+    try:
+        status, _ = _request(http.client.HTTPConnection(host, address[1],
+                                                        timeout=PROBE_TIMEOUT_S), "GET", route)
+    except (OSError, http.client.HTTPException) as err:
+        return Check(Name.REST, FAIL, f"nothing answers on {cfg.listen} ({err})",
+                     "start the daemon, or point doctor at its address with -l")
+    if status == 200:
+        return Check(Name.REST, PASS, f"GET {route} on {cfg.listen}: 200")
+    return Check(Name.REST, WARN, f"GET {route} on {cfg.listen}: {status}",
+                 "fix the driver checks above, then systemctl reload-or-restart nvidia-docker")
+
+
+Probe = Callable[[Config, Facts], "Check | list[Check]"]
+PROBES: tuple[Probe, ...] = (
+    probe_driver, probe_libraries, probe_nvml, probe_nodes, probe_docker, probe_socket,
+    probe_docker_driver, probe_volumes_dir, probe_stale, probe_rest,
+)
+
+
+def collect(cfg: Config, probes: Sequence[Probe] = PROBES) -> list[Check]:
+    facts, checks = Facts(), []
+    for probe in probes:
+        result = probe(cfg, facts)
+        checks.extend(result if isinstance(result, list) else [result])
+    if facts.docker is not None:
+        facts.docker.close()
+    return checks
+
+
+def run_doctor(cfg: Config, *, as_json: bool, out: TextIO) -> int:
+    checks = collect(cfg)
+    out.write(render_json(checks) if as_json else render_text(checks))
+    return exit_status(checks)

@@ -1,0 +1,62 @@
+"""`nvidia-docker-plugin [COMMAND]`: one parser, then `serve` (the default), `list` or `doctor`.
+
+Only `serve`'s modules are imported up front; the others load when their command runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from nvplugin.core import config as configuration
+from nvplugin.core import logs
+from nvplugin.core.config import Config
+from nvplugin.core.errors import NvpluginError
+from nvplugin.core.names import DAEMON_PROGRAM
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        invocation = configuration.parse(args)
+    except NvpluginError as err:
+        print(f"{DAEMON_PROGRAM}: error: {err}", file=sys.stderr)
+        return 2
+    cfg = invocation.config
+    if invocation.command == "serve":
+        from nvplugin.cli.serve import Daemon
+
+        logs.setup(DAEMON_PROGRAM, cfg.log_level)
+        return asyncio.run(Daemon(cfg).run())
+    # One-shot commands print their own report: only warnings and worse go to the log.
+    logs.setup(DAEMON_PROGRAM, cfg.log_level if cfg.log_level != "info" else "warning")
+    if invocation.command == "list":
+        from nvplugin.cli.listing import run_list
+
+        return run_list(cfg, as_json=invocation.as_json, out=sys.stdout,
+                        version=_nvml_version(cfg))
+    from nvplugin.cli.doctor import run_doctor
+
+    return run_doctor(cfg, as_json=invocation.as_json, out=sys.stdout)
+
+
+def _nvml_version(cfg: Config) -> str | None:
+    """The driver version from NVML, the authority when it loads (as in 1.0)."""
+    from nvplugin.driver import discovery
+    from nvplugin.gpu.service import GpuService
+
+    async def read() -> str | None:
+        library = discovery.find_nvml_library(cfg.driver_root)
+        gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
+                                      nvml_library=library)
+        try:
+            return await gpus.driver_version() if gpus.available else None
+        finally:
+            await gpus.close()
+
+    return asyncio.run(read())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

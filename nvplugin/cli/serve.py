@@ -1,0 +1,162 @@
+"""`nvidia-docker-plugin serve`: wires the services together and runs both APIs in one asyncio
+process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from nvplugin.api.plugin import make_app as make_plugin_app
+from nvplugin.api.plugin_socket import start_plugin_site
+from nvplugin.api.rest_app import make_app as make_rest_app
+from nvplugin.core.config import Config
+from nvplugin.core.errors import NvpluginError
+from nvplugin.driver import discovery
+from nvplugin.driver.state import DriverState
+from nvplugin.gpu import devnodes
+from nvplugin.gpu.service import GpuService
+from nvplugin.volumes.store import VolumeStore
+
+log = logging.getLogger("nvplugin")
+
+DRIVER_WATCH_INTERVAL_S = 5.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+
+class Daemon:
+    """One running plugin: the services, both APIs, and their orderly shutdown."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stopping = asyncio.Event()
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._rediscoveries: set[asyncio.Task[None]] = set()  # held so they are not collected
+
+    async def run(self) -> int:
+        try:
+            await self._start()
+        except Exception as err:  # one line, every resource released, exit 1
+            if isinstance(err, NvpluginError):
+                log.error("Error: %s", err)
+            else:  # a bug: the traceback says where
+                log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+            await self._shutdown()
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        await self.stopping.wait()
+        await self._shutdown()
+        log.info("Successfully terminated")
+        return 0
+
+    async def _start(self) -> None:
+        cfg = self.config
+        # 1.0's start-up lines, in 1.0's order. Unlike 1.0, a missing nvidia-modprobe or driver
+        # does not stop the daemon: it serves what it can and says why the rest answers 503.
+        log.info("Loading NVIDIA unified memory")
+        await asyncio.to_thread(devnodes.control_nodes, cfg.dev_root, cfg.driver_root)
+        log.info("Loading NVIDIA management library")
+        nvml_library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
+        self.gpus = await GpuService.start(
+            driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library
+        )
+        self._cleanups.append(self.gpus.close)
+        log.info("Discovering GPU devices")
+        if self.gpus.available:
+            inventory = await self.gpus.inventory()
+            log.info("Found %d GPU(s), driver %s", len(inventory.gpus), inventory.versions.driver)
+        else:
+            log.warning(
+                "NVIDIA driver not found: %s; GPU endpoints will answer 503", self.gpus.reason
+            )
+
+        log.info("Provisioning volumes at %s", cfg.volumes_dir)
+        self.driver = DriverState(cfg.driver_root, self._nvml_driver_version)
+        await self.driver.refresh()
+        if self.driver.error is not None and self.gpus.available:
+            # Without a driver at all, the line above already said so.
+            log.warning("Driver volume unavailable: %s", self.driver.error)
+        self._cleanups.append(self.driver.close)
+        self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest)
+        await self.store.start()
+        self._cleanups.append(self.store.close)
+        self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
+
+        plugin_runner = web.AppRunner(make_plugin_app(self.store), access_log=None,
+                                      shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await plugin_runner.setup()
+        self._cleanups.append(plugin_runner.cleanup)
+        self.plugin_site = await start_plugin_site(plugin_runner, cfg)
+        self._cleanups.append(self.plugin_site.close)
+        log.info("Serving plugin API at %s", cfg.socket_dir)
+
+        address = cfg.listen_host_port
+        if address is None:
+            log.info("Remote API disabled (empty listen address)")
+            await self.plugin_site.publish_spec(cfg)
+            return
+        rest_runner = web.AppRunner(make_rest_app(self.gpus, self.driver.manifest, cfg),
+                                    access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await rest_runner.setup()
+        self._cleanups.append(rest_runner.cleanup)
+        host, port = address
+        try:
+            await web.TCPSite(rest_runner, _loopback_v4(host), port).start()
+        except OSError as err:
+            raise NvpluginError(
+                f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
+                "choose another address with -l, or -l '' to disable it"
+            ) from err
+        if host == "localhost":
+            # Also ::1 where the host has IPv6; hosts and containers without it are common, so
+            # only the IPv4 loopback is required.
+            with contextlib.suppress(OSError):
+                await web.TCPSite(rest_runner, "::1", port).start()
+        log.info("Serving remote API at %s", cfg.listen)
+        await self.plugin_site.publish_spec(cfg)
+
+    async def _nvml_driver_version(self) -> str | None:
+        if not self.gpus.available:
+            return None
+        return await self.gpus.driver_version()
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.rediscover("SIGHUP"))
+        self._rediscoveries.add(task)
+        task.add_done_callback(self._rediscoveries.discard)
+
+    async def rediscover(self, reason: str) -> None:
+        """SIGHUP, or the driver changed on disk: read GPUs and driver files again."""
+        log.info("Discovering NVIDIA driver again: %s", reason)
+        await self.gpus.refresh()
+        before = self.driver.version
+        changed = await self.driver.refresh()
+        after = self.driver.version
+        if self.driver.error is not None:
+            log.warning("Driver volume unavailable: %s", self.driver.error)
+        elif before is not None and before != after:
+            log.info("NVIDIA driver changed from %s to %s", before, after)
+        elif changed:
+            log.info("Driver files changed (version %s)", after)
+        else:
+            log.info("Driver unchanged (version %s)", after)
+
+    async def _shutdown(self) -> None:
+        # Reverse order: stop accepting requests first, then release what they used.
+        for cleanup in reversed(self._cleanups):
+            try:
+                await cleanup()
+            except Exception:  # shutdown must run every step, whatever one of them does
+                log.exception("Error during shutdown")
+        self._cleanups.clear()
+
+
+def _loopback_v4(host: str) -> str:
+    return "127.0.0.1" if host == "localhost" else host

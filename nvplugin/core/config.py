@@ -1,0 +1,204 @@
+"""The daemon's settings: every default lives here, read from argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nvplugin import __version__
+from nvplugin.core.errors import ConfigError
+from nvplugin.core.hostpath import docker_host_path
+from nvplugin.core.names import DAEMON_PROGRAM, PLUGIN_NAME
+
+DEFAULT_LISTEN = "localhost:3476"
+DEFAULT_SOCKET_DIR = "/run/docker/plugins"
+DEFAULT_VOLUMES_DIR = "/var/lib/nvidia-docker/volumes"
+DEFAULT_DRIVER_ROOT = "/"
+DEFAULT_HOST_ROOT = "/"
+SPEC_DIR = "/etc/docker/plugins"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Where the daemon listens, keeps volumes and finds the driver."""
+
+    listen: str = DEFAULT_LISTEN
+    socket_dir: Path = Path(DEFAULT_SOCKET_DIR)
+    volumes_dir: Path = Path(DEFAULT_VOLUMES_DIR)
+    driver_root: Path = Path(DEFAULT_DRIVER_ROOT)
+    dev_root: Path = Path(DEFAULT_DRIVER_ROOT)
+    # Where the Docker host's / appears to the daemon: device paths given to Docker are made
+    # relative to it (`/host` in the image, whose --dev-root is the host's / mounted there).
+    host_root: Path = Path(DEFAULT_HOST_ROOT)
+    log_level: str = "info"
+    # Where Docker looks for plugin spec files; only used when socket_dir is not Docker's default.
+    spec_dir: Path = Path(SPEC_DIR)
+    plugin_name: str = PLUGIN_NAME
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket_dir / f"{self.plugin_name}.sock"
+
+    @property
+    def spec_path(self) -> Path:
+        return self.spec_dir / f"{self.plugin_name}.spec"
+
+    @property
+    def needs_spec_file(self) -> bool:
+        # Docker finds `<dir>/<name>.sock` and `<dir>/<name>/<name>.sock` in its plugin dir on
+        # its own; anywhere else it needs a spec file pointing at the socket.
+        default = Path(DEFAULT_SOCKET_DIR)
+        return self.socket_dir not in (default, default / self.plugin_name)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int] | None:
+        """The REST API's address, or None when `-l ''` disabled it."""
+        return parse_listen(self.listen)
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """`host:port`, `:port` (all interfaces, as 1.0's wiki documents) or '' (disabled)."""
+    if value == "":
+        return None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f"invalid listen address {value!r}: expected HOST:PORT, :PORT or '' to disable"
+        )
+    host = host.strip("[]")
+    return (host or "0.0.0.0", int(port))
+
+
+# Each flag: (short, long, env var, default, help). 1.0's short forms are kept.
+_FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
+    ("-l", "--listen", "NVP_LISTEN", DEFAULT_LISTEN,
+     "REST API listen address (HOST:PORT, :PORT for all interfaces, '' to disable)"),
+    ("-s", "--socket-dir", "NVP_SOCKET_DIR", DEFAULT_SOCKET_DIR,
+     "directory of the plugin socket nvidia-docker.sock"),
+    ("-d", "--volumes-dir", "NVP_VOLUMES_DIR", DEFAULT_VOLUMES_DIR,
+     "path where to store the volumes"),
+    (None, "--driver-root", "NVP_DRIVER_ROOT", DEFAULT_DRIVER_ROOT,
+     "root under which the driver's files are found (ld.so.cache, libraries, binaries, /proc)"),
+    (None, "--dev-root", "NVP_DEV_ROOT", "",
+     "root under which the device nodes are found (default: the driver root)"),
+    (None, "--host-root", "NVP_HOST_ROOT", DEFAULT_HOST_ROOT,
+     "where the Docker host's / is mounted for this daemon (/host in the image); device paths "
+     "are given to Docker as that host sees them, so --dev-root must lie under it"),
+    (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
+)
+
+ENVIRONMENT = {long: env for _short, long, env, _default, _help in _FLAGS}
+
+# Subcommands: name -> (help, whether it takes --json). `serve` is the default.
+COMMANDS: dict[str, tuple[str, bool]] = {
+    "serve": ("run the daemon: the plugin socket and the REST API (the default)", False),
+    "list": ("print every file a driver volume would hold, and why", True),
+    "doctor": ("check this host and explain each problem with a one-line fix", True),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    """What `nvidia-docker-plugin ARGS` asks for: a subcommand, the settings, its options."""
+
+    command: str
+    config: Config
+    as_json: bool = False
+
+
+def _add_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str], *, top: bool) -> None:
+    for short, long, env, default, help_text in _FLAGS:
+        names = [n for n in (short, long) if n]
+        if top:
+            parser.add_argument(*names, default=environ.get(env, default),
+                                help=f"{help_text} [{env}] (default: {default or 'driver root'!s})")
+        else:  # after the subcommand too; SUPPRESS keeps a value given before it
+            parser.add_argument(*names, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def build_parser(prog: str = DAEMON_PROGRAM, environ: Mapping[str, str] | None = None,
+                 ) -> argparse.ArgumentParser:
+    """One parser for every invocation: global flags before or after the subcommand."""
+    environ = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="NVIDIA Docker plugin: serves nvidia_driver_<version> volumes to Docker "
+        "and GPU information and docker arguments over a REST API.",
+        epilog="Every flag can also be set with the environment variable shown in brackets, "
+        "and given before or after the command. '%(prog)s COMMAND --help' describes a command.",
+    )
+    _add_flags(parser, environ, top=True)
+    parser.add_argument("-v", "--version", action="version",
+                        version=f"NVIDIA Docker plugin: {__version__}",
+                        help="show the plugin version information")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     title="commands (default: serve)")
+    for name, (help_text, has_json) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_flags(sub, environ, top=False)
+        if has_json:
+            sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return parser
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invocation:
+    """argv (without the program name) as an Invocation; ConfigError for a bad value.
+
+    argparse itself exits 2 with its usage line for an unknown flag or command."""
+    ns = build_parser(environ=environ).parse_args(list(argv))
+    return Invocation(command=ns.command or "serve", config=config_from_namespace(ns),
+                      as_json=bool(getattr(ns, "json", False)))
+
+
+def config_from_namespace(ns: argparse.Namespace) -> Config:
+    level = str(ns.log_level).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"invalid log level {ns.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    parse_listen(ns.listen)
+    for flag in ("socket_dir", "volumes_dir", "driver_root", "host_root"):
+        if not getattr(ns, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
+    driver_root = Path(ns.driver_root)
+    dev_root = Path(ns.dev_root) if ns.dev_root else driver_root
+    return Config(
+        listen=ns.listen,
+        socket_dir=Path(ns.socket_dir),
+        volumes_dir=Path(ns.volumes_dir),
+        driver_root=driver_root,
+        dev_root=dev_root,
+        host_root=check_host_root(ns.host_root, dev_root),
+        log_level=level,
+    )
+
+
+def check_host_root(value: str, dev_root: Path) -> Path:
+    """--host-root: an absolute, existing directory with --dev-root under it, or the device paths
+    the daemon gives Docker would name nodes the Docker host does not have."""
+    if not value.startswith("/"):
+        raise ConfigError(f"--host-root {value!r} must be an absolute path")
+    host_root = Path(value)
+    if not host_root.is_dir():
+        raise ConfigError(
+            f"--host-root {value} is not a directory: mount the Docker host's / there "
+            "(docker run -v /:/host:ro,rslave ...), or leave it at / when the daemon runs on "
+            "the host"
+        )
+    try:
+        docker_host_path(str(dev_root), value)
+    except ConfigError as err:
+        raise ConfigError(f"--dev-root {dev_root}: {err.message}") from None
+    return host_root
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """The settings of an invocation (its subcommand aside)."""
+    return parse(argv, environ).config
+
+
+def log_level_number(name: str) -> int:
+    return int(getattr(logging, name.upper()))

@@ -1,0 +1,465 @@
+"""NVML through nvidia-ml-py: the project's only `import pynvml`. Every call here blocks.
+
+Callers run it in a worker thread (gpus.GpuService). Units are final in the records returned;
+a field NVML does not support (or that an older driver lacks) is `None`, and any other error in a
+single field is `None` plus one warning per field, so no field fails a whole answer. A wrapper the
+installed nvidia-ml-py predates is the same: every pynvml function is looked up through `_w` at
+call time, and its absence is `None` plus one warning per process. NVML's constants are spelled
+here, not read from pynvml. Only loading, initialising, counting, the driver version and a
+device's handle, UUID, minor number and bus id are hard errors (`NvmlError`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.metadata
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pynvml
+
+from nvplugin.core.errors import NvmlError
+from nvplugin.driver import driver_version
+from nvplugin.gpu.facts import (
+    TOPOLOGY_LINK,
+    cores_per_sm,
+    cuda_version,
+    family,
+    memory_bandwidth,
+    mig_cap_paths,
+    pcie_bandwidth,
+    sysfs_bus_id,
+)
+from nvplugin.gpu.records import DriverVersions, Gpu, GpuStatus, MigDevice, P2PLink, Process
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SONAME = "libnvidia-ml.so.1"
+MIB = 1 << 20
+
+# NVML's own values (nvml.h), part of its C ABI: spelled here rather than read from pynvml, whose
+# older releases lack some of them and whose NVML_NVLINK_MAX_LINKS lags the drivers (18 vs 36).
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NO_PERMISSION = 4
+NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
+NVML_FEATURE_ENABLED = 1
+NVML_DEVICE_MIG_ENABLE = 1
+NVML_CLOCK_SM = 1
+NVML_CLOCK_MEM = 2
+NVML_TEMPERATURE_GPU = 0
+NVML_P2P_STATUS_OK = 0
+NVML_PCIE_UTIL_TX_BYTES = 0
+NVML_PCIE_UTIL_RX_BYTES = 1
+NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
+NVML_VOLATILE_ECC = 0
+NVML_MEMORY_LOCATION_L1_CACHE = 0
+NVML_MEMORY_LOCATION_L2_CACHE = 1
+NVML_MEMORY_LOCATION_DEVICE_MEMORY = 2
+# nvmlMemory_v2_t's version word: sizeof(struct) | 2 << 24.
+NVML_MEMORY_V2 = 40 | 2 << 24
+# Links past the driver's last one answer INVALID_ARGUMENT, which ends the scan.
+NVML_NVLINK_MAX_LINKS = 36
+
+_ABSENT_CODES = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
+
+
+def _absent(err: pynvml.NVMLError) -> bool:
+    """NVML (or the driver) has no such field: N/A without a warning."""
+    return getattr(err, "value", None) in _ABSENT_CODES
+
+
+# ---------------------------------------------------------------- pynvml's wrappers
+
+
+class MissingWrapper(Exception):
+    """The installed nvidia-ml-py has no wrapper for an NVML function (it predates it)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"nvidia-ml-py {_pynvml_version()} has no pynvml.{name}")
+        self.name = name
+
+
+_reported_missing: set[str] = set()
+
+
+@functools.cache
+def _pynvml_version() -> str:
+    try:
+        return importlib.metadata.version("nvidia-ml-py")
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
+
+
+def _memory_info_v2(handle: Any) -> Any:
+    fn = _w("nvmlDeviceGetMemoryInfo")
+    try:
+        return fn(handle, NVML_MEMORY_V2)
+    except TypeError:  # nvidia-ml-py releases whose wrapper takes no struct version
+        raise MissingWrapper("nvmlDeviceGetMemoryInfo(version=2)") from None
+
+
+def _w(name: str) -> Callable[..., Any]:
+    """pynvml's wrapper `name`, looked up at call time; a stand-in raising MissingWrapper if the
+    installed nvidia-ml-py predates it, so an old release costs that field, never the answer."""
+    fn = getattr(pynvml, name, None)
+    if callable(fn):
+        return fn
+
+    def missing(*_args: Any) -> Any:
+        raise MissingWrapper(name)
+
+    return missing
+
+
+def _report_missing(err: MissingWrapper) -> None:
+    if err.name not in _reported_missing:
+        _reported_missing.add(err.name)
+        log.warning("%s; reporting what it reads as N/A (a newer nvidia-ml-py has it)", err)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _mapped_nvml() -> str | None:
+    """Which libnvidia-ml the dynamic loader picked, when we let it search."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = [line.split()[-1] for line in maps.splitlines() if "libnvidia-ml" in line]
+    return paths[-1] if paths else None
+
+
+def _load(library: str | None) -> str:
+    """Make pynvml use `library` (None: the loader's search); returns the file's path."""
+    where = library or SONAME
+    try:
+        lib = ctypes.CDLL(where)
+    except OSError as err:
+        reason = str(err).removeprefix(f"{where}: ")  # dlerror repeats the path
+        raise NvmlError(f"NVML could not be loaded from {where}: {reason}") from err
+    # nvidia-ml-py dlopens "libnvidia-ml.so.1" by soname into a module global and caches symbols.
+    # Loading by absolute path first already makes glibc answer the soname with this file;
+    # setting the global too keeps that true when an earlier session used another file.
+    if hasattr(pynvml, "nvmlLib"):
+        pynvml.nvmlLib = lib
+        getattr(pynvml, "_nvmlGetFunctionPointer_cache", {}).clear()
+    return library or _mapped_nvml() or SONAME
+
+
+def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlError:
+    if err.value == NVML_ERROR_LIB_RM_VERSION_MISMATCH:
+        try:
+            text = (driver_root / "proc/driver/nvidia/version").read_text(errors="replace")
+            kernel = driver_version.from_proc(text)
+        except OSError:
+            kernel = None
+        user = driver_version.from_file_name(str(Path(path).resolve()))
+        return NvmlError(f"Driver/library version mismatch: kernel module {kernel or 'unknown'}, "
+                         f"user space {user or 'unknown'}; reboot or reload the nvidia module")
+    reasons = {
+        NVML_ERROR_DRIVER_NOT_LOADED:
+            "the NVIDIA kernel module is not loaded (load it with 'modprobe nvidia')",
+        NVML_ERROR_NO_PERMISSION:
+            "no permission to open /dev/nvidiactl (run as root or in the device's group)",
+        NVML_ERROR_FUNCTION_NOT_FOUND: "not an NVML library (nvmlInitWithFlags missing)",
+    }
+    return NvmlError(f"NVML could not be loaded from {path}: {reasons.get(err.value, err)}")
+
+
+# ---------------------------------------------------------------- the session
+
+
+class NvmlSession:
+    """One initialised NVML: static GPU facts, fast live readings and the slow PCIe counters."""
+
+    def __init__(self, path: str, driver_root: Path, dev_root: Path) -> None:
+        self.path = path
+        self.driver_root = driver_root
+        self.dev_root = dev_root
+        self._handles: list[Any] = []
+        self._warned: set[str] = set()
+
+    @classmethod
+    def open(cls, library: str | None, *, driver_root: Path, dev_root: Path) -> NvmlSession:
+        path = _load(library)
+        try:
+            _w("nvmlInitWithFlags")(0)
+        except pynvml.NVMLError as err:
+            raise _init_failure(err, path, driver_root) from err
+        except MissingWrapper as err:
+            raise NvmlError(f"NVML could not be initialised: {err}; upgrade nvidia-ml-py") from err
+        session = cls(path, driver_root, dev_root)
+        try:
+            count = session._hard("nvmlDeviceGetCount", _w("nvmlDeviceGetCount"))
+            session._handles = [session._hard(f"GPU {i}: nvmlDeviceGetHandleByIndex",
+                                              _w("nvmlDeviceGetHandleByIndex"), i)
+                                for i in range(count)]
+        except NvmlError:
+            session.close()
+            raise
+        return session
+
+    def close(self) -> None:
+        try:
+            _w("nvmlShutdown")()
+        except (pynvml.NVMLError, MissingWrapper) as err:
+            log.warning("nvmlShutdown failed: %s", err)
+
+    # -- error policy
+
+    def _hard(self, what: str, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except (pynvml.NVMLError, MissingWrapper) as err:
+            raise NvmlError(f"{what}: {err}") from err
+
+    def _field(self, name: str, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            return fn(*args)
+        except MissingWrapper as err:
+            _report_missing(err)
+            return None
+        except pynvml.NVMLError as err:
+            if _absent(err):
+                return None
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("NVML cannot read %s: %s; reporting it as N/A", name, err)
+            return None
+
+    # -- versions
+
+    def versions(self) -> DriverVersions:
+        driver = self._hard("nvmlSystemGetDriverVersion", _w("nvmlSystemGetDriverVersion"))
+        cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion_v2"))
+        if cuda is None:
+            cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion"))
+        return DriverVersions(driver=driver, cuda=cuda_version(cuda) if cuda else None)
+
+    # -- static facts
+
+    def read_gpus(self, mig_minors: Mapping[str, int] | None = None) -> tuple[Gpu, ...]:
+        bus_ids = [self._required(i, h, "PCI bus id",
+                                  lambda h: _w("nvmlDeviceGetPciInfo")(h).busId)
+                   for i, h in enumerate(self._handles)]
+        return tuple(self._gpu(i, h, bus_ids, mig_minors or {})
+                     for i, h in enumerate(self._handles))
+
+    def _gpu(self, index: int, h: Any, bus_ids: list[str], mig_minors: Mapping[str, int]) -> Gpu:
+        f = self._field
+        uuid = self._required(index, h, "UUID", _w("nvmlDeviceGetUUID"))
+        minor = self._required(index, h, "minor number", _w("nvmlDeviceGetMinorNumber"))
+        cc = f("compute capability", _w("nvmlDeviceGetCudaComputeCapability"), h)
+        power = f("power limit", _w("nvmlDeviceGetPowerManagementLimit"), h)
+        bar1 = f("BAR1 size", _w("nvmlDeviceGetBAR1MemoryInfo"), h)
+        memory = f("memory size", _w("nvmlDeviceGetMemoryInfo"), h)
+        mem_clock = f("max memory clock", _w("nvmlDeviceGetMaxClockInfo"), h,
+                      NVML_CLOCK_MEM)
+        gen = f("PCIe generation", _w("nvmlDeviceGetMaxPcieLinkGeneration"), h)
+        width = f("PCIe width", _w("nvmlDeviceGetMaxPcieLinkWidth"), h)
+        ecc = f("ECC mode", _w("nvmlDeviceGetEccMode"), h)
+        persistence = f("persistence mode", _w("nvmlDeviceGetPersistenceMode"), h)
+        mig = f("MIG mode", _w("nvmlDeviceGetMigMode"), h)
+        mig_on = None if mig is None else mig[0] == NVML_DEVICE_MIG_ENABLE
+        cores, sms = self._cores(h, cc)
+        return Gpu(
+            index=index, uuid=uuid, minor=minor, path=f"/dev/nvidia{minor}",
+            host_path=str(self.dev_root / "dev" / f"nvidia{minor}"),
+            model=f("name", _w("nvmlDeviceGetName"), h),
+            bus_id=bus_ids[index],
+            power_limit_w=None if power is None else power // 1000,
+            cpu_affinity=self._numa_node(h, bus_ids[index]),
+            bar1_total_mib=None if bar1 is None else bar1.bar1Total // MIB,
+            pcie_generation=gen, pcie_width=width, pcie_bandwidth_mbs=pcie_bandwidth(gen, width),
+            clock_cores_mhz=f("max SM clock", _w("nvmlDeviceGetMaxClockInfo"), h,
+                              NVML_CLOCK_SM),
+            clock_memory_mhz=mem_clock,
+            arch=None if cc is None else f"{cc[0]}.{cc[1]}",
+            family=None if cc is None else family(*cc),
+            cores=cores, multiprocessors=sms,
+            ecc=None if ecc is None else ecc[0] == NVML_FEATURE_ENABLED,
+            memory_global_mib=None if memory is None else memory.total // MIB,
+            # shared/constant/L2 sizes come from CUDA device properties; NVML has no source.
+            memory_shared_kib=None, memory_constant_kib=None, memory_l2_kib=None,
+            memory_bandwidth_mbs=memory_bandwidth(
+                mem_clock, f("memory bus width", _w("nvmlDeviceGetMemoryBusWidth"), h)),
+            persistence_mode=None if persistence is None
+            else persistence == NVML_FEATURE_ENABLED,
+            mig_mode=mig_on,
+            topology=self._topology(index, h, bus_ids),
+            mig_devices=self._mig_devices(h, minor, mig_minors) if mig_on else (),
+        )
+
+    def _cores(self, h: Any, cc: tuple[int, int] | None) -> tuple[int | None, int | None]:
+        """(CUDA cores, multiprocessors): NVML's core count, else SMs x cores per SM."""
+        cores = self._field("CUDA cores", _w("nvmlDeviceGetNumGpuCores"), h)
+        attrs = self._field("multiprocessors", _w("nvmlDeviceGetAttributes_v2"), h)
+        sms = None if attrs is None else attrs.multiprocessorCount
+        per_sm = None if cc is None else cores_per_sm(*cc)
+        if cores is None and sms is not None and per_sm is not None:
+            cores = sms * per_sm
+        if sms is None and cores is not None and per_sm:
+            sms = cores // per_sm
+        return cores, sms
+
+    def _numa_node(self, h: Any, bus_id: str) -> int | None:
+        """NVML's NUMA node, else sysfs'. -1 (no NUMA affinity, e.g. one node) is None, not 0."""
+        node = self._field("NUMA node", _w("nvmlDeviceGetNumaNodeId"), h)
+        if node is None:
+            path = self.driver_root / "sys/bus/pci/devices" / sysfs_bus_id(bus_id) / "numa_node"
+            try:
+                node = int(path.read_text().strip())
+            except (OSError, ValueError):
+                return None
+        return node if node >= 0 else None
+
+    def _topology(self, index: int, h: Any, bus_ids: list[str]) -> tuple[P2PLink, ...]:
+        nvlinks = self._nvlinks(h, bus_ids)
+        links = []
+        for peer, peer_bus in enumerate(bus_ids):
+            if peer == index:
+                continue
+            peer_h = self._handles[peer]
+            # NVML_P2P_CAPS_INDEX_READ is 0 (pynvml spells it as a tuple by mistake)
+            p2p = self._field("P2P status", _w("nvmlDeviceGetP2PStatus"), h, peer_h, 0)
+            if p2p not in (None, NVML_P2P_STATUS_OK):
+                continue  # CUDA could not map the peer: 1.0 listed only accessible peers
+            level = self._field("P2P topology", _w("nvmlDeviceGetTopologyCommonAncestor"),
+                                h, peer_h)
+            links.append(P2PLink(
+                bus_id=peer_bus, link=TOPOLOGY_LINK.get(level, 0) if level is not None else 0,
+                nvlinks=None if nvlinks is None
+                else nvlinks.get(peer_bus.upper(), 0) + nvlinks.get("", 0)))
+        return tuple(links)
+
+    def _nvlinks(self, h: Any, bus_ids: list[str]) -> dict[str, int] | None:
+        """Active NVLinks per peer bus id; key "" counts links to NVSwitches (reach every peer)."""
+        peers = {b.upper() for b in bus_ids}
+        counts: dict[str, int] = {}
+        for link in range(NVML_NVLINK_MAX_LINKS):
+            try:
+                if not _w("nvmlDeviceGetNvLinkState")(h, link):
+                    continue
+                remote = _w("nvmlDeviceGetNvLinkRemotePciInfo")(h, link).busId.upper()
+            except MissingWrapper as err:
+                _report_missing(err)
+                return counts if link else None
+            except pynvml.NVMLError as err:
+                if _absent(err):
+                    return counts if link else None
+                break  # past the last link (INVALID_ARGUMENT) or a link in error
+            key = remote if remote in peers else ""
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def _mig_devices(self, h: Any, minor: int, minors: Mapping[str, int]) -> tuple[MigDevice, ...]:
+        f = self._field
+        devices = []
+        for slot in range(f("MIG device count", _w("nvmlDeviceGetMaxMigDeviceCount"), h) or 0):
+            try:
+                mig = _w("nvmlDeviceGetMigDeviceHandleByIndex")(h, slot)
+            except MissingWrapper as err:
+                _report_missing(err)
+                break
+            except pynvml.NVMLError:
+                continue  # an empty slot reads NOT_FOUND
+            uuid = f("MIG UUID", _w("nvmlDeviceGetUUID"), mig)
+            gi = f("GPU instance id", _w("nvmlDeviceGetGpuInstanceId"), mig)
+            ci = f("compute instance id", _w("nvmlDeviceGetComputeInstanceId"), mig)
+            if uuid is None:
+                continue
+            caps = () if gi is None or ci is None else mig_cap_paths(minors, minor, gi, ci,
+                                                                      self.dev_root)
+            devices.append(MigDevice(index=slot, uuid=uuid, caps=caps))
+        return tuple(devices)
+
+    def _required(self, index: int, handle: Any, what: str, fn: Callable[[Any], T]) -> T:
+        try:
+            return fn(handle)
+        except (pynvml.NVMLError, MissingWrapper) as err:
+            raise NvmlError(f"unsupported GPU device: GPU {index} has no {what} ({err})") from err
+
+    # -- live readings
+
+    def read_status(self, now: Callable[[], float]) -> tuple[GpuStatus, ...]:
+        """The fast fields of every GPU; PCIe throughput is left to `read_pcie`."""
+        return tuple(self._status(i, h, now()) for i, h in enumerate(self._handles))
+
+    def read_pcie(self) -> dict[int, tuple[int | None, int | None]]:
+        """PCIe RX/TX in MB/s per GPU index. Slow: each call samples the bus (~20 ms)."""
+        return {i: (self._kb_to_mb(self._field("PCIe RX", _w("nvmlDeviceGetPcieThroughput"),
+                                                h, NVML_PCIE_UTIL_RX_BYTES)),
+                    self._kb_to_mb(self._field("PCIe TX", _w("nvmlDeviceGetPcieThroughput"),
+                                               h, NVML_PCIE_UTIL_TX_BYTES)))
+                for i, h in enumerate(self._handles)}
+
+    @staticmethod
+    def _kb_to_mb(value: int | None) -> int | None:
+        return None if value is None else value // 1000
+
+    def _status(self, index: int, h: Any, sampled_at: float) -> GpuStatus:
+        f = self._field
+        power = f("power usage", _w("nvmlDeviceGetPowerUsage"), h)
+        util = f("utilization", _w("nvmlDeviceGetUtilizationRates"), h)
+        encoder = f("encoder utilization", _w("nvmlDeviceGetEncoderUtilization"), h)
+        decoder = f("decoder utilization", _w("nvmlDeviceGetDecoderUtilization"), h)
+        # nvidia-smi (R510 and later) shows used memory without the driver's reservation,
+        # which only NVML's v2 call separates; users compare our figure with nvidia-smi's.
+        memory = f("memory usage", _memory_info_v2, h) or f("memory usage",
+                                                            _w("nvmlDeviceGetMemoryInfo"), h)
+        bar1 = f("BAR1 usage", _w("nvmlDeviceGetBAR1MemoryInfo"), h)
+        ecc = [f(f"ECC errors ({name})", _w("nvmlDeviceGetMemoryErrorCounter"), h,
+                 NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC, location)
+               for name, location in (("L1", NVML_MEMORY_LOCATION_L1_CACHE),
+                                      ("L2", NVML_MEMORY_LOCATION_L2_CACHE),
+                                      ("device memory", NVML_MEMORY_LOCATION_DEVICE_MEMORY))]
+        return GpuStatus(
+            index=index,
+            power_w=None if power is None else power // 1000,
+            temperature_c=f("temperature", _w("nvmlDeviceGetTemperature"), h,
+                            NVML_TEMPERATURE_GPU),
+            utilization_gpu=None if util is None else util.gpu,
+            utilization_memory=None if util is None else util.memory,
+            utilization_encoder=None if encoder is None else encoder[0],
+            utilization_decoder=None if decoder is None else decoder[0],
+            memory_used_mib=None if memory is None else memory.used // MIB,
+            ecc_l1=ecc[0], ecc_l2=ecc[1], ecc_global=ecc[2],
+            clock_cores_mhz=f("SM clock", _w("nvmlDeviceGetClockInfo"), h, NVML_CLOCK_SM),
+            clock_memory_mhz=f("memory clock", _w("nvmlDeviceGetClockInfo"), h,
+                               NVML_CLOCK_MEM),
+            bar1_used_mib=None if bar1 is None else bar1.bar1Used // MIB,
+            pcie_rx_mbs=None,
+            pcie_tx_mbs=None,
+            processes=self._processes(h),
+            sampled_at=sampled_at,
+        )
+
+    def _processes(self, h: Any) -> tuple[Process, ...]:
+        procs = self._field("compute processes", _w("nvmlDeviceGetComputeRunningProcesses_v3"), h)
+        if procs is None:  # drivers before r510 lack _v3
+            procs = self._field("compute processes",
+                                _w("nvmlDeviceGetComputeRunningProcesses_v2"), h)
+        return tuple(Process(pid=p.pid, name=self._process_name(p.pid),
+                             memory_used_mib=None if p.usedGpuMemory is None
+                             else p.usedGpuMemory // MIB)
+                     for p in procs or ())
+
+    def _process_name(self, pid: int) -> str:
+        """NVML's name as 1.0 showed it; the host's /proc comm when NVML cannot tell."""
+        try:
+            return str(_w("nvmlSystemGetProcessName")(pid))
+        except MissingWrapper as err:
+            _report_missing(err)
+        except pynvml.NVMLError:
+            pass
+        try:
+            return (self.driver_root / "proc" / str(pid) / "comm").read_text().strip()
+        except OSError:
+            return ""

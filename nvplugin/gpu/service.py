@@ -1,0 +1,159 @@
+"""The GPU service the daemon and the REST API use: NVML off the event loop.
+
+All NVML calls run on one dedicated thread (NVML handles belong to the process; one thread keeps
+the calls ordered), except the slow PCIe throughput sampling, which has its own thread so that a
+~20 ms-per-GPU sample never delays a status request. The inventory's driver/CUDA versions and the
+control nodes change only when a driver (un)loads, yet reading them takes a thread hop (NVML, stat
+calls) that would be most of a docker/cli or gpu/info request's cost: they are served up to
+`RECENT_MAX_AGE_S` old, and a refresh forgets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from nvplugin.core.errors import NvmlError
+from nvplugin.core.single_flight import Recent
+from nvplugin.gpu import devnodes, selection
+from nvplugin.gpu.nvml import NvmlSession
+from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.status_cache import StatusCache
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may be
+
+
+class GpuService:
+    def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.driver_root = driver_root
+        self.dev_root = dev_root
+        self.nvml_library = nvml_library
+        self.reason: str | None = "NVML has not been loaded yet"
+        self._nvml_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml")
+        self._sampler_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml-pcie")
+        self._session: NvmlSession | None = None
+        self._gpus: tuple[Gpu, ...] = ()
+        self._cache: StatusCache | None = None
+        self._lock = asyncio.Lock()
+        self._inventory = Recent(self._read_inventory, RECENT_MAX_AGE_S, clock)
+        self._control_nodes = Recent(self._read_control_nodes, RECENT_MAX_AGE_S, clock)
+
+    @classmethod
+    async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+                    clock: Callable[[], float] = time.monotonic) -> GpuService:
+        """Never raises for a missing or broken driver: `available` is False, `reason` says why."""
+        service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=nvml_library,
+                      clock=clock)
+        await service.refresh()
+        return service
+
+    @property
+    def available(self) -> bool:
+        return self._session is not None
+
+    async def _call(self, fn: Callable[..., T], *args: object,
+                    executor: ThreadPoolExecutor | None = None) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor or self._nvml_thread,
+                                          functools.partial(fn, *args))
+
+    def _require(self) -> NvmlSession:
+        if self._session is None:
+            raise NvmlError(self.reason or "NVML is not available")
+        return self._session
+
+    # -- lifecycle
+
+    async def refresh(self) -> None:
+        """(Re)load NVML and re-read the static inventory (start-up, SIGHUP, driver change)."""
+        async with self._lock:
+            await self._stop()
+            try:
+                session, gpus = await self._call(self._open)
+            except NvmlError as err:
+                self.reason = err.message
+                return
+            self._session, self._gpus, self.reason = session, gpus, None
+            self._cache = StatusCache(
+                functools.partial(self._call, session.read_status, time.time),
+                functools.partial(self._call, session.read_pcie, executor=self._sampler_thread),
+            )
+
+    def _open(self) -> tuple[NvmlSession, tuple[Gpu, ...]]:
+        session = NvmlSession.open(self.nvml_library, driver_root=self.driver_root,
+                                   dev_root=self.dev_root)
+        try:
+            return session, session.read_gpus(devnodes.read_mig_minors(self.driver_root))
+        except NvmlError:
+            session.close()
+            raise
+
+    async def _stop(self) -> None:
+        self._inventory.forget()
+        if self._cache is not None:
+            await self._cache.close()
+            self._cache = None
+        if self._session is not None:
+            session, self._session = self._session, None
+            self.reason = "NVML was shut down"
+            await self._call(session.close)
+
+    async def close(self) -> None:
+        async with self._lock:
+            await self._stop()
+        self._sampler_thread.shutdown(wait=True)
+        self._nvml_thread.shutdown(wait=True)
+
+    # -- queries
+
+    async def inventory(self) -> GpuInventory:
+        """The GPUs read at the last refresh, with driver and CUDA versions at most 1 s old."""
+        self._require()
+        return await self._inventory.get()
+
+    async def _read_inventory(self) -> GpuInventory:
+        session = self._require()
+        versions = await self._call(session.versions)
+        return GpuInventory(versions=versions, gpus=self._gpus)
+
+    async def driver_version(self) -> str:
+        """Read now: the daemon asks when it re-discovers the driver's files."""
+        session = self._require()
+        return (await self._call(session.versions)).driver
+
+    async def status(self) -> tuple[GpuStatus, ...]:
+        self._require()
+        if self._cache is None:
+            raise NvmlError(self.reason or "NVML is not available")
+        return await self._cache.get()
+
+    def select(self, spec: str | None) -> tuple[Gpu, ...]:
+        """GPUs named by `spec` (NV_GPU / dev= grammar, see selection.py), in index order."""
+        self._require()
+        return selection.select_gpus(self._gpus, spec)
+
+    def select_devices(self, spec: str | None) -> selection.Selection:
+        """As `select`, with the MIG devices chosen by `<gpu>:<mig>` or `MIG-<uuid>`."""
+        self._require()
+        return selection.select(self._gpus, spec)
+
+    async def control_nodes(self) -> tuple[DeviceNode, ...]:
+        """The control nodes that exist, looked for at most 1 s ago."""
+        return await self._control_nodes.get()
+
+    async def _read_control_nodes(self) -> tuple[DeviceNode, ...]:
+        return await asyncio.to_thread(devnodes.control_nodes, self.dev_root, self.driver_root)
+
+    @property
+    def status_cache(self) -> StatusCache | None:
+        return self._cache

@@ -1,0 +1,124 @@
+"""Which Docker mounts hold which volume, persisted so a daemon restart forgets nothing.
+
+Docker's mount ID is a random 64-hex string per container mount point, and the same ID can be
+mounted twice (`docker cp` on a running container), so each (volume, ID) pair has a counter.
+Unmounting an ID we never saw succeeds: after a restart or with --live-restore Docker unmounts
+IDs a plugin may not know. The table is saved as `state.json` (0600) with an atomic write before
+a Mount or Unmount is answered; concurrent changes share one write (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from nvplugin.core.atomicfile import write_atomic
+
+log = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+
+
+class MountTable:
+    """Counters per volume name and mount ID; `await persist()` after each change."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._counts: dict[str, dict[str, int]] = {}
+        self._changes = 0  # bumped on every change
+        self._saved = 0  # the change number the file on disk reflects
+        self._save_lock = asyncio.Lock()
+
+    # -- reading -----------------------------------------------------------------------------
+    def count(self, name: str) -> int:
+        """How many mounts hold `name` (the sum over its mount IDs)."""
+        return sum(self._counts.get(name, {}).values())
+
+    def ids(self, name: str) -> dict[str, int]:
+        return dict(self._counts.get(name, {}))
+
+    def names(self) -> list[str]:
+        return sorted(self._counts)
+
+    # -- changing (in memory; call persist() before answering) -------------------------------
+    def add(self, name: str, mount_id: str) -> int:
+        ids = self._counts.setdefault(name, {})
+        ids[mount_id] = ids.get(mount_id, 0) + 1
+        self._changes += 1
+        return ids[mount_id]
+
+    def release(self, name: str, mount_id: str) -> int:
+        """Drop one mount of `mount_id`; returns what is left for that ID (0 when unknown)."""
+        ids = self._counts.get(name)
+        if not ids or mount_id not in ids:
+            return 0
+        left = ids[mount_id] - 1
+        if left > 0:
+            ids[mount_id] = left
+        else:
+            del ids[mount_id]
+            if not ids:
+                del self._counts[name]
+        self._changes += 1
+        return left
+
+    def forget(self, name: str) -> None:
+        if self._counts.pop(name, None) is not None:
+            self._changes += 1
+
+    # -- disk --------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the saved table (blocking). A missing file is an empty table; a damaged one is
+        set aside as `state.json.corrupt` so the daemon still starts."""
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            self._counts = {}
+            return
+        try:
+            self._counts = _decode(raw)
+        except ValueError as err:
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            self.path.replace(aside)
+            log.warning("Ignoring damaged mount state %s (%s); kept as %s",
+                        self.path, err, aside)
+            self._counts = {}
+        self._saved = self._changes
+
+    def encode(self) -> bytes:
+        body = {"format": STATE_FORMAT, "mounts": self._counts}
+        return (json.dumps(body, sort_keys=True, separators=(",", ":")) + "\n").encode()
+
+    async def persist(self) -> None:
+        """Make every change so far durable. Callers that arrive while a write runs are covered
+        by the next single write instead of each writing the file."""
+        wanted = self._changes
+        async with self._save_lock:
+            if self._saved >= wanted:
+                return
+            snapshot, data = self._changes, self.encode()
+            await asyncio.to_thread(write_atomic, self.path, data, 0o600)
+            self._saved = snapshot
+
+
+def _decode(raw: bytes) -> dict[str, dict[str, int]]:
+    try:
+        body: Any = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"not JSON: {err}") from err
+    if not isinstance(body, dict) or body.get("format") != STATE_FORMAT:
+        raise ValueError(f"expected an object with format {STATE_FORMAT}")
+    mounts = body.get("mounts")
+    if not isinstance(mounts, dict):
+        raise ValueError("'mounts' is not an object")
+    table: dict[str, dict[str, int]] = {}
+    for name, ids in mounts.items():
+        if not isinstance(ids, dict):
+            raise ValueError(f"mounts of {name!r} is not an object")
+        kept = {k: v for k, v in ids.items() if isinstance(v, int) and v > 0}
+        if kept:
+            table[name] = kept
+    return table

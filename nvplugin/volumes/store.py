@@ -1,0 +1,259 @@
+"""`nvidia_driver_<version>` volumes: built from a Manifest, tracked, removed.
+
+A volume is `<volumes_dir>/nvidia_driver/<version>/`, built by volume_build.py in a hidden
+sibling and renamed into place, so a crash or a concurrent reader never sees half a volume; one
+asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
+single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,
+and a table keyed by every version ever asked about would only grow. Only the current driver's
+version can be built, lazily, by whichever of Create, Mount, Path or Get comes first after a start
+or upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import fcntl
+import logging
+import os
+import re
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nvplugin.core.atomicfile import fsync_dir
+from nvplugin.core.errors import (
+    ConfigError,
+    NvpluginError,
+    VolumeError,
+    VolumeInUse,
+    VolumeNotFound,
+    VolumeVersionError,
+)
+from nvplugin.driver.manifest import Manifest
+from nvplugin.volumes.build import build_volume
+from nvplugin.volumes.clone import Cloner
+from nvplugin.volumes.mount_table import MountTable
+from nvplugin.volumes.names import KIND, VERSION_RE, VolumeInfo, parse_name
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".lock"
+_LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
+
+ManifestProvider = Callable[[], Manifest]
+
+
+@dataclass(slots=True)
+class _VersionLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # the holder and the waiters
+
+
+class VolumeStore:
+    """Every operation the plugin protocol needs, keyed by volume name."""
+
+    def __init__(self, volumes_dir: Path, manifest_provider: ManifestProvider,
+                 cloner: Cloner | None = None) -> None:
+        self.volumes_dir = Path(volumes_dir)
+        self.kind_dir = self.volumes_dir / KIND
+        self._provider = manifest_provider
+        self.cloner = cloner or Cloner()
+        self.mounts = MountTable(self.volumes_dir / "state.json")
+        self._locks: dict[str, _VersionLock] = {}  # only versions held or awaited now
+        self.builds = 0  # completed builds, for tests and /metrics
+        self._directory_lock: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the directories, remove what a crash left behind, load the mount table."""
+        try:
+            await asyncio.to_thread(self._prepare)
+        except OSError as err:
+            where = "" if Path(err.filename or self.volumes_dir) == self.volumes_dir else (
+                f"{err.filename}: ")
+            raise ConfigError(f"cannot use the volumes directory {self.volumes_dir}: "
+                              f"{where}{err.strerror}; choose another with -d") from err
+
+    def _prepare(self) -> None:
+        for d in (self.volumes_dir, self.kind_dir):
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._hold_directory()
+        for entry in os.scandir(self.kind_dir):
+            if _LEFTOVER_RE.match(entry.name):
+                log.warning("Removing %s, left over from an interrupted build or removal",
+                            entry.path)
+                shutil.rmtree(entry.path, ignore_errors=True)
+        self.mounts.load()
+
+    def _hold_directory(self) -> None:
+        """One daemon per volumes directory: a second one would clean up the first one's builds
+        in progress and overwrite its mount counts, so it is refused before it touches anything."""
+        fd = os.open(self.volumes_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another nvidia-docker-plugin is using the volumes directory {self.volumes_dir}: "
+                "stop it first, or choose another with -d"
+            ) from None
+        self._directory_lock = fd
+
+    async def close(self) -> None:
+        """Wait for builds in progress (a worker thread cannot be cancelled), then flush."""
+        for version in list(self._locks):
+            async with self._lock(version):
+                pass
+        await self.mounts.persist()
+        if self._directory_lock is not None:
+            os.close(self._directory_lock)  # releases the flock
+            self._directory_lock = None
+
+    # -- protocol operations -----------------------------------------------------------------
+    async def create(self, name: str) -> None:
+        version = parse_name(name)
+        if await self._exists(version):
+            return
+        await self._ensure(name, version, explicit=True)
+
+    async def remove(self, name: str) -> None:
+        version = parse_name(name)
+        async with self._lock(version):
+            held = self.mounts.count(name)
+            if held:
+                raise VolumeInUse(f"volume {name} is in use by {held} container(s)")
+            await asyncio.to_thread(self._delete, version)
+            self.mounts.forget(name)
+            with contextlib.suppress(OSError):  # nothing mounts it; a stale entry is harmless
+                await self.mounts.persist()
+        log.info("Removed volume %s", name)
+
+    async def mount(self, name: str, mount_id: str) -> str:
+        version = parse_name(name)
+        await self._ensure(name, version)
+        async with self._lock(version):
+            # Re-checked under the lock: a Remove may have run since the build. Once counted,
+            # a Remove is refused, so the write below can happen outside the lock and be
+            # shared with concurrent mounts.
+            if not await self._exists(version):
+                raise VolumeNotFound(f"no such volume: {name}")
+            self.mounts.add(name, mount_id)
+        try:
+            await self.mounts.persist()
+        except OSError as err:
+            self.mounts.release(name, mount_id)
+            raise VolumeError(f"cannot record the mount of {name} in "
+                              f"{self.mounts.path}: {err.strerror}") from err
+        return str(self.path_of(version))
+
+    async def unmount(self, name: str, mount_id: str) -> None:
+        parse_name(name)
+        self.mounts.release(name, mount_id)
+        try:
+            await self.mounts.persist()
+        except OSError as err:
+            raise VolumeError(f"cannot record the unmount of {name} in "
+                              f"{self.mounts.path}: {err.strerror}") from err
+
+    async def path(self, name: str) -> str:
+        version = parse_name(name)
+        await self._ensure(name, version)
+        return str(self.path_of(version))
+
+    async def get(self, name: str) -> VolumeInfo:
+        version = parse_name(name)
+        await self._ensure(name, version)
+        info = await asyncio.to_thread(self._info, version)
+        if info is None:
+            raise VolumeNotFound(f"no such volume: {name}")
+        return info
+
+    async def list(self) -> list[VolumeInfo]:
+        return await asyncio.to_thread(self._list)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def path_of(self, version: str) -> Path:
+        return self.kind_dir / version
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, version: str) -> AsyncIterator[None]:
+        """Hold `version`'s lock; the entry goes when its last holder or waiter leaves."""
+        entry = self._locks.get(version)
+        if entry is None:
+            entry = self._locks[version] = _VersionLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[version]
+
+    async def _exists(self, version: str) -> bool:
+        return await asyncio.to_thread(self.path_of(version).is_dir)
+
+    async def _ensure(self, name: str, version: str, explicit: bool = False) -> None:
+        """Build the volume if it is absent and is the current driver's; else say why not."""
+        if await self._exists(version):
+            return
+        async with self._lock(version):
+            if await self._exists(version):
+                return  # built by the request we waited for
+            manifest = await self._current_manifest()
+            if manifest.version != version:
+                if explicit:
+                    raise VolumeVersionError(
+                        f"invalid volume version: {name} (this host's driver is "
+                        f"{manifest.version}: use {KIND}_{manifest.version})")
+                raise VolumeNotFound(f"no such volume: {name}")
+            started = time.monotonic()
+            await asyncio.to_thread(build_volume, manifest, self.kind_dir, name, self.cloner)
+            self.builds += 1
+            log.info("Built volume %s from %d files in %.0f ms", name, len(manifest.entries),
+                     (time.monotonic() - started) * 1000)
+
+    async def _current_manifest(self) -> Manifest:
+        try:
+            return await asyncio.to_thread(self._provider)
+        except NvpluginError:
+            raise
+        except OSError as err:
+            raise VolumeError(f"cannot read the driver's files: {err}") from err
+
+    def _info(self, version: str) -> VolumeInfo | None:
+        path = self.path_of(version)
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        name = f"{KIND}_{version}"
+        created = datetime.fromtimestamp(st.st_mtime, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return VolumeInfo(name, str(path), created, self.mounts.count(name))
+
+    def _list(self) -> builtins.list[VolumeInfo]:
+        try:
+            found = sorted(e.name for e in os.scandir(self.kind_dir) if e.is_dir())
+        except FileNotFoundError:
+            return []
+        infos = (self._info(v) for v in found if VERSION_RE.fullmatch(v))
+        return [i for i in infos if i is not None]
+
+    def _delete(self, version: str) -> None:
+        path = self.path_of(version)
+        # Renamed first so a crash mid-delete leaves a leftover, never a damaged volume.
+        doomed = self.kind_dir / f".{version}.rm-{secrets.token_hex(4)}"
+        try:
+            path.rename(doomed)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            raise VolumeError(f"cannot remove {KIND}_{version}: {path}: {err.strerror}") from err
+        fsync_dir(self.kind_dir)
+        shutil.rmtree(doomed, ignore_errors=True)

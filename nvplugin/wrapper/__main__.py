@@ -1,0 +1,7 @@
+"""`python -m nvplugin.wrapper`: the same as `nvidia-docker`."""
+
+import sys
+
+from nvplugin.wrapper.nvidia_docker import main
+
+sys.exit(main())
