@@ -94,3 +94,58 @@ def test_a_dev_root_docker_cannot_see_is_refused_at_start(tmp_path):
             config.load(["--dev-root", dev_root, "--host-root", str(host)], environ={})
     # The same roots are fine for a daemon on the host.
     assert config.load(["--dev-root", "/run/nvidia/driver"], environ={}).host_root == Path("/")
+
+
+# --- one parser: subcommands, global flags before or after them --------------------------------
+
+def test_serve_is_the_default_command():
+    invocation = config.parse(["-l", ":9000"], environ={})
+    assert (invocation.command, invocation.as_json) == ("serve", False)
+    assert config.parse(["serve", "-l", ":9000"], environ={}).config == invocation.config
+
+
+@pytest.mark.parametrize("argv", [
+    ["--driver-root", "/x", "list", "--json"],
+    ["list", "--driver-root", "/x", "--json"],
+    ["list", "--json", "--driver-root=/x"],
+], ids=["flags-before", "flags-after", "equals-form"])
+def test_global_flags_before_or_after_the_command(argv):
+    invocation = config.parse(argv, environ={})
+    assert invocation.command == "list" and invocation.as_json
+    assert invocation.config.driver_root == Path("/x") == invocation.config.dev_root
+
+
+def test_a_flag_after_the_command_wins_and_the_environment_still_counts():
+    environ = {"NVP_DRIVER_ROOT": "/env", "NVP_LOG_LEVEL": "debug"}
+    invocation = config.parse(["--driver-root", "/before", "doctor", "--driver-root", "/after"],
+                              environ=environ)
+    assert invocation.config.driver_root == Path("/after")
+    assert invocation.config.log_level == "debug"
+    assert config.parse(["doctor"], environ=environ).config.driver_root == Path("/env")
+
+
+@pytest.mark.parametrize("argv", [["serve", "--json"], ["--json"], ["nope"]],
+                         ids=["serve-has-no-json", "json-is-not-global", "unknown-command"])
+def test_what_a_command_does_not_take_is_a_usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        config.parse(argv, environ={})
+    assert exited.value.code == 2
+    assert "usage: nvidia-docker-plugin" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["list", "doctor", "serve"])
+def test_each_command_has_its_own_help(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        config.parse([command, "--help"], environ={})
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"usage: nvidia-docker-plugin {command}")
+    assert ("--json" in text) == (command != "serve")
+    assert config.COMMANDS[command][0] in " ".join(text.split())
+
+
+def test_top_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        config.parse(["--help"], environ={})
+    text = capsys.readouterr().out
+    assert all(name in text for name in config.COMMANDS) and "[NVP_LISTEN]" in text

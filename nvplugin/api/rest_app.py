@@ -17,6 +17,7 @@ from aiohttp import web
 from nvplugin.api import json_docs, launch_args, text_pages
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
+from nvplugin.core.text import escape_controls
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
 
@@ -172,7 +173,7 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 def _client_error(err: NvpluginError) -> str:
     """The 400 line. Selectors quote the offending item (cut, escaped) when they raise; this
     only guarantees one bounded line should a message arrive unquoted."""
-    line = text_pages.escape_controls(err.message, backslash=False)
+    line = escape_controls(err.message, backslash=False)
     return line[:MAX_ERROR_LINE] + "\n"
 
 

@@ -26,35 +26,27 @@ from collections.abc import Sequence
 Cells = list[str]
 
 
-def align(
-    text: str, *, minwidth: int = 0, tabwidth: int = 4, padding: int = 0, padchar: str = " "
-) -> str:
-    """Align `text` as a flushed Go `tabwriter.Writer` with these settings and no flags would.
-
-    `tabwidth` only matters when padding with tabs (`padchar == "\\t"`), as in Go.
+def align(text: str, *, minwidth: int = 0, padding: int = 0) -> str:
+    """Align `text` as a flushed Go `tabwriter.Writer` padding with spaces, with these settings
+    and no flags, would. (Go's tab padding and its `tabwidth` are never used: 1.0 padded with
+    spaces, where `tabwidth` has no effect.)
     """
-    if minwidth < 0 or tabwidth < 0 or padding < 0:
-        raise ValueError("minwidth, tabwidth and padding must not be negative")
-    if len(padchar) != 1:
-        raise ValueError("padchar must be one character")
+    if minwidth < 0 or padding < 0:
+        raise ValueError("minwidth and padding must not be negative")
     lines = [line.split("\t") for line in text.split("\n")]
-    writer = _Layout(lines, minwidth, tabwidth, padding, padchar)
+    writer = _Layout(lines, minwidth, padding)
     writer.format([], 0, len(lines))
     # The text after the last newline is an unterminated line: written without a newline.
     return "\n".join(writer.out)
 
 
 class _Layout:
-    __slots__ = ("lines", "minwidth", "out", "padchar", "padding", "tabwidth")
+    __slots__ = ("lines", "minwidth", "out", "padding")
 
-    def __init__(
-        self, lines: list[Cells], minwidth: int, tabwidth: int, padding: int, padchar: str
-    ) -> None:
+    def __init__(self, lines: list[Cells], minwidth: int, padding: int) -> None:
         self.lines = lines
         self.minwidth = minwidth
-        self.tabwidth = tabwidth
         self.padding = padding
-        self.padchar = padchar
         self.out: list[str] = []
 
     def format(self, widths: list[int], line0: int, line1: int) -> None:
@@ -82,14 +74,5 @@ class _Layout:
             for j, cell in enumerate(cells):
                 parts.append(cell)
                 if j < len(widths):
-                    parts.append(self.pad(len(cell), widths[j]))
+                    parts.append(" " * (widths[j] - len(cell)))
             self.out.append("".join(parts))
-
-    def pad(self, textwidth: int, cellwidth: int) -> str:
-        if self.padchar == "\t":
-            if self.tabwidth == 0:
-                return ""  # tabs without width cannot pad
-            # Tab padding rounds the cell up to a multiple of tabwidth.
-            cellwidth = -(-cellwidth // self.tabwidth) * self.tabwidth
-            return "\t" * -(-(cellwidth - textwidth) // self.tabwidth)
-        return self.padchar * (cellwidth - textwidth)

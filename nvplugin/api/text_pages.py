@@ -8,10 +8,10 @@ or lines.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 
 from nvplugin.api.tabwriter import align
+from nvplugin.core.text import escape_controls
 from nvplugin.gpu.records import P2P_LINK_NAMES, Gpu, GpuInventory, GpuStatus
 
 NA = "N/A"
@@ -37,21 +37,6 @@ def _or_na(value: object | None) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return _clean(value)
-
-
-def escape_controls(text: str, *, backslash: bool = True) -> str:
-    """Backslash-escape control, format and separator characters (and backslash itself, unless
-    `text` is already escaped)."""
-    out: list[str] = []
-    for char in text:
-        if char == "\\" and backslash:
-            out.append("\\\\")
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            code = ord(char)
-            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
 
 
 def one_line(message: str) -> str:

@@ -12,13 +12,12 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from nvplugin.cli.doctor_checks import (
     FAIL,
@@ -36,8 +35,11 @@ from nvplugin.cli.doctor_checks import (
     uvm_check,
 )
 from nvplugin.core.config import Config
+from nvplugin.core.errors import DockerError
 from nvplugin.core.names import DRIVER_VOLUME_KIND
 from nvplugin.driver import driver_version
+from nvplugin.engine.client import Engine
+from nvplugin.engine.transport import UnixHTTPConnection
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -51,7 +53,7 @@ class Facts:
     nvml_version: str | None = None
     nvml_library: str | None = None
     gpu_nodes: list[str] = field(default_factory=list)
-    docker: Any = None
+    docker: Engine | None = None
     socket_answers: bool = False
 
     @property
@@ -63,9 +65,11 @@ class Facts:
 
 
 def probe_driver(cfg: Config, facts: Facts) -> Check:
-    path = cfg.driver_root / "proc/driver/nvidia/version"
+    from nvplugin.driver.discovery import PROC_VERSION, read_kernel_version_text
+
+    path = cfg.driver_root / PROC_VERSION.lstrip("/")
     try:
-        text = path.read_text(errors="replace")
+        text = read_kernel_version_text(cfg.driver_root)
     except OSError as err:
         return Check(Name.DRIVER, FAIL, f"NVIDIA kernel module not loaded ({path}: "
                      f"{err.strerror})", "install the NVIDIA driver, or load it: nvidia-modprobe")
@@ -139,28 +143,27 @@ def probe_nodes(cfg: Config, facts: Facts) -> list[Check]:
 
 
 def probe_docker(cfg: Config, facts: Facts) -> Check:
-    import docker
+    """The engine the docker CLI (and so the wrapper) would use: DOCKER_HOST, DOCKER_CONTEXT,
+    the current context, else the default socket."""
+    from nvplugin.engine.client import Engine, speaks_api
+    from nvplugin.engine.endpoint import NoOptions, resolve_endpoint
 
-    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    fix = "start Docker (systemctl start docker) or fix DOCKER_HOST / the docker context"
     try:
-        client = docker.from_env(timeout=int(PROBE_TIMEOUT_S))
-        version = client.version()
-    except Exception as err:  # the SDK raises many types for "not there"
-        return Check(Name.DOCKER, FAIL, f"Docker Engine not reachable at {where}: {err}",
-                     "start Docker (systemctl start docker) or fix DOCKER_HOST")
-    facts.docker = client
+        endpoint = resolve_endpoint(NoOptions(), os.environ)
+    except DockerError as err:
+        return Check(Name.DOCKER, FAIL, f"cannot tell which Docker Engine to check: {err}", fix)
+    where = endpoint.host
+    if not speaks_api(endpoint):
+        return Check(Name.DOCKER, SKIP, f"Docker Engine at {where} is reached through the docker "
+                     "CLI only; run doctor on that host")
+    try:
+        engine = Engine(endpoint, timeout=PROBE_TIMEOUT_S)
+        version = engine.version()
+    except DockerError as err:
+        return Check(Name.DOCKER, FAIL, f"Docker Engine not reachable at {where}: {err}", fix)
+    facts.docker = engine
     return Check(Name.DOCKER, PASS, f"Docker Engine {version.get('Version')} at {where}")
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("plugin.moby.localhost", timeout=PROBE_TIMEOUT_S)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(PROBE_TIMEOUT_S)
-        self.sock.connect(str(self.path))
 
 
 def _request(conn: http.client.HTTPConnection, method: str, route: str) -> tuple[int, bytes]:
@@ -183,7 +186,8 @@ def probe_socket(cfg: Config, facts: Facts) -> Check:
     if not stat.S_ISSOCK(mode):
         return Check(Name.SOCKET, FAIL, f"{path} is not a socket", f"remove it, then {restart}")
     try:
-        status, body = _request(_UnixConnection(path), "POST", "/Plugin.Activate")
+        connection = UnixHTTPConnection(str(path), PROBE_TIMEOUT_S)
+        status, body = _request(connection, "POST", "/Plugin.Activate")
         implements = json.loads(body).get("Implements", [])
     except (OSError, ValueError, AttributeError, http.client.HTTPException) as err:
         return Check(Name.SOCKET, FAIL, f"stale socket {path}: nobody answers ({err}); Docker "
@@ -204,12 +208,12 @@ def probe_docker_driver(cfg: Config, facts: Facts) -> Check:
         return Check(Name.DOCKER_DRIVER, SKIP, "needs Docker and the plugin socket (see above)")
     name = cfg.plugin_name
     try:
-        volumes = facts.docker.volumes.list(filters={"driver": name})
+        volumes = facts.docker.volumes(driver=name)
         plugins = facts.docker.info().get("Plugins", {}).get("Volume") or []
-    except Exception as err:  # any API error is the finding
+    except DockerError as err:
         return Check(Name.DOCKER_DRIVER, FAIL, f"Docker cannot list {name} volumes: {err}",
                      "journalctl -u nvidia-docker -u docker, then systemctl restart nvidia-docker")
-    names = ", ".join(sorted(v.name for v in volumes)) or "none yet"
+    names = ", ".join(sorted(str(v.get("Name")) for v in volumes)) or "none yet"
     used = "in use by Docker" if name in plugins else "found by Docker"
     return Check(Name.DOCKER_DRIVER, PASS, f"volume driver {name} {used}; volumes: {names}")
 

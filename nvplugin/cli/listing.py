@@ -16,6 +16,7 @@ from nvplugin.api.tabwriter import align
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DiscoveryError
 from nvplugin.core.names import DAEMON_PROGRAM
+from nvplugin.core.text import escape_controls
 from nvplugin.driver import discovery
 from nvplugin.driver.manifest import Manifest
 
@@ -60,7 +61,7 @@ def manifest_json(manifest: Manifest, driver_root: str) -> dict[str, Any]:
 
 def _clean(text: str | None) -> str:
     # Tabs and newlines are structure for the aligner; a file name must not carry them in.
-    return (text or "-").replace("\t", " ").replace("\n", " ")
+    return escape_controls(text or "-")
 
 
 def manifest_text(manifest: Manifest, driver_root: str) -> str:

@@ -51,15 +51,26 @@ def read_cache(root: HostRoot) -> list[ldcache.CacheEntry]:
     return ldcache.parse(data, root.host(LD_CACHE))
 
 
+def read_kernel_version_text(driver_root: Path | str | HostRoot) -> str:
+    """The kernel module's proc/driver/nvidia/version under the root, decoded; the one reader of
+    that file. OSError when the module is not loaded (or the file cannot be read)."""
+    return _root(driver_root).read_bytes(PROC_VERSION).decode(errors="replace")
+
+
+def kernel_version(driver_root: Path | str | HostRoot) -> str | None:
+    """The loaded kernel module's version, or None."""
+    try:
+        return driver_version.from_proc(read_kernel_version_text(driver_root))
+    except OSError:
+        return None
+
+
 def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
     """From proc/driver/nvidia/version under the root, else from the libcuda.so.<version> name."""
     root = _root(driver_root)
-    try:
-        found = driver_version.from_proc(root.read_bytes(PROC_VERSION).decode(errors="replace"))
-        if found:
-            return found
-    except OSError:
-        pass
+    found = kernel_version(root)
+    if found:
+        return found
     try:
         entries = read_cache(root)
     except CacheFormatError:
@@ -102,7 +113,7 @@ def driver_fingerprint(driver_root: Path | str | HostRoot) -> tuple[object, ...]
     """Changes when the driver does: the kernel module's version text and the cache's stat."""
     root = _root(driver_root)
     try:
-        proc: bytes | None = root.read_bytes(PROC_VERSION)
+        proc: str | None = read_kernel_version_text(root)
     except OSError:
         proc = None
     try:

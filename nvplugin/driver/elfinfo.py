@@ -234,5 +234,3 @@ class ElfMemo:
             facts = self._facts[key] = inspect(path, abi_tag=abi_tag)
         return facts
 
-    def clear(self) -> None:
-        self._facts.clear()

@@ -155,11 +155,9 @@ def _load(library: str | None) -> str:
 
 def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlError:
     if err.value == NVML_ERROR_LIB_RM_VERSION_MISMATCH:
-        try:
-            text = (driver_root / "proc/driver/nvidia/version").read_text(errors="replace")
-            kernel = driver_version.from_proc(text)
-        except OSError:
-            kernel = None
+        from nvplugin.driver.discovery import kernel_version  # a failure path only
+
+        kernel = kernel_version(driver_root)
         user = driver_version.from_file_name(str(Path(path).resolve()))
         return NvmlError(f"Driver/library version mismatch: kernel module {kernel or 'unknown'}, "
                          f"user space {user or 'unknown'}; reboot or reload the nvidia module")

@@ -12,11 +12,11 @@ from the input, so nothing a user typed can reach a docker argument. Pure: no I/
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nvplugin.core.errors import SelectionError
+from nvplugin.core.text import quote_untrusted
 from nvplugin.gpu.records import Gpu, MigDevice
 
 ITEM_LIMIT = 64  # characters of an offending item quoted back
@@ -35,16 +35,7 @@ class Selection:
 
 def quote_item(item: str, limit: int = ITEM_LIMIT) -> str:
     """An untrusted item for an error line: cut to `limit` characters, controls escaped."""
-    cut = item[:limit] + ("..." if len(item) > limit else "")
-    out = []
-    for char in cut:
-        if char == "\\":
-            out.append("\\\\")
-        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            out.append(f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    return quote_untrusted(item, limit)
 
 
 def _invalid(item: str) -> SelectionError:

@@ -69,10 +69,6 @@ class Cloner:
         self._lock = threading.Lock()
         self.used: dict[Method, int] = dict.fromkeys(Method, 0)
 
-    def method_for(self, src_dev: int, dst_dev: int) -> Method:
-        """The strategy currently chosen for a device pair (the first one until one fails)."""
-        return self._order[self._start.get((src_dev, dst_dev), 0)]
-
     def clone(self, src: str, dst: str, dst_dev: int | None = None) -> Method:
         """Create `dst` (which must not exist) with the contents and mode of `src`."""
         st = os.stat(src)

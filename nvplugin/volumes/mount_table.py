@@ -37,12 +37,6 @@ class MountTable:
         """How many mounts hold `name` (the sum over its mount IDs)."""
         return sum(self._counts.get(name, {}).values())
 
-    def ids(self, name: str) -> dict[str, int]:
-        return dict(self._counts.get(name, {}))
-
-    def names(self) -> list[str]:
-        return sorted(self._counts)
-
     # -- changing (in memory; call persist() before answering) -------------------------------
     def add(self, name: str, mount_id: str) -> int:
         ids = self._counts.setdefault(name, {})

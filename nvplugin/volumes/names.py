@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from nvplugin.core.errors import VolumeNameError
 from nvplugin.core.names import DRIVER_VOLUME_KIND
+from nvplugin.core.text import escape_controls
 
 KIND = DRIVER_VOLUME_KIND
 NAME_RE = re.compile(r"^([a-zA-Z0-9_.-]+)_([0-9.]+)$")  # 1.0's grammar: greedy, last `_`
@@ -28,7 +29,7 @@ class VolumeInfo:
 def shown(name: str) -> str:
     """A name as echoed in errors and logs: absurd lengths cut, control characters escaped."""
     cut = name if len(name) <= MAX_NAME else name[:64] + f"...({len(name)} characters)"
-    return cut.encode("unicode_escape").decode("ascii") if not cut.isprintable() else cut
+    return escape_controls(cut)
 
 
 def parse_name(name: str) -> str:

@@ -12,7 +12,7 @@ and the pure argv parser: HTTP, JSON, regexes and the docker SDK are imported wh
 
 The wrapper talks to the engine's API as the calling user; when the socket refuses that user and
 `NV_DOCKER` is set (`sudo docker`), its image inspect, pull and volume create go through NV_DOCKER
-instead, as all of 1.0's docker calls did (`client.open_engine`).
+instead, as all of 1.0's docker calls did (`engine.client.open_engine`).
 
 Limits: NVIDIA_* variables from `--env-file` are not seen by the CUDA check.
 """
@@ -194,13 +194,10 @@ def docker_globals(command: Sequence[str]) -> list[str]:
     return []
 
 
-def cli_fallback(
-    command: Sequence[str], inv: Invocation, environ: Mapping[str, str]
-) -> list[str] | None:
-    """NV_DOCKER and the user's global options (`-H`, `--context`, …), for the engine calls when
-    the socket refuses the user; None when NV_DOCKER is not set (no fallback: say how to fix)."""
-    if not environ.get("NV_DOCKER", "").split():
-        return None
+def docker_cli(command: Sequence[str], inv: Invocation) -> list[str]:
+    """The docker command (NV_DOCKER, else `docker`) and the user's global options (`-H`,
+    `--context`, …): what pulls, and what the engine calls fall back to when the socket refuses
+    the user and NV_DOCKER is set, so they reach the same engine as the run itself."""
     top = cmdline.scan(
         inv.args, 0, cmdline.GLOBAL_VALUE_LONG, cmdline.GLOBAL_VALUE_SHORT,
         cmdline.GLOBAL_SHORT_NAMES,
@@ -244,12 +241,14 @@ def rewrite(
     inv: Invocation, environ: Mapping[str, str], command: Sequence[str], err: TextIO
 ) -> list[str]:
     """The docker arguments to exec for a run/create: the originals, or with GPUs added."""
-    from nvplugin.engine import client
+    from nvplugin.engine.client import open_engine
+    from nvplugin.engine.endpoint import resolve_endpoint
     from nvplugin.wrapper import cuda_compat  # lazy: pass-through stays light
 
     engine_inv = split([*docker_globals(command), *inv.args])
-    endpoint = client.resolve_endpoint(engine_inv, environ)
-    engine = client.open_engine(endpoint, cli_fallback(command, inv, environ))
+    endpoint = resolve_endpoint(engine_inv, environ)
+    engine = open_engine(endpoint, docker_cli(command, inv),
+                         fall_back_when_denied=bool(environ.get("NV_DOCKER", "").split()))
     facts = image_facts(engine, inv, err)
     if facts is None:
         return list(inv.args)  # `--pull=never` of a missing image: docker reports it

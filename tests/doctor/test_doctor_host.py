@@ -5,6 +5,7 @@ Doctor runs as users run it: the console entry point in a child process, with --
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -152,6 +153,24 @@ def test_docker_unreachable(daemon, tmp_path):
     assert str(dead) in checks["docker"]["detail"]
     assert "DOCKER_HOST" in checks["docker"]["fix"]
     assert checks["docker-volume-driver"]["status"] == "SKIP"
+
+
+def test_doctor_checks_the_engine_of_the_current_docker_context(daemon, tmp_path):
+    """doctor and the wrapper resolve the engine alike: the CLI's current context counts."""
+    config = tmp_path / "docker-config"
+    digest = hashlib.sha256(b"gpu").hexdigest()
+    meta = config / "contexts" / "meta" / digest / "meta.json"
+    meta.parent.mkdir(parents=True)
+    dead = tmp_path / "context-engine.sock"
+    meta.write_text(json.dumps({"Name": "gpu", "Endpoints": {"docker": {"Host": f"unix://{dead}"}}}))
+    (config / "config.json").write_text(json.dumps({"currentContext": "gpu"}))
+    env = {k: v for k, v in daemon.env.items() if k != "DOCKER_HOST"}
+    env["DOCKER_CONFIG"] = str(config)
+    rc, checks = doctor_for(daemon, env={**env, "DOCKER_HOST": ""})
+    assert rc == 1 and checks["docker"]["status"] == "FAIL"
+    assert f"unix://{dead}" in checks["docker"]["detail"]
+    rc, checks = doctor_for(daemon, env={**env, "DOCKER_HOST": "", "DOCKER_CONTEXT": "default"})
+    assert checks["docker"]["status"] == "PASS", checks["docker"]
 
 
 def test_plugin_socket_absent(daemon, tmp_path):

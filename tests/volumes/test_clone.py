@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from nvplugin.volumes import clone
 from nvplugin.volumes.clone import CloneError, Cloner, Method
 from nvplugin.volumes.store import VolumeStore
 from tests.volumes.conftest import (
@@ -39,11 +40,18 @@ def test_same_filesystem_links(tmp_path: Path):
     assert os.stat(tmp_path / "dst").st_ino == src.stat().st_ino
 
 
-def test_another_filesystem_copies_with_mode_and_time_and_decides_once(tmp_path: Path,
-                                                                       tmpfs: Path):
+def test_another_filesystem_copies_with_mode_and_time_and_decides_once(
+    tmp_path: Path, tmpfs: Path, monkeypatch: pytest.MonkeyPatch
+):
     data = os.urandom(3 * 1024 * 1024 + 7)
     src = _source(tmp_path, 0o4755, data)
     cloner = Cloner()
+    attempts: list[Method] = []
+    for method, place in list(clone._METHODS.items()):
+        def counted(s: str, d: str, st: os.stat_result, method=method, place=place) -> None:
+            attempts.append(method)
+            place(s, d, st)
+        monkeypatch.setitem(clone._METHODS, method, counted)
     calls: list[Method] = []
     for i in range(5):
         dst = tmpfs / f"copy{i}"
@@ -54,7 +62,7 @@ def test_another_filesystem_copies_with_mode_and_time_and_decides_once(tmp_path:
         assert st.st_ino != src.stat().st_ino
     assert calls == [Method.COPY] * 5
     # link and reflink were tried once for this device pair, then skipped.
-    assert cloner.method_for(src.stat().st_dev, tmpfs.stat().st_dev) is Method.COPY
+    assert attempts == [Method.LINK, Method.REFLINK] + [Method.COPY] * 5
     assert cloner.used == {Method.LINK: 0, Method.REFLINK: 0, Method.COPY: 5}
 
 

@@ -17,18 +17,23 @@ from nvplugin.volumes.mount_table import MountTable
 V = "nvidia_driver_1.0"
 
 
+def saved(table: MountTable) -> dict[str, dict[str, int]]:
+    """What the table would write to state.json: counters per volume and mount ID."""
+    return json.loads(table.encode())["mounts"]
+
+
 async def test_counters_per_id(tmp_path: Path):
     table = MountTable(tmp_path / "state.json")
     assert table.add(V, "a") == 1
     assert table.add(V, "a") == 2
     table.add(V, "b")
-    assert (table.count(V), table.ids(V)) == (3, {"a": 2, "b": 1})
+    assert (table.count(V), saved(table)) == (3, {V: {"a": 2, "b": 1}})
     assert table.release(V, "a") == 1
     assert table.release(V, "nope") == 0
     assert table.release("nvidia_driver_9", "a") == 0
     table.release(V, "a")
     table.release(V, "b")
-    assert (table.count(V), table.names()) == (0, [])
+    assert (table.count(V), saved(table)) == (0, {})
 
 
 async def test_saved_atomically_with_mode_0600_and_reloaded(tmp_path: Path):
@@ -43,7 +48,7 @@ async def test_saved_atomically_with_mode_0600_and_reloaded(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp files left
     again = MountTable(path)
     again.load()
-    assert again.ids(V) == {"a": 1} and again.count("nvidia_driver_2.0") == 1
+    assert saved(again)[V] == {"a": 1} and again.count("nvidia_driver_2.0") == 1
 
 
 async def test_concurrent_changes_share_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -72,7 +77,7 @@ async def test_damaged_state_is_set_aside(tmp_path: Path, caplog: pytest.LogCapt
     path.write_text('{"format": 1, "mounts": [')
     table = MountTable(path)
     table.load()
-    assert table.names() == []
+    assert saved(table) == {}
     assert (tmp_path / "state.json.corrupt").read_text().startswith('{"format"')
     assert "Ignoring damaged mount state" in caplog.text
 
@@ -85,7 +90,7 @@ async def test_foreign_state_is_refused(tmp_path: Path, body: object):
     path.write_text(json.dumps(body))
     table = MountTable(path)
     table.load()
-    assert table.names() == [] and (tmp_path / "state.json.corrupt").exists()
+    assert saved(table) == {} and (tmp_path / "state.json.corrupt").exists()
 
 
 async def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path):

@@ -98,7 +98,7 @@ async def test_other_versions_cannot_be_created(store: VolumeStore):
     ("nvidia_driver_1/2", "bad volume format: nvidia_driver_1/2"),
     ("../nvidia_driver_1", "bad volume format: ../nvidia_driver_1"),
     ("nvidia_driver_1\x002", "bad volume format: nvidia_driver_1\\x002"),
-    ("nvidia_driver_1\n", "bad volume format: nvidia_driver_1\\n"),
+    ("nvidia_driver_1\n", "bad volume format: nvidia_driver_1\\x0a"),
     ("nvidia_opencl_1.0", "unsupported volume: nvidia_opencl_1.0"),
 ], ids=["plain", "anonymous", "no-version", "dotdot", "empty-part", "slash", "parent", "nul",
         "newline", "other-kind"])

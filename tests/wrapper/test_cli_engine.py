@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from nvplugin.core.errors import DockerError, ImagePullError, PluginDaemonError
-from nvplugin.engine.client import DEFAULT_HOST, CliEngine, Endpoint, Engine, open_engine
+from nvplugin.engine.client import CliEngine, Engine, open_engine
+from nvplugin.engine.endpoint import DEFAULT_HOST, Endpoint
 from nvplugin.wrapper import nvidia_docker
 from nvplugin.wrapper.cmdline import split
 from tests.dockerenv import DockerEngine, ImageFactory
@@ -92,23 +93,27 @@ def test_missing_nv_docker_program() -> None:
 def test_open_engine_keeps_the_api_when_the_socket_admits_the_user(
     docker_engine: DockerEngine,
 ) -> None:
-    engine = open_engine(Endpoint(DEFAULT_HOST), ["sudo", "docker"])
+    engine = open_engine(Endpoint(DEFAULT_HOST), ["sudo", "docker"], fall_back_when_denied=True)
     assert isinstance(engine, Engine)
     engine.close()
     with pytest.raises(DockerError, match=r"^cannot connect to the Docker daemon at unix:///nowhere"):
-        open_engine(Endpoint("unix:///nowhere"), ["sudo", "docker"])  # absent is not refused
+        open_engine(Endpoint("unix:///nowhere"), ["sudo", "docker"],
+                    fall_back_when_denied=True)  # absent is not refused
 
 
 @pytest.mark.parametrize(
     ("nv_docker", "argv", "expected"),
-    [("", ["run", "img"], None), ("  ", ["run", "img"], None),
+    [("", ["run", "img"], ["docker"]), ("  ", ["run", "img"], ["docker"]),
+     ("", ["-H", "ssh://gpu", "run", "img"], ["docker", "-H", "ssh://gpu"]),
      ("sudo docker", ["run", "img"], ["sudo", "docker"]),
      ("sudo docker -D", ["--config", "/c", "-l", "info", "container", "run", "-it", "img"],
       ["sudo", "docker", "-D", "--config", "/c", "-l", "info"]),
      ("sudo docker", ["-c", "container", "run", "img"], ["sudo", "docker", "-c", "container"])],
-    ids=["unset", "blank", "plain", "user-globals", "context-named-container"],
+    ids=["unset", "blank", "ssh-host", "plain", "user-globals", "context-named-container"],
 )  # fmt: skip
-def test_cli_fallback_command(nv_docker: str, argv: list[str], expected: list[str] | None):
+def test_docker_cli_command(nv_docker: str, argv: list[str], expected: list[str]):
+    """The docker CLI the engine falls back to (NV_DOCKER) or pulls with: the user's command and
+    global options, so it reaches the same engine as the run itself."""
     environ = {"NV_DOCKER": nv_docker} if nv_docker else {}
     command = nvidia_docker.docker_command(environ)
-    assert nvidia_docker.cli_fallback(command, split(argv), environ) == expected
+    assert nvidia_docker.docker_cli(command, split(argv)) == expected

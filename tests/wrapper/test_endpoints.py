@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from nvplugin.core.errors import ConfigError, DockerError
-from nvplugin.engine.client import DEFAULT_HOST, display_reference, resolve_endpoint
+from nvplugin.engine.client import display_reference
+from nvplugin.engine.endpoint import DEFAULT_HOST, resolve_endpoint
 from nvplugin.wrapper.cmdline import split
 from nvplugin.wrapper.nvidia_docker import (
     PluginAddress,

@@ -22,7 +22,8 @@ import pytest
 
 from nvplugin.core.errors import DockerError, PluginDaemonError
 from nvplugin.engine import transport
-from nvplugin.engine.client import DEFAULT_HOST, Endpoint, Engine
+from nvplugin.engine.client import CliEngine, Engine, EngineLike, open_engine
+from nvplugin.engine.endpoint import DEFAULT_HOST, Endpoint
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.requirements import need_tool
 
@@ -184,19 +185,50 @@ def test_engine_connection_refuses(host: str, message: str) -> None:
 
 # --- Engine against the real Docker Engine ----------------------------------------------------
 
-# `http+unix://` is a form only the SDK speaks: it stands in for `ssh://` (the SDK's other path).
-SDK_HOST = "http+unix:///var/run/docker.sock"
+# An `ssh://` engine is reached through the docker CLI (open_engine's choice); here the CLI is
+# pointed at the local engine, so both transports answer the same questions about one engine.
+SSH_HOST = "ssh://gpu-box"
+LOCAL_CLI = ["docker", "-H", DEFAULT_HOST]
 
 
-@pytest.fixture(params=[DEFAULT_HOST, SDK_HOST], ids=["engine_http", "sdk"])
-def engine(request: pytest.FixtureRequest, docker_engine: DockerEngine) -> Iterator[Engine]:
-    engine = Engine(Endpoint(request.param))
+@pytest.fixture(params=["api", "cli"], ids=["engine_api", "ssh_through_cli"])
+def engine(request: pytest.FixtureRequest, docker_engine: DockerEngine) -> Iterator[EngineLike]:
+    if request.param == "api":
+        engine: EngineLike = open_engine(Endpoint(DEFAULT_HOST), LOCAL_CLI)
+        assert isinstance(engine, Engine)
+    else:
+        engine = open_engine(Endpoint(SSH_HOST), LOCAL_CLI)
+        assert isinstance(engine, CliEngine)
     yield engine
     engine.close()
 
 
+def test_ssh_without_a_docker_cli_is_a_clear_error() -> None:
+    with pytest.raises(DockerError, match=r"^cannot reach the Docker daemon at ssh://gpu-box: "
+                       r"only the docker CLI speaks this transport$"):
+        open_engine(Endpoint(SSH_HOST))
+
+
+def test_the_api_engine_reads_version_info_and_volumes(docker_engine: DockerEngine) -> None:
+    engine = Engine(Endpoint(DEFAULT_HOST))
+    try:
+        assert engine.version()["ApiVersion"] == docker_engine.api.version()["ApiVersion"]
+        assert "Plugins" in engine.info()
+        name = f"nvtest_ls_{uuid.uuid4().hex[:8]}"
+        engine.ensure_volume(name, "local")
+        try:
+            assert name in {v["Name"] for v in engine.volumes("local")}
+            assert name not in {v["Name"] for v in engine.volumes("nvidia-docker-none")}
+        finally:
+            docker_engine.api.remove_volume(name, force=True)
+        running = {c["Id"] for c in docker_engine.client.api.containers()}
+        assert {c["Id"] for c in engine.containers()} == running
+    finally:
+        engine.close()
+
+
 def test_inspect_and_volume_on_the_real_engine(
-    engine: Engine, make_image: ImageFactory, docker_engine: DockerEngine
+    engine: EngineLike, make_image: ImageFactory, docker_engine: DockerEngine
 ) -> None:
     image = make_image(labels={"com.example.x": "1"}, env={"NVPLUGIN_T": "a=b"})
     facts = engine.inspect_image(image)
@@ -214,7 +246,8 @@ def test_inspect_and_volume_on_the_real_engine(
         docker_engine.api.remove_volume(name, force=True)
 
 
-def test_real_engine_errors_carry_its_message(engine: Engine) -> None:
+def test_real_engine_errors_carry_its_message(docker_engine: DockerEngine) -> None:
+    engine = Engine(Endpoint(DEFAULT_HOST))
     with pytest.raises(DockerError) as bad_ref:
         engine.inspect_image("Bad Ref")
     assert str(bad_ref.value).startswith("cannot inspect image 'Bad Ref': no such image: Bad Ref: ")
@@ -276,9 +309,8 @@ def test_missing_volume_plugin_gets_the_start_hint(unix_server: tuple[str, Scrip
 @pytest.mark.parametrize(
     ("host", "why"),
     [("unix:///nonexistent.sock", "No such file or directory"),
-     ("tcp://127.0.0.1:1", "Connection refused"),
-     ("http+unix:///nonexistent.sock", "Error while fetching server API version: ")],
-    ids=["unix", "tcp", "sdk"],
+     ("tcp://127.0.0.1:1", "Connection refused")],
+    ids=["unix", "tcp"],
 )  # fmt: skip
 def test_unreachable_engine(host: str, why: str) -> None:
     with pytest.raises(DockerError) as caught:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from nvplugin import __version__
-from nvplugin.engine.client import DEFAULT_HOST
+from nvplugin.engine.endpoint import DEFAULT_HOST
 from nvplugin.wrapper import nvidia_docker
 from tests.dockerenv import DockerEngine, ImageFactory
 from tests.wrapper.fakeplugin import FakePlugin
