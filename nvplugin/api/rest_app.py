@@ -1,7 +1,7 @@
 """The REST API on localhost:3476: nvidia-docker 1.0's routes, under `/v1.0` and unversioned.
 
-Handlers parse the query, make one service call and hand records to `render_text`, `render_json`
-or `cli_args`. One middleware maps failures to one-line `text/plain` answers: 400 for a bad
+Handlers parse the query, make one service call and hand records to `text_pages`, `json_docs`
+or `launch_args`. One middleware maps failures to one-line `text/plain` answers: 400 for a bad
 selector, 404/405 for routing, 503 while the driver or NVML is unavailable, and 500 (logged once,
 with the route) for anything unexpected.
 """

@@ -14,7 +14,7 @@ tabwidth 4, padding 0, space padding, no flags. The rules that produce its outpu
 
 This is why `Cores:        N/A` in 1.0's second sample is wider than the first: its block runs on
 into `P2P Available:  None`. Only `\\t` and `\\n` are structural here; 1.0's templates used no
-`\\v`, `\\f` or escape bytes, and callers strip control characters from values (see render_text.py).
+`\\v`, `\\f` or escape bytes, and callers escape control characters in values (core/text.py).
 
 Pure: text in, text out.
 """

@@ -17,7 +17,7 @@ import json
 import socket
 import urllib.parse
 
-TYPE_CHECKING = False  # as in docker_argv: no `typing` import at run time
+TYPE_CHECKING = False  # as in wrapper/cmdline: no `typing` import at run time
 if TYPE_CHECKING:
     import ssl
     from typing import Any
@@ -41,7 +41,7 @@ class Unreachable(Exception):
 
 
 class Reply:
-    """A complete HTTP answer (a plain class with slots: see docker_argv on start-up cost)."""
+    """A complete HTTP answer (a plain class with slots: see wrapper/cmdline on start-up cost)."""
 
     __slots__ = ("body", "reason", "status")
 

@@ -1,6 +1,6 @@
 """`nvidia_driver_<version>` volumes: built from a Manifest, tracked, removed.
 
-A volume is `<volumes_dir>/nvidia_driver/<version>/`, built by volume_build.py in a hidden
+A volume is `<volumes_dir>/nvidia_driver/<version>/`, built by volumes/build.py in a hidden
 sibling and renamed into place, so a crash or a concurrent reader never sees half a volume; one
 asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
 single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,

@@ -28,7 +28,7 @@ from nvplugin.core.names import PLUGIN_NAME, VOLUME_KINDS
 from nvplugin.wrapper import cmdline
 from nvplugin.wrapper.cmdline import Invocation, insert_before_image, split
 
-TYPE_CHECKING = False  # as in docker_argv: no `typing` import at run time
+TYPE_CHECKING = False  # as in wrapper/cmdline: no `typing` import at run time
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from typing import Any, TextIO
@@ -45,7 +45,7 @@ _NV_HOST = r"^(?:\[(?P<ip6>[0-9A-Fa-f.:]+)\]|(?P<host>[0-9A-Za-z.\-_]*))(?::(?P<
 
 
 class PluginAddress:
-    """Where the daemon's REST API listens (a plain class: see docker_argv on start-up cost)."""
+    """Where the daemon's REST API listens (a plain class: see wrapper/cmdline on start-up cost)."""
 
     __slots__ = ("host", "port", "scheme")
 
