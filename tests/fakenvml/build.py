@@ -2,7 +2,9 @@
 
 Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is replaced):
 
-    top level   driver_version "580.159.04", cuda_version 13000, init_error "DRIVER_NOT_LOADED"|…,
+    top level   driver_version "580.159.04" (missing or null: the library file's own version,
+                build_fake_nvml(version=...); a build without one reports UNKNOWN),
+                cuda_version 13000, init_error "DRIVER_NOT_LOADED"|…,
                 missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
                 pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
                 call_delay_ms 1 (sleep at the start of every call: makes on-loop calls visible),
@@ -28,6 +30,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -36,6 +39,7 @@ from typing import Any
 
 SOURCE = Path(__file__).with_name("fakenvml.c")
 SONAME = "libnvidia-ml.so.1"
+VERSION_RE = re.compile(r"[0-9]+(\.[0-9]+)+")
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -129,21 +133,28 @@ def write_config(path: Path, config: Mapping[str, Any]) -> Path:
     return path
 
 
-def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), gcc: str = "gcc") -> Path:
+def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), version: str | None = None,
+                    gcc: str = "gcc") -> Path:
     """Compile fakenvml.c into `out_dir/libnvidia-ml.so.1`; `omit` drops those entry points.
 
-    Reuses an existing build of the same source and options.
+    With `version`, the file is a driver's own: `out_dir/libnvidia-ml.so.<version>` (soname still
+    libnvidia-ml.so.1) reporting that version unless the config names one; `link_soname` points
+    `libnvidia-ml.so.1` at it. Reuses an existing build of the same source and options.
     """
     omitted = sorted(set(omit))
     flags = [f"-DOMIT_{name}" for name in omitted]
+    if version is not None:
+        if not VERSION_RE.fullmatch(version):
+            raise ValueError(f"not a driver version: {version!r} (digits and dots: 580.159.04)")
+        flags.append(f'-DFAKE_DRIVER_VERSION="{version}"')
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / SONAME
-    stamp = out_dir / ".fakenvml-build"
+    target = out_dir / (SONAME if version is None else f"libnvidia-ml.so.{version}")
+    stamp = out_dir / f".{target.name}.build"
     if target.exists() and stamp.exists() and stamp.read_text() == digest:
         return target
-    tmp = out_dir / f".{SONAME}.tmp"
-    cmd = [gcc, "-O2", "-Wall", "-shared", "-fPIC", f"-Wl,-soname,{SONAME}", *flags,
+    tmp = out_dir / f".{target.name}.tmp"
+    cmd = [gcc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", f"-Wl,-soname,{SONAME}", *flags,
            "-o", str(tmp), str(SOURCE), "-lpthread"]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
@@ -151,3 +162,14 @@ def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), gcc: str = "gcc"
     os.replace(tmp, target)
     stamp.write_text(digest)
     return target
+
+
+def link_soname(library: Path) -> Path:
+    """Point `libnvidia-ml.so.1` beside `library` at it (relative, atomically), as ldconfig does
+    when a driver is installed; returns the link."""
+    link = library.with_name(SONAME)
+    tmp = library.with_name(f".{SONAME}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(library.name, tmp)
+    os.replace(tmp, link)
+    return link

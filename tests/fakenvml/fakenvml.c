@@ -6,6 +6,11 @@
  * Self-contained on purpose (no headers of our own, no -D needed): tests/fakehost compiles this
  * file as a fake driver host's libnvidia-ml.so.<version>.
  *
+ * The driver version is a property of the library file, as with NVIDIA's: -DFAKE_DRIVER_VERSION=
+ * "580.159.04" compiles it in (build_fake_nvml(version=...)); a build without it reports the
+ * version in the name of the file it was loaded from (libnvidia-ml.so.<version>, through any
+ * links), which is what tests/fakehost's copies are. The config's "driver_version" wins over both.
+ *
  * Conventions of the config (schema in tests/fakenvml/build.py):
  *   - a missing key or null reads as NVML_ERROR_NOT_SUPPORTED;
  *   - a string that names an NVML error ("NOT_SUPPORTED", "GPU_IS_LOST", ...) makes the call
@@ -36,6 +41,8 @@ typedef int nvmlReturn_t;
 #define E_FUNCTION_NOT_FOUND 13
 #define E_UNKNOWN 999
 #define MAX_GPUS 64
+/* A helper only of entry points that -DOMIT_<function> can remove (variant builds stay -Werror). */
+#define OMITTABLE __attribute__((unused))
 #define MAX_MIG 8
 
 static const struct { const char *name; int code; const char *text; } ERRORS[] = {
@@ -364,17 +371,53 @@ const char *fakeNvmlLibraryPath(void) {
 }
 
 /* ---- system ------------------------------------------------------------------------------- */
+#ifdef FAKE_DRIVER_VERSION
+static const char BUILT_VERSION[] = FAKE_DRIVER_VERSION;
+#else
+static const char BUILT_VERSION[] = "";
+#endif
+
+/* "580.159.04" from ".../libnvidia-ml.so.580.159.04"; "" for libnvidia-ml.so.1 itself. */
+static void version_from_file_name(char *out, size_t len) {
+    Dl_info info;
+    char real[4096];
+    static const char PREFIX[] = "libnvidia-ml.so.";
+    out[0] = 0;
+    if (!dladdr((void *)anchor, &info) || !info.dli_fname || !realpath(info.dli_fname, real)) return;
+    const char *base = strrchr(real, '/');
+    base = base ? base + 1 : real;
+    if (strncmp(base, PREFIX, sizeof PREFIX - 1)) return;
+    const char *v = base + sizeof PREFIX - 1;
+    if (!strchr(v, '.') || strspn(v, "0123456789.") != strlen(v) || strlen(v) >= len) return;
+    memcpy(out, v, strlen(v) + 1);
+}
+
+/* The config's "driver_version" (an error name makes the call fail), else the library's own. */
+static int driver_version(char *out, size_t len) {
+    jv *v = jget(cfg, "driver_version");
+    if (v && v->type == J_STR) {
+        if (error_code(v->str) >= 0) return error_code(v->str);
+        snprintf(out, len, "%s", v->str);
+        return OK;
+    }
+    if (v && v->type != J_NULL) return E_UNKNOWN;
+    if (BUILT_VERSION[0]) snprintf(out, len, "%s", BUILT_VERSION);
+    else version_from_file_name(out, len);
+    return out[0] ? OK : E_UNKNOWN;
+}
+
 nvmlReturn_t nvmlSystemGetDriverVersion(char *buf, unsigned len) {
     ENTER(1);
-    jv *v = jget(cfg, "driver_version");
-    LEAVE(v && v->type == J_STR ? copy_out(v->str, buf, len) : E_UNKNOWN);
+    char version[96];
+    int rc = driver_version(version, sizeof version);
+    LEAVE(rc == OK ? copy_out(version, buf, len) : rc);
 }
 
 nvmlReturn_t nvmlSystemGetNVMLVersion(char *buf, unsigned len) {
     ENTER(1);
-    jv *v = jget(cfg, "driver_version");
-    char text[96];
-    snprintf(text, sizeof text, "13.%s", v && v->type == J_STR ? v->str : "0");
+    char version[96], text[112];
+    if (driver_version(version, sizeof version) != OK) snprintf(version, sizeof version, "0");
+    snprintf(text, sizeof text, "13.%s", version);
     LEAVE(copy_out(text, buf, len));
 }
 
@@ -430,8 +473,9 @@ typedef struct {
 static int fill_pci(const char *bus_id, nvmlPciInfo_t *pci) {
     unsigned domain = 0, bus = 0, dev = 0, fn = 0;
     if (sscanf(bus_id, "%x:%x:%x.%x", &domain, &bus, &dev, &fn) != 4) return E_UNKNOWN;
+    if (strlen(bus_id) >= sizeof pci->busId) return E_UNKNOWN;
     memset(pci, 0, sizeof *pci);
-    snprintf(pci->busId, sizeof pci->busId, "%s", bus_id);
+    memcpy(pci->busId, bus_id, strlen(bus_id) + 1);
     snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%04X:%02X:%02X.%X", domain, bus, dev, fn);
     pci->domain = domain; pci->bus = bus; pci->device = dev;
     pci->pciDeviceId = 0x233510DE;
@@ -569,7 +613,7 @@ nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *
 #endif
 
 /* Peer tables are arrays indexed by the peer's NVML index. */
-static int peer_value(nvmlDevice_t d1, nvmlDevice_t d2, const char *key, unsigned *out) {
+static OMITTABLE int peer_value(nvmlDevice_t d1, nvmlDevice_t d2, const char *key, unsigned *out) {
     jv *dev = device(d1);
     if (!dev || !device(d2)) return E_INVALID_ARGUMENT;
     jv *table = jget(dev, key);
@@ -591,7 +635,7 @@ nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t a, nvmlDevice_t b, unsigned ind
 #endif
 
 /* "nvlinks": one entry per link: null (inactive) or the remote bus id (active). */
-static int nvlink(nvmlDevice_t d, unsigned link, jv **entry) {
+static OMITTABLE int nvlink(nvmlDevice_t d, unsigned link, jv **entry) {
     jv *dev = device(d);
     if (!dev) return E_INVALID_ARGUMENT;
     jv *links = jget(dev, "nvlinks");

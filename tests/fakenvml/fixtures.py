@@ -1,7 +1,8 @@
 """Pytest fixtures for the fake NVML (registered as a plugin by tests/conftest.py).
 
     fake_nvml_lib           session: Path of the built libnvidia-ml.so.1
-    fake_nvml_lib_variant   session: callable(omit=[...]) -> Path of a build without those symbols
+    fake_nvml_lib_variant   session: callable(omit=[...], version=None) -> Path of a build
+                            without those symbols (with `version`: libnvidia-ml.so.<version>)
     nvml_config_factory     the `make_config(n_gpus, gpus=..., **top)` helper from build.py
     fake_nvml               function: FakeNvml, one H200 by default, $FAKE_NVML_CONFIG set
 
@@ -79,13 +80,13 @@ def fake_nvml_lib_variant(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Callable[..., Path]:
     gcc = need_tool("gcc")
-    built: dict[tuple[str, ...], Path] = {}
+    built: dict[tuple[tuple[str, ...], str | None], Path] = {}
 
-    def build(omit: Iterable[str] = ()) -> Path:
-        key = tuple(sorted(set(omit)))
+    def build(omit: Iterable[str] = (), version: str | None = None) -> Path:
+        key = (tuple(sorted(set(omit))), version)
         if key not in built:
             built[key] = build_fake_nvml(
-                tmp_path_factory.mktemp("fakenvml-variant"), omit=key, gcc=gcc
+                tmp_path_factory.mktemp("fakenvml-variant"), omit=key[0], version=version, gcc=gcc
             )
         return built[key]
 
