@@ -8,7 +8,8 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
                 pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
                 call_delay_ms 1 (sleep at the start of every call: makes on-loop calls visible),
-                process_names {"<pid>": "name"} (nvmlSystemGetProcessName), gpus [...]
+                process_names {"<pid>": "name"} (nvmlSystemGetProcessName), gpus [...],
+                events_file "/path/events.jsonl" (FakeNvml.write sets it: FakeNvml.events_path)
     per GPU     name, uuid, minor, bus_id, handle_error, memory_total/memory_used (bytes),
                 bar1_total/bar1_used (bytes), power_limit_mw, power_usage_mw,
                 max_clock_{graphics,sm,mem,video}, clock_{graphics,sm,mem,video} (MHz),
@@ -18,7 +19,20 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 ecc_l1, ecc_l2, ecc_device_memory (uncorrected volatile counts),
                 topology [NVML level per peer index], p2p [NVML P2P status per peer index],
                 nvlinks [remote bus id or null per link], processes [{pid, used_memory}],
-                mig_devices [{uuid, gpu_instance_id, compute_instance_id} or null per slot]
+                mig_devices [{uuid, gpu_instance_id, compute_instance_id} or null per slot],
+                lost true (GPU_IS_LOST from every call on it, its handle and MIG devices),
+                event_types ["xid", "double_bit_ecc", …] or a mask
+                (nvmlDeviceGetSupportedEventTypes; nvmlDeviceRegisterEvents refuses others)
+    events      one JSON object a line, appended to events_file while the process runs
+                (FakeNvml.inject_event): {"gpu": 0, "type": "xid", "data": 79,
+                "gpu_instance_id": 1, "compute_instance_id": 0} (ids optional: 0xFFFFFFFF);
+                type is a name below or an NVML bit; "gpu_lost" makes nvmlEventSetWait answer
+                GPU_IS_LOST (FakeNvml.lose_gpu also sets "lost"). Each event set gets each line
+                once: those for a GPU and type it registered, appended after the registration.
+                Names: single_bit_ecc 0x1, double_bit_ecc 0x2, pstate 0x4, xid 0x8, clock 0x10,
+                power_source_change 0x80, mig_config_change 0x100, single_bit_ecc_storm 0x200,
+                dram_retirement 0x400, dram_retirement_failure 0x800, non_fatal_poison 0x1000,
+                fatal_poison 0x2000, gpu_unavailable 0x4000, gpu_recovery_action 0x8000.
 
 A missing key or `null` answers NVML_ERROR_NOT_SUPPORTED; a string naming an NVML error
 ("NOT_SUPPORTED", "GPU_IS_LOST", "NO_PERMISSION", …) makes that call return it.
@@ -39,6 +53,7 @@ from typing import Any
 
 SOURCE = Path(__file__).with_name("fakenvml.c")
 SONAME = "libnvidia-ml.so.1"
+EVENTS_FILE = "fakenvml-events.jsonl"  # FakeNvml's "events_file", beside its config
 VERSION_RE = re.compile(r"[0-9]+(\.[0-9]+)+")
 
 GIB = 1 << 30
@@ -86,6 +101,8 @@ H200: dict[str, Any] = {
     "ecc_device_memory": 0,
     "nvlinks": [None] * 18,
     "processes": [],
+    # Not read from the host: the types NVML's documentation lists for an ECC-enabled GPU.
+    "event_types": ["single_bit_ecc", "double_bit_ecc", "pstate", "xid", "clock"],
 }
 
 
@@ -121,6 +138,15 @@ def make_config(n_gpus: int = 1, *, gpus: list[dict[str, Any]] | None = None, **
     }
     config.update(top)
     return config
+
+
+def append_event(path: Path, event: Mapping[str, Any]) -> None:
+    """Append one event line in a single write, so the fake never reads half of it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (json.dumps(event) + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 def write_config(path: Path, config: Mapping[str, Any]) -> Path:

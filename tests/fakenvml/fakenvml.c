@@ -38,7 +38,10 @@ typedef int nvmlReturn_t;
 #define E_NOT_FOUND 6
 #define E_INSUFFICIENT_SIZE 7
 #define E_DRIVER_NOT_LOADED 9
+#define E_TIMEOUT 10
 #define E_FUNCTION_NOT_FOUND 13
+#define E_GPU_IS_LOST 15
+#define E_MEMORY 20
 #define E_UNKNOWN 999
 #define MAX_GPUS 64
 /* A helper only of entry points that -DOMIT_<function> can remove (variant builds stay -Werror). */
@@ -277,6 +280,14 @@ static int gpu_count(void) {
     return gpus && gpus->type == J_ARR ? (gpus->n < MAX_GPUS ? gpus->n : MAX_GPUS) : 0;
 }
 
+/* "lost": true on a GPU: it fell off the bus; every call on it (and its MIG devices) fails. */
+static int lost(nvmlDevice_t d) {
+    if (!d || d->gpu < 0 || d->gpu >= gpu_count()) return 0;
+    jv *v = jget(jat(jget(cfg, "gpus"), d->gpu), "lost");
+    return v && v->type == J_BOOL && v->num;
+}
+#define ENTER_DEV(d) do { ENTER(1); if (lost(d)) LEAVE(E_GPU_IS_LOST); } while (0)
+
 static jv *device(nvmlDevice_t d) {
     if (!d || d->gpu < 0 || d->gpu >= gpu_count()) return NULL;
     jv *gpu = jat(jget(cfg, "gpus"), d->gpu);
@@ -314,7 +325,7 @@ static int dev_str(nvmlDevice_t d, const char *key, char *buf, unsigned len) {
 
 #define UINT_GETTER(name, key)                                          \
     nvmlReturn_t name(nvmlDevice_t d, unsigned *out) {                  \
-        ENTER(1);                                                       \
+        ENTER_DEV(d);                                                   \
         double v = 0;                                                   \
         int rc = dev_num(d, key, &v);                                   \
         if (rc == OK) *out = (unsigned)v;                               \
@@ -454,14 +465,15 @@ static int handle_by_index(unsigned index, nvmlDevice_t *out) {
     if (index >= (unsigned)gpu_count()) return E_INVALID_ARGUMENT;
     jv *err = jget(jat(jget(cfg, "gpus"), (int)index), "handle_error");
     if (err && err->type == J_STR) return error_code(err->str) < 0 ? E_UNKNOWN : error_code(err->str);
+    if (lost(&gpu_handles[index])) return E_GPU_IS_LOST;
     *out = &gpu_handles[index];
     return OK;
 }
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
 nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
 
-nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *buf, unsigned len) { ENTER(1); LEAVE(dev_str(d, "uuid", buf, len)); }
-nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *buf, unsigned len) { ENTER(1); LEAVE(dev_str(d, "name", buf, len)); }
+nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *buf, unsigned len) { ENTER_DEV(d); LEAVE(dev_str(d, "uuid", buf, len)); }
+nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *buf, unsigned len) { ENTER_DEV(d); LEAVE(dev_str(d, "name", buf, len)); }
 UINT_GETTER(nvmlDeviceGetMinorNumber, "minor")
 
 typedef struct {
@@ -484,7 +496,7 @@ static int fill_pci(const char *bus_id, nvmlPciInfo_t *pci) {
 }
 
 nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci) {
-    ENTER(1);
+    ENTER_DEV(d);
     char bus_id[64];
     int rc = dev_str(d, "bus_id", bus_id, sizeof bus_id);
     LEAVE(rc == OK ? fill_pci(bus_id, pci) : rc);
@@ -509,7 +521,7 @@ static unsigned long long reserved(nvmlDevice_t d) {
     return dev_num(d, "memory_reserved", &r) == OK ? (unsigned long long)r : 0;
 }
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
-    ENTER(1);
+    ENTER_DEV(d);
     int rc = memory(d, &m->total, &m->used);
     m->used += reserved(d);
     m->free = m->total - m->used;
@@ -517,7 +529,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
 }
 #ifndef OMIT_nvmlDeviceGetMemoryInfo_v2
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
-    ENTER(1);
+    ENTER_DEV(d);
     int rc = memory(d, &m->total, &m->used);
     m->reserved = reserved(d);
     m->free = m->total - m->used - m->reserved;
@@ -527,7 +539,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
 
 typedef struct { unsigned long long total, free, used; } nvmlBAR1Memory_t;
 nvmlReturn_t nvmlDeviceGetBAR1MemoryInfo(nvmlDevice_t d, nvmlBAR1Memory_t *m) {
-    ENTER(1);
+    ENTER_DEV(d);
     double t = 0, u = 0;
     int rc = dev_num(d, "bar1_total", &t);
     if (rc == OK) rc = dev_num(d, "bar1_used", &u);
@@ -549,7 +561,7 @@ UINT_GETTER(nvmlDeviceGetPersistenceMode, "persistence")
 
 #ifndef OMIT_nvmlDeviceGetNumaNodeId
 nvmlReturn_t nvmlDeviceGetNumaNodeId(nvmlDevice_t d, int *out) {
-    ENTER(1);
+    ENTER_DEV(d);
     double v = 0;
     int rc = dev_num(d, "numa_node", &v);
     if (rc == OK) *out = (int)v;
@@ -567,11 +579,11 @@ static int clock_value(nvmlDevice_t d, const char *prefix, unsigned type, unsign
     if (rc == OK) *out = (unsigned)v;
     return rc;
 }
-nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER(1); LEAVE(clock_value(d, "max_clock_", type, out)); }
-nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER(1); LEAVE(clock_value(d, "clock_", type, out)); }
+nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER_DEV(d); LEAVE(clock_value(d, "max_clock_", type, out)); }
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, unsigned type, unsigned *out) { ENTER_DEV(d); LEAVE(clock_value(d, "clock_", type, out)); }
 
 nvmlReturn_t nvmlDeviceGetCudaComputeCapability(nvmlDevice_t d, int *major, int *minor) {
-    ENTER(1);
+    ENTER_DEV(d);
     jv *dev = device(d);
     if (!dev) LEAVE(E_INVALID_ARGUMENT);
     jv *cc = jget(dev, "compute_capability");
@@ -591,9 +603,9 @@ static int enable_state(nvmlDevice_t d, const char *key, unsigned *current, unsi
     if (rc == OK) *current = *pending = (unsigned)v;
     return rc;
 }
-nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER(1); LEAVE(enable_state(d, "ecc", cur, pend)); }
+nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER_DEV(d); LEAVE(enable_state(d, "ecc", cur, pend)); }
 #ifndef OMIT_nvmlDeviceGetMigMode
-nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER(1); LEAVE(enable_state(d, "mig_mode", cur, pend)); }
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned *cur, unsigned *pend) { ENTER_DEV(d); LEAVE(enable_state(d, "mig_mode", cur, pend)); }
 #endif
 
 typedef struct {
@@ -603,7 +615,7 @@ typedef struct {
 } nvmlDeviceAttributes_t;
 #ifndef OMIT_nvmlDeviceGetAttributes_v2
 nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *a) {
-    ENTER(1);
+    ENTER_DEV(d);
     double v = 0;
     int rc = dev_num(d, "multiprocessors", &v);
     memset(a, 0, sizeof *a);
@@ -616,6 +628,7 @@ nvmlReturn_t nvmlDeviceGetAttributes_v2(nvmlDevice_t d, nvmlDeviceAttributes_t *
 static OMITTABLE int peer_value(nvmlDevice_t d1, nvmlDevice_t d2, const char *key, unsigned *out) {
     jv *dev = device(d1);
     if (!dev || !device(d2)) return E_INVALID_ARGUMENT;
+    if (lost(d2)) return E_GPU_IS_LOST;
     jv *table = jget(dev, key);
     if (!table || table->type != J_ARR) return value_of(table, &(double){0});
     double v = 0;
@@ -624,12 +637,12 @@ static OMITTABLE int peer_value(nvmlDevice_t d1, nvmlDevice_t d2, const char *ke
     return rc;
 }
 #ifndef OMIT_nvmlDeviceGetTopologyCommonAncestor
-nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b, unsigned *out) { ENTER(1); LEAVE(peer_value(a, b, "topology", out)); }
+nvmlReturn_t nvmlDeviceGetTopologyCommonAncestor(nvmlDevice_t a, nvmlDevice_t b, unsigned *out) { ENTER_DEV(a); LEAVE(peer_value(a, b, "topology", out)); }
 #endif
 #ifndef OMIT_nvmlDeviceGetP2PStatus
 nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t a, nvmlDevice_t b, unsigned index, unsigned *out) {
     (void)index;
-    ENTER(1);
+    ENTER_DEV(a);
     LEAVE(peer_value(a, b, "p2p", out));
 }
 #endif
@@ -646,14 +659,14 @@ static OMITTABLE int nvlink(nvmlDevice_t d, unsigned link, jv **entry) {
 }
 #ifndef OMIT_nvmlDeviceGetNvLinkState
 nvmlReturn_t nvmlDeviceGetNvLinkState(nvmlDevice_t d, unsigned link, unsigned *active) {
-    ENTER(1);
+    ENTER_DEV(d);
     jv *e = NULL;
     int rc = nvlink(d, link, &e);
     if (rc == OK) *active = e->type == J_STR;
     LEAVE(rc);
 }
 nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned link, nvmlPciInfo_t *pci) {
-    ENTER(1);
+    ENTER_DEV(d);
     jv *e = NULL;
     int rc = nvlink(d, link, &e);
     if (rc == OK) rc = e->type == J_STR ? fill_pci(e->str, pci) : E_NOT_SUPPORTED;
@@ -664,14 +677,14 @@ nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned link, 
 /* ---- MIG ---------------------------------------------------------------------------------- */
 #ifndef OMIT_nvmlDeviceGetMaxMigDeviceCount
 nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned *out) {
-    ENTER(1);
+    ENTER_DEV(d);
     jv *migs = jget(device(d), "mig_devices");
     if (!migs || migs->type != J_ARR) LEAVE(E_NOT_SUPPORTED);
     *out = (unsigned)(migs->n < MAX_MIG ? migs->n : MAX_MIG);
     LEAVE(OK);
 }
 nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned index, nvmlDevice_t *out) {
-    ENTER(1);
+    ENTER_DEV(d);
     if (!d || d->mig >= 0) LEAVE(E_INVALID_ARGUMENT);
     jv *m = jat(jget(device(d), "mig_devices"), (int)index);
     if (index >= MAX_MIG || !m || m->type != J_OBJ) LEAVE(E_NOT_FOUND);
@@ -685,7 +698,7 @@ UINT_GETTER(nvmlDeviceGetComputeInstanceId, "compute_instance_id")
 /* ---- live status -------------------------------------------------------------------------- */
 #ifndef OMIT_nvmlDeviceGetTemperature
 nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, unsigned sensor, unsigned *out) {
-    ENTER(1);
+    ENTER_DEV(d);
     double v = 0;
     int rc = sensor == 0 ? dev_num(d, "temperature", &v) : E_NOT_SUPPORTED;
     if (rc == OK) *out = (unsigned)v;
@@ -695,7 +708,7 @@ nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, unsigned sensor, unsigned 
 
 typedef struct { unsigned gpu, memory; } nvmlUtilization_t;
 nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *u) {
-    ENTER(1);
+    ENTER_DEV(d);
     double g = 0, m = 0;
     int rc = dev_num(d, "util_gpu", &g);
     if (rc == OK) rc = dev_num(d, "util_memory", &m);
@@ -710,14 +723,14 @@ static int codec(nvmlDevice_t d, const char *key, unsigned *util, unsigned *peri
     *period = 167000;
     return rc;
 }
-nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER(1); LEAVE(codec(d, "util_encoder", u, p)); }
-nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER(1); LEAVE(codec(d, "util_decoder", u, p)); }
+nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER_DEV(d); LEAVE(codec(d, "util_encoder", u, p)); }
+nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER_DEV(d); LEAVE(codec(d, "util_decoder", u, p)); }
 
 #ifndef OMIT_nvmlDeviceGetMemoryErrorCounter
 nvmlReturn_t nvmlDeviceGetMemoryErrorCounter(nvmlDevice_t d, unsigned type, unsigned counter,
                                              unsigned location, unsigned long long *out) {
     static const char *KEYS[] = {"ecc_l1", "ecc_l2", "ecc_device_memory"};
-    ENTER(1);
+    ENTER_DEV(d);
     /* only uncorrected (1) volatile (0) counters are modelled */
     if (type != 1 || counter != 0 || location > 2) LEAVE(E_NOT_SUPPORTED);
     double v = 0;
@@ -728,7 +741,7 @@ nvmlReturn_t nvmlDeviceGetMemoryErrorCounter(nvmlDevice_t d, unsigned type, unsi
 #endif
 
 nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, unsigned counter, unsigned *out) {
-    ENTER(1);
+    ENTER_DEV(d);
     double v = 0, delay_ms = 0;
     int rc = counter > 1 ? E_INVALID_ARGUMENT : dev_num(d, counter == 0 ? "pcie_tx_kbs" : "pcie_rx_kbs", &v);
     if (rc == OK) *out = (unsigned)v;
@@ -762,6 +775,227 @@ static int processes(nvmlDevice_t d, unsigned *count, nvmlProcessInfo_t *infos) 
     return OK;
 }
 #ifndef OMIT_nvmlDeviceGetComputeRunningProcesses_v3
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER(1); LEAVE(processes(d, c, p)); }
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER_DEV(d); LEAVE(processes(d, c, p)); }
 #endif
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER(1); LEAVE(processes(d, c, p)); }
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER_DEV(d); LEAVE(processes(d, c, p)); }
+
+/* ---- events ------------------------------------------------------------------------------- */
+/* Events come from the JSON-lines file named by the config's "events_file", appended to while
+ * the process runs: {"gpu": 0, "type": "xid", "data": 79} (optional "gpu_instance_id",
+ * "compute_instance_id"). An event set delivers each line once: a line for a GPU it registered,
+ * of a type it registered, appended after that registration. "type": "gpu_lost" makes the wait
+ * return NVML_ERROR_GPU_IS_LOST instead (to every set registered on that GPU). */
+static const struct { const char *name; unsigned long long bit; } EVENT_TYPES[] = {
+    {"single_bit_ecc", 0x1}, {"double_bit_ecc", 0x2}, {"pstate", 0x4}, {"xid", 0x8},
+    {"clock", 0x10}, {"power_source_change", 0x80}, {"mig_config_change", 0x100},
+    {"single_bit_ecc_storm", 0x200}, {"dram_retirement", 0x400},
+    {"dram_retirement_failure", 0x800}, {"non_fatal_poison", 0x1000}, {"fatal_poison", 0x2000},
+    {"gpu_unavailable", 0x4000}, {"gpu_recovery_action", 0x8000},
+};
+
+/* An event type: a name from EVENT_TYPES or a number (the NVML bit itself). */
+static OMITTABLE int event_bit(const jv *v, unsigned long long *bit) {
+    if (v && v->type == J_NUM && v->num >= 0) { *bit = (unsigned long long)v->num; return 1; }
+    for (size_t i = 0; v && v->type == J_STR && i < sizeof EVENT_TYPES / sizeof *EVENT_TYPES; i++)
+        if (!strcmp(EVENT_TYPES[i].name, v->str)) { *bit = EVENT_TYPES[i].bit; return 1; }
+    return 0;
+}
+
+/* "event_types": a list of names (or bits), or the mask as one number. */
+static OMITTABLE int supported_events(nvmlDevice_t d, unsigned long long *mask) {
+    jv *dev = device(d);
+    if (!dev) return E_INVALID_ARGUMENT;
+    jv *types = jget(dev, "event_types");
+    if (!types || types->type != J_ARR) {
+        double v = 0;
+        int rc = value_of(types, &v);
+        if (rc == OK) *mask = (unsigned long long)v;
+        return rc;
+    }
+    *mask = 0;
+    for (int i = 0; i < types->n; i++) {
+        unsigned long long bit;
+        if (!event_bit(types->items[i], &bit)) return E_UNKNOWN;
+        *mask |= bit;
+    }
+    return OK;
+}
+
+typedef struct nvmlEventSet_st {
+    struct nvmlEventSet_st *next;
+    long offset;                        /* the next unread byte of the events file */
+    unsigned char registered[MAX_GPUS];
+    unsigned long long types[MAX_GPUS]; /* registered event types per GPU index */
+    long since[MAX_GPUS];               /* the events file's size when that GPU was registered */
+} *nvmlEventSet_t;
+static struct nvmlEventSet_st *event_sets; /* the live sets: a freed or foreign handle is refused */
+
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType, eventData;
+    unsigned gpuInstanceId, computeInstanceId;
+} nvmlEventData_t;
+
+static OMITTABLE const char *events_path(void) {
+    jv *v = jget(cfg, "events_file");
+    return v && v->type == J_STR ? v->str : NULL;
+}
+
+static OMITTABLE long events_size(void) {
+    struct stat st;
+    const char *path = events_path();
+    return path && stat(path, &st) == 0 ? (long)st.st_size : 0;
+}
+
+static OMITTABLE int live_set(nvmlEventSet_t set) {
+    for (struct nvmlEventSet_st *s = event_sets; s; s = s->next)
+        if (s == set) return 1;
+    return 0;
+}
+
+/* One line of the events file for `set`: OK (filled `data`), E_TIMEOUT (not for this set),
+ * E_GPU_IS_LOST, or E_UNKNOWN for a line that is not an event (reported on stderr). */
+static OMITTABLE int deliver(nvmlEventSet_t set, long at, const char *line, nvmlEventData_t *data) {
+    const char *p = line;
+    skip_ws(&p);
+    if (!*p) return E_TIMEOUT;
+    jv *ev = parse_value(&p);
+    jv *type = jget(ev, "type");
+    double gpu = -1, value = 0, gi = 0xFFFFFFFF, ci = 0xFFFFFFFF;
+    unsigned long long bit = 0;
+    int is_lost = type && type->type == J_STR && !strcmp(type->str, "gpu_lost");
+    int rc = E_TIMEOUT;
+    if (!ev || ev->type != J_OBJ || value_of(jget(ev, "gpu"), &gpu) != OK || gpu < 0 ||
+        gpu >= MAX_GPUS || (!is_lost && !event_bit(type, &bit))) {
+        fprintf(stderr, "fakenvml: not an event: %s", line);
+        rc = E_UNKNOWN;
+        goto out;
+    }
+    int g = (int)gpu;
+    if (!set->registered[g] || at < set->since[g]) goto out;
+    if (is_lost) { rc = E_GPU_IS_LOST; goto out; }
+    if (!(set->types[g] & bit)) goto out;
+    value_of(jget(ev, "data"), &value);
+    value_of(jget(ev, "gpu_instance_id"), &gi);
+    value_of(jget(ev, "compute_instance_id"), &ci);
+    data->device = &gpu_handles[g];
+    data->eventType = bit;
+    data->eventData = (unsigned long long)value;
+    data->gpuInstanceId = (unsigned)gi;
+    data->computeInstanceId = (unsigned)ci;
+    rc = OK;
+out:
+    jfree(ev);
+    return rc;
+}
+
+/* The next event for `set` from what the file holds now; E_TIMEOUT when there is none yet. */
+static OMITTABLE int next_event(nvmlEventSet_t set, nvmlEventData_t *data) {
+    const char *path = events_path();
+    FILE *f = path ? fopen(path, "rb") : NULL;
+    if (!f) return E_TIMEOUT;
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && st.st_size < set->offset) {
+        /* replaced by a shorter file: a new stream, everything in it is new */
+        set->offset = 0;
+        memset(set->since, 0, sizeof set->since);
+    }
+    int rc = E_TIMEOUT;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    if (fseek(f, set->offset, SEEK_SET) == 0) {
+        while (rc == E_TIMEOUT && (n = getline(&line, &cap, f)) > 0) {
+            if (line[n - 1] != '\n') break; /* still being written: read it whole next time */
+            long at = set->offset;
+            set->offset += (long)n;
+            rc = deliver(set, at, line, data);
+        }
+    }
+    free(line);
+    fclose(f);
+    return rc;
+}
+
+static OMITTABLE double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* Poll the events file every 10 ms until an event or the timeout, the lock released between. */
+static OMITTABLE int wait_event(nvmlEventSet_t set, nvmlEventData_t *data, unsigned timeout_ms) {
+    double deadline = now_ms() + timeout_ms;
+    for (;;) {
+        if (!live_set(set) || !data) return E_INVALID_ARGUMENT;
+        int rc = next_event(set, data);
+        double left = deadline - now_ms();
+        if (rc != E_TIMEOUT || left <= 0) return rc;
+        pthread_mutex_unlock(&mu);
+        sleep_ms(left < 10 ? left : 10);
+        pthread_mutex_lock(&mu);
+        if ((rc = reload()) != OK) return rc;
+    }
+}
+
+#ifndef OMIT_nvmlEventSetCreate
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *out) {
+    ENTER(1);
+    if (!out) LEAVE(E_INVALID_ARGUMENT);
+    nvmlEventSet_t set = calloc(1, sizeof *set);
+    if (!set) LEAVE(E_MEMORY);
+    set->offset = events_size();
+    set->next = event_sets;
+    event_sets = set;
+    *out = set;
+    LEAVE(OK);
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    ENTER(1);
+    for (struct nvmlEventSet_st **s = &event_sets; *s; s = &(*s)->next)
+        if (*s == set) {
+            *s = set->next;
+            free(set);
+            LEAVE(OK);
+        }
+    LEAVE(E_INVALID_ARGUMENT);
+}
+
+nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d, unsigned long long *out) {
+    ENTER_DEV(d);
+    LEAVE(out ? supported_events(d, out) : E_INVALID_ARGUMENT);
+}
+
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types, nvmlEventSet_t set) {
+    ENTER_DEV(d);
+    if (!live_set(set) || !device(d)) LEAVE(E_INVALID_ARGUMENT);
+    /* events are registered on the GPU; those of a MIG instance carry its instance ids */
+    if (d->mig >= 0) LEAVE(E_NOT_SUPPORTED);
+    unsigned long long supported = 0;
+    int rc = supported_events(d, &supported);
+    if (rc != OK) LEAVE(rc);
+    if (types & ~supported) LEAVE(E_NOT_SUPPORTED);
+    if (!set->registered[d->gpu]) set->since[d->gpu] = events_size();
+    set->registered[d->gpu] = 1;
+    set->types[d->gpu] |= types;
+    LEAVE(OK);
+}
+
+#ifndef OMIT_nvmlEventSetWait_v2
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned timeout_ms) {
+    ENTER(1);
+    LEAVE(wait_event(set, data, timeout_ms));
+}
+#endif
+
+/* The pre-MIG nvmlEventData_t: device, eventType, eventData (no instance ids to write). */
+typedef struct { nvmlDevice_t device; unsigned long long eventType, eventData; } nvmlEventData_v1_t;
+nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_v1_t *data, unsigned timeout_ms) {
+    ENTER(1);
+    nvmlEventData_t full;
+    int rc = data ? wait_event(set, &full, timeout_ms) : E_INVALID_ARGUMENT;
+    if (rc == OK) { data->device = full.device; data->eventType = full.eventType; data->eventData = full.eventData; }
+    LEAVE(rc);
+}
+#endif

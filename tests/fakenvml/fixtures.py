@@ -5,6 +5,7 @@
                             without those symbols (with `version`: libnvidia-ml.so.<version>)
     nvml_config_factory     the `make_config(n_gpus, gpus=..., **top)` helper from build.py
     fake_nvml               function: FakeNvml, one H200 by default, $FAKE_NVML_CONFIG set
+    fake_pynvml             function: the real pynvml bound to fake_nvml's library, initialised
 
     def test_two(fake_nvml):
         fake_nvml.write(fake_nvml.make_config(2))
@@ -19,11 +20,19 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
-from tests.fakenvml.build import build_fake_nvml, gpu, make_config, write_config
+from tests.fakenvml.build import (
+    EVENTS_FILE,
+    append_event,
+    build_fake_nvml,
+    gpu,
+    make_config,
+    write_config,
+)
 from tests.requirements import need_tool
 
 
@@ -40,8 +49,41 @@ class FakeNvml:
     def config(self) -> dict[str, Any]:
         return json.loads(self.config_path.read_text())
 
+    @property
+    def events_path(self) -> Path:
+        """The JSON-lines file the fake reads events from (the config's "events_file")."""
+        return self.config_path.with_name(EVENTS_FILE)
+
     def write(self, config: dict[str, Any]) -> None:
+        """Replace the config; one without "events_file" gets `events_path` (null: no events)."""
+        config = {**config}
+        config.setdefault("events_file", str(self.events_path))
         write_config(self.config_path, config)
+
+    def inject_event(self, gpu: int, type: str | int, data: int = 0, *,
+                     gpu_instance_id: int | None = None,
+                     compute_instance_id: int | None = None) -> None:
+        """Append one event for NVML index `gpu`; `type` is an EVENT_TYPES name ("xid",
+        "double_bit_ecc", ...), an NVML event bit, or "gpu_lost". A waiting nvmlEventSetWait
+        returns it within ~10 ms; each event set that registered `gpu` for `type` gets it once."""
+        event: dict[str, Any] = {"gpu": gpu, "type": type, "data": data}
+        if gpu_instance_id is not None:
+            event["gpu_instance_id"] = gpu_instance_id
+        if compute_instance_id is not None:
+            event["compute_instance_id"] = compute_instance_id
+        config = self.config
+        if "events_file" not in config:  # written around `write`: name the file now
+            self.write(config)
+            config = self.config
+        if not config["events_file"]:
+            raise ValueError(f"{self.config_path} has \"events_file\": null (events are off)")
+        append_event(Path(config["events_file"]), event)
+
+    def lose_gpu(self, gpu: int) -> None:
+        """GPU `gpu` falls off the bus: calls on it answer GPU_IS_LOST from now on, and event sets
+        registered on it are woken with GPU_IS_LOST (the config changes before the event)."""
+        self.update(lambda c: c["gpus"][gpu].update(lost=True))
+        self.inject_event(gpu, "gpu_lost")
 
     def update(self, change: Callable[[dict[str, Any]], None]) -> None:
         """Edit the current config in place, e.g. `update(lambda c: c["gpus"][0].update(...))`."""
@@ -103,9 +145,21 @@ def fake_nvml(
     fake_nvml_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FakeNvml]:
     config_path = tmp_path / "fakenvml.json"
-    write_config(config_path, make_config(1))
-    monkeypatch.setenv("FAKE_NVML_CONFIG", str(config_path))
     fake = FakeNvml(library=fake_nvml_lib, config_path=config_path)
+    fake.write(make_config(1))
+    monkeypatch.setenv("FAKE_NVML_CONFIG", str(config_path))
     yield fake
     if fake.watching:  # the library outlives the test: a later one must not be counted
         fake.watch_thread(0)
+
+
+@pytest.fixture
+def fake_pynvml(fake_nvml: FakeNvml) -> Iterator[ModuleType]:
+    """The real pynvml on the fake library, nvmlInit done (and nvmlShutdown after the test)."""
+    import pynvml
+
+    pynvml.nvmlLib = ctypes.CDLL(str(fake_nvml.library))
+    pynvml._nvmlGetFunctionPointer_cache.clear()  # symbols of whichever library came before
+    pynvml.nvmlInit()
+    yield pynvml
+    pynvml.nvmlShutdown()
