@@ -8,7 +8,8 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
                 pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
                 call_delay_ms 1 (sleep at the start of every call: makes on-loop calls visible),
-                process_names {"<pid>": "name"} (nvmlSystemGetProcessName), gpus [...],
+                process_names {"<pid>": "name" or an error name} (nvmlSystemGetProcessName;
+                a PID missing: NOT_FOUND), gpus [...],
                 events_file "/path/events.jsonl" (FakeNvml.write sets it: FakeNvml.events_path)
     per GPU     name, uuid, minor, bus_id, handle_error, memory_total/memory_used (bytes),
                 bar1_total/bar1_used (bytes), power_limit_mw, power_usage_mw,
@@ -18,7 +19,11 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 multiprocessors, memory_bus_width, numa_node, ecc, persistence, mig_mode,
                 ecc_l1, ecc_l2, ecc_device_memory (uncorrected volatile counts),
                 topology [NVML level per peer index], p2p [NVML P2P status per peer index],
-                nvlinks [remote bus id or null per link], processes [{pid, used_memory}],
+                nvlinks [remote bus id or null per link],
+                processes, graphics_processes, mps_processes (compute, graphics, MPS lists;
+                missing or null: none running) [{pid, used_memory (bytes; null: not available),
+                gpu_instance_id, compute_instance_id (missing: 0xFFFFFFFF),
+                cc_protected_memory (missing: 0)}],
                 mig_devices [{uuid, gpu_instance_id, compute_instance_id} or null per slot],
                 lost true (GPU_IS_LOST from every call on it, its handle and MIG devices),
                 event_types ["xid", "double_bit_ecc", …] or a mask

@@ -42,6 +42,7 @@ typedef int nvmlReturn_t;
 #define E_FUNCTION_NOT_FOUND 13
 #define E_GPU_IS_LOST 15
 #define E_MEMORY 20
+#define E_ARGUMENT_VERSION_MISMATCH 25
 #define E_UNKNOWN 999
 #define MAX_GPUS 64
 /* A helper only of entry points that -DOMIT_<function> can remove (variant builds stay -Werror). */
@@ -63,6 +64,7 @@ static const struct { const char *name; int code; const char *text; } ERRORS[] =
     {"OPERATING_SYSTEM", 17, "The operating system has blocked the request."},
     {"LIB_RM_VERSION_MISMATCH", 18, "RM has detected an NVML/RM version mismatch."},
     {"IN_USE", 19, "In use"}, {"MEMORY", 20, "Insufficient Memory"}, {"NO_DATA", 21, "No data"},
+    {"ARGUMENT_VERSION_MISMATCH", 25, "Argument version mismatch"},
     {"UNKNOWN", 999, "Unknown Error"},
 };
 
@@ -449,7 +451,8 @@ nvmlReturn_t nvmlSystemGetProcessName(unsigned pid, char *buf, unsigned len) {
     char key[32];
     snprintf(key, sizeof key, "%u", pid);
     jv *v = jget(jget(cfg, "process_names"), key);
-    LEAVE(v && v->type == J_STR ? copy_out(v->str, buf, len) : E_NOT_FOUND);
+    if (!v || v->type != J_STR) LEAVE(E_NOT_FOUND);
+    LEAVE(error_code(v->str) >= 0 ? error_code(v->str) : copy_out(v->str, buf, len));
 }
 #endif
 
@@ -754,30 +757,106 @@ nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, unsigned counter, unsig
 }
 
 typedef struct { unsigned pid; unsigned long long usedGpuMemory; unsigned gpuInstanceId, computeInstanceId; } nvmlProcessInfo_t;
+typedef struct {
+    unsigned pid;
+    unsigned long long usedGpuMemory;
+    unsigned gpuInstanceId, computeInstanceId;
+    unsigned long long usedGpuCcProtectedMemory;
+} nvmlProcessDetail_v1_t;
+#define NOT_AVAILABLE_ULL (~0ULL) /* NVML_VALUE_NOT_AVAILABLE: pynvml reads it as None */
 
-static int processes(nvmlDevice_t d, unsigned *count, nvmlProcessInfo_t *infos) {
+/* The process list `key` ("processes", "graphics_processes", "mps_processes") of a GPU or MIG
+ * device: missing or null is none running; entries {pid, used_memory (null: not available),
+ * gpu_instance_id, compute_instance_id (missing: 0xFFFFFFFF), cc_protected_memory (missing: 0)}. */
+static int process_list(nvmlDevice_t d, const char *key, jv **list, unsigned *n) {
     jv *dev = device(d);
     if (!dev) return E_INVALID_ARGUMENT;
-    jv *procs = jget(dev, "processes");
+    jv *procs = jget(dev, key);
     if (procs && procs->type == J_STR) return error_code(procs->str) < 0 ? E_UNKNOWN : error_code(procs->str);
-    unsigned n = procs && procs->type == J_ARR ? (unsigned)procs->n : 0;
+    *list = procs;
+    *n = procs && procs->type == J_ARR ? (unsigned)procs->n : 0;
+    return OK;
+}
+
+static void process_detail(const jv *proc, nvmlProcessDetail_v1_t *out) {
+    double pid = 0, mem = 0, gi = 0xFFFFFFFF, ci = 0xFFFFFFFF, cc = 0;
+    value_of(jget(proc, "pid"), &pid);
+    value_of(jget(proc, "gpu_instance_id"), &gi);
+    value_of(jget(proc, "compute_instance_id"), &ci);
+    out->pid = (unsigned)pid;
+    out->usedGpuMemory = value_of(jget(proc, "used_memory"), &mem) == OK ? (unsigned long long)mem : NOT_AVAILABLE_ULL;
+    out->gpuInstanceId = (unsigned)gi;
+    out->computeInstanceId = (unsigned)ci;
+    /* missing: confidential computing off, nothing protected (pynvml cannot take "not available"
+     * here: it assigns None to the ctypes field) */
+    jv *protected_mem = jget(proc, "cc_protected_memory");
+    out->usedGpuCcProtectedMemory = !protected_mem ? 0
+        : value_of(protected_mem, &cc) == OK ? (unsigned long long)cc : NOT_AVAILABLE_ULL;
+}
+
+static int processes(nvmlDevice_t d, const char *key, unsigned *count, nvmlProcessInfo_t *infos) {
+    jv *procs = NULL;
+    unsigned n = 0;
+    int rc = process_list(d, key, &procs, &n);
+    if (rc != OK) return rc;
+    if (!count) return E_INVALID_ARGUMENT;
     if (n == 0) { *count = 0; return OK; }
     if (!infos || *count < n) { *count = n; return E_INSUFFICIENT_SIZE; }
     for (unsigned i = 0; i < n; i++) {
-        double pid = 0, mem = 0;
-        value_of(jget(procs->items[i], "pid"), &pid);
-        int rc = value_of(jget(procs->items[i], "used_memory"), &mem);
-        infos[i].pid = (unsigned)pid;
-        infos[i].usedGpuMemory = rc == OK ? (unsigned long long)mem : ~0ULL;
-        infos[i].gpuInstanceId = infos[i].computeInstanceId = 0xFFFFFFFF;
+        nvmlProcessDetail_v1_t p;
+        process_detail(procs->items[i], &p);
+        infos[i].pid = p.pid;
+        infos[i].usedGpuMemory = p.usedGpuMemory;
+        infos[i].gpuInstanceId = p.gpuInstanceId;
+        infos[i].computeInstanceId = p.computeInstanceId;
     }
     *count = n;
     return OK;
 }
+#define PROCESS_GETTER(name, key) \
+    nvmlReturn_t name(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER_DEV(d); LEAVE(processes(d, key, c, p)); }
 #ifndef OMIT_nvmlDeviceGetComputeRunningProcesses_v3
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER_DEV(d); LEAVE(processes(d, c, p)); }
+PROCESS_GETTER(nvmlDeviceGetComputeRunningProcesses_v3, "processes")
 #endif
-nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v2(nvmlDevice_t d, unsigned *c, nvmlProcessInfo_t *p) { ENTER_DEV(d); LEAVE(processes(d, c, p)); }
+PROCESS_GETTER(nvmlDeviceGetComputeRunningProcesses_v2, "processes")
+#ifndef OMIT_nvmlDeviceGetGraphicsRunningProcesses_v3
+PROCESS_GETTER(nvmlDeviceGetGraphicsRunningProcesses_v3, "graphics_processes")
+#endif
+#ifndef OMIT_nvmlDeviceGetGraphicsRunningProcesses_v2
+PROCESS_GETTER(nvmlDeviceGetGraphicsRunningProcesses_v2, "graphics_processes")
+#endif
+#ifndef OMIT_nvmlDeviceGetMPSComputeRunningProcesses_v3
+PROCESS_GETTER(nvmlDeviceGetMPSComputeRunningProcesses_v3, "mps_processes")
+#endif
+#ifndef OMIT_nvmlDeviceGetMPSComputeRunningProcesses_v2
+PROCESS_GETTER(nvmlDeviceGetMPSComputeRunningProcesses_v2, "mps_processes")
+#endif
+
+/* nvmlDeviceGetRunningProcessDetailList (r550+): one call for the three lists, by mode. */
+typedef struct {
+    unsigned version, mode, numProcArrayEntries;
+    nvmlProcessDetail_v1_t *procArray;
+} nvmlProcessDetailList_v1_t;
+#define PROCESS_DETAIL_LIST_V1 (unsigned)(sizeof(nvmlProcessDetailList_v1_t) | 1 << 24)
+#ifndef OMIT_nvmlDeviceGetRunningProcessDetailList
+nvmlReturn_t nvmlDeviceGetRunningProcessDetailList(nvmlDevice_t d, nvmlProcessDetailList_v1_t *list) {
+    static const char *KEYS[] = {"processes", "graphics_processes", "mps_processes"};
+    ENTER_DEV(d);
+    if (!list || list->mode > 2) LEAVE(E_INVALID_ARGUMENT);
+    if (list->version != PROCESS_DETAIL_LIST_V1) LEAVE(E_ARGUMENT_VERSION_MISMATCH);
+    jv *procs = NULL;
+    unsigned n = 0;
+    int rc = process_list(d, KEYS[list->mode], &procs, &n);
+    if (rc != OK) LEAVE(rc);
+    if (n > 0 && (!list->procArray || list->numProcArrayEntries < n)) {
+        list->numProcArrayEntries = n;
+        LEAVE(E_INSUFFICIENT_SIZE);
+    }
+    for (unsigned i = 0; i < n; i++) process_detail(procs->items[i], &list->procArray[i]);
+    list->numProcArrayEntries = n;
+    LEAVE(OK);
+}
+#endif
 
 /* ---- events ------------------------------------------------------------------------------- */
 /* Events come from the JSON-lines file named by the config's "events_file", appended to while
