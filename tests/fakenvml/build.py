@@ -12,12 +12,28 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 a PID missing: NOT_FOUND), gpus [...],
                 events_file "/path/events.jsonl" (FakeNvml.write sets it: FakeNvml.events_path)
     per GPU     name, uuid, minor, bus_id, handle_error, memory_total/memory_used (bytes),
+                memory_reserved (bytes; the driver's: used in v1, apart in v2; missing: 0),
                 bar1_total/bar1_used (bytes), power_limit_mw, power_usage_mw,
+                enforced_power_limit_mw, default_power_limit_mw,
+                power_limit_constraints_mw [min, max], energy_mj (since the driver loaded),
+                pcie_replay_count, clocks_event_reasons (NVML bit mask),
+                remapped_rows {correctable, uncorrectable, pending, failure},
+                memory_temperature, temperature_thresholds {shutdown, slowdown, mem_max,
+                gpu_max, acoustic_min, acoustic_curr, acoustic_max, gps_curr},
                 max_clock_{graphics,sm,mem,video}, clock_{graphics,sm,mem,video} (MHz),
                 max_pcie_gen, max_pcie_width, pcie_rx_kbs, pcie_tx_kbs, util_gpu, util_memory,
                 util_encoder, util_decoder, temperature, compute_capability [9, 0], cores,
                 multiprocessors, memory_bus_width, numa_node, ecc, persistence, mig_mode,
-                ecc_l1, ecc_l2, ecc_device_memory (uncorrected volatile counts),
+                ecc_errors {"volatile"|"aggregate": {"corrected"|"uncorrected": {l1_cache,
+                l2_cache, device_memory, register_file, texture_memory, texture_shm, cbu, sram,
+                total (missing: the sum of the locations given)}}} (any level may be an error),
+                ecc_l1, ecc_l2, ecc_device_memory (uncorrected volatile counts where ecc_errors
+                has none),
+                field_values {"<field id>" or "<field id>:<scope id>": number (integer:
+                unsigned_long_long, negative: signed_long_long, fraction: double) or
+                {"type": "unsigned_int"|"signed_int"|"double"|…, "value": n} or an error}
+                (nvmlDeviceGetFieldValues; ids 82, 83, 94 fall back to memory_temperature,
+                energy_mj, pcie_replay_count; any other id: NOT_SUPPORTED in its nvmlReturn),
                 topology [NVML level per peer index], p2p [NVML P2P status per peer index],
                 nvlinks [remote bus id or null per link],
                 processes, graphics_processes, mps_processes (compute, graphics, MPS lists;

@@ -533,6 +533,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *m) {
 #ifndef OMIT_nvmlDeviceGetMemoryInfo_v2
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *m) {
     ENTER_DEV(d);
+    if (m->version != (unsigned)(sizeof *m | 2 << 24)) LEAVE(E_ARGUMENT_VERSION_MISMATCH);
     int rc = memory(d, &m->total, &m->used);
     m->reserved = reserved(d);
     m->free = m->total - m->used - m->reserved;
@@ -552,6 +553,81 @@ nvmlReturn_t nvmlDeviceGetBAR1MemoryInfo(nvmlDevice_t d, nvmlBAR1Memory_t *m) {
 
 UINT_GETTER(nvmlDeviceGetPowerManagementLimit, "power_limit_mw")
 UINT_GETTER(nvmlDeviceGetPowerUsage, "power_usage_mw")
+#ifndef OMIT_nvmlDeviceGetEnforcedPowerLimit
+UINT_GETTER(nvmlDeviceGetEnforcedPowerLimit, "enforced_power_limit_mw")
+#endif
+#ifndef OMIT_nvmlDeviceGetPowerManagementDefaultLimit
+UINT_GETTER(nvmlDeviceGetPowerManagementDefaultLimit, "default_power_limit_mw")
+#endif
+#ifndef OMIT_nvmlDeviceGetPcieReplayCounter
+UINT_GETTER(nvmlDeviceGetPcieReplayCounter, "pcie_replay_count")
+#endif
+
+#define ULL_GETTER(name, key)                                           \
+    nvmlReturn_t name(nvmlDevice_t d, unsigned long long *out) {        \
+        ENTER_DEV(d);                                                   \
+        double v = 0;                                                   \
+        int rc = dev_num(d, key, &v);                                   \
+        if (rc == OK) *out = (unsigned long long)v;                     \
+        LEAVE(rc);                                                      \
+    }
+#ifndef OMIT_nvmlDeviceGetTotalEnergyConsumption
+ULL_GETTER(nvmlDeviceGetTotalEnergyConsumption, "energy_mj")
+#endif
+#ifndef OMIT_nvmlDeviceGetCurrentClocksEventReasons
+ULL_GETTER(nvmlDeviceGetCurrentClocksEventReasons, "clocks_event_reasons")
+ULL_GETTER(nvmlDeviceGetCurrentClocksThrottleReasons, "clocks_event_reasons")
+#endif
+
+/* A config object, or the error its key answers instead (missing or null: NOT_SUPPORTED). */
+static OMITTABLE int object_of(jv *v) {
+    if (v && v->type == J_OBJ) return OK;
+    int rc = value_of(v, &(double){0});
+    return rc == OK ? E_UNKNOWN : rc;
+}
+
+/* A config array of two numbers, or the error its key answers instead. */
+static OMITTABLE int pair_of(jv *v, double *a, double *b) {
+    if (!v || v->type != J_ARR || v->n != 2) {
+        int rc = value_of(v, a);
+        return rc == OK ? E_UNKNOWN : rc;
+    }
+    int rc = value_of(v->items[0], a);
+    return rc == OK ? value_of(v->items[1], b) : rc;
+}
+
+/* "power_limit_constraints_mw": [min, max] */
+#ifndef OMIT_nvmlDeviceGetPowerManagementLimitConstraints
+nvmlReturn_t nvmlDeviceGetPowerManagementLimitConstraints(nvmlDevice_t d, unsigned *min, unsigned *max) {
+    ENTER_DEV(d);
+    jv *dev = device(d);
+    if (!dev) LEAVE(E_INVALID_ARGUMENT);
+    double lo = 0, hi = 0;
+    int rc = pair_of(jget(dev, "power_limit_constraints_mw"), &lo, &hi);
+    if (rc == OK) { *min = (unsigned)lo; *max = (unsigned)hi; }
+    LEAVE(rc);
+}
+#endif
+
+/* "remapped_rows": {"correctable": n, "uncorrectable": n, "pending": bool, "failure": bool} */
+#ifndef OMIT_nvmlDeviceGetRemappedRows
+nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned *corrected, unsigned *uncorrected,
+                                       unsigned *pending, unsigned *failure) {
+    static const char *KEYS[] = {"correctable", "uncorrectable", "pending", "failure"};
+    ENTER_DEV(d);
+    jv *dev = device(d);
+    if (!dev) LEAVE(E_INVALID_ARGUMENT);
+    jv *rows = jget(dev, "remapped_rows");
+    int rc = object_of(rows);
+    double v[4] = {0};
+    for (int i = 0; i < 4 && rc == OK; i++) rc = value_of(jget(rows, KEYS[i]), &v[i]);
+    if (rc == OK) {
+        *corrected = (unsigned)v[0]; *uncorrected = (unsigned)v[1];
+        *pending = (unsigned)v[2]; *failure = (unsigned)v[3];
+    }
+    LEAVE(rc);
+}
+#endif
 UINT_GETTER(nvmlDeviceGetMaxPcieLinkGeneration, "max_pcie_gen")
 UINT_GETTER(nvmlDeviceGetMaxPcieLinkWidth, "max_pcie_width")
 #ifndef OMIT_nvmlDeviceGetNumGpuCores
@@ -699,11 +775,44 @@ UINT_GETTER(nvmlDeviceGetComputeInstanceId, "compute_instance_id")
 #endif
 
 /* ---- live status -------------------------------------------------------------------------- */
+static OMITTABLE int temperature(nvmlDevice_t d, unsigned sensor, double *out) {
+    return sensor == 0 ? dev_num(d, "temperature", out) : E_NOT_SUPPORTED;
+}
 #ifndef OMIT_nvmlDeviceGetTemperature
 nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, unsigned sensor, unsigned *out) {
     ENTER_DEV(d);
     double v = 0;
-    int rc = sensor == 0 ? dev_num(d, "temperature", &v) : E_NOT_SUPPORTED;
+    int rc = temperature(d, sensor, &v);
+    if (rc == OK) *out = (unsigned)v;
+    LEAVE(rc);
+}
+#endif
+
+typedef struct { unsigned version, sensorType; int temperature; } nvmlTemperature_v1_t;
+#ifndef OMIT_nvmlDeviceGetTemperatureV
+nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t d, nvmlTemperature_v1_t *t) {
+    ENTER_DEV(d);
+    if (!t) LEAVE(E_INVALID_ARGUMENT);
+    if (t->version != (unsigned)(sizeof *t | 1 << 24)) LEAVE(E_ARGUMENT_VERSION_MISMATCH);
+    double v = 0;
+    int rc = temperature(d, t->sensorType, &v);
+    if (rc == OK) t->temperature = (int)v;
+    LEAVE(rc);
+}
+#endif
+
+/* "temperature_thresholds": {"shutdown": 95, "slowdown": 92, ...}, named as NVML's enum. */
+#ifndef OMIT_nvmlDeviceGetTemperatureThreshold
+nvmlReturn_t nvmlDeviceGetTemperatureThreshold(nvmlDevice_t d, unsigned threshold, unsigned *out) {
+    static const char *KEYS[] = {"shutdown", "slowdown", "mem_max", "gpu_max", "acoustic_min",
+                                 "acoustic_curr", "acoustic_max", "gps_curr"};
+    ENTER_DEV(d);
+    jv *dev = device(d);
+    if (!dev || threshold >= sizeof KEYS / sizeof *KEYS) LEAVE(E_INVALID_ARGUMENT);
+    jv *table = jget(dev, "temperature_thresholds");
+    double v = 0;
+    int rc = object_of(table);
+    if (rc == OK) rc = value_of(jget(table, KEYS[threshold]), &v);
     if (rc == OK) *out = (unsigned)v;
     LEAVE(rc);
 }
@@ -729,17 +838,168 @@ static int codec(nvmlDevice_t d, const char *key, unsigned *util, unsigned *peri
 nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER_DEV(d); LEAVE(codec(d, "util_encoder", u, p)); }
 nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t d, unsigned *u, unsigned *p) { ENTER_DEV(d); LEAVE(codec(d, "util_decoder", u, p)); }
 
+/* "ecc_errors": {"volatile"|"aggregate": {"corrected"|"uncorrected": {<location>: n, "total": n}}}
+ * with NVML's locations in order; uncorrected volatile counts of the first three fall back to the
+ * older keys ecc_l1, ecc_l2, ecc_device_memory. A total missing is the sum of the locations given. */
+static const char *ECC_LOCATIONS[] = {"l1_cache", "l2_cache", "device_memory", "register_file",
+                                      "texture_memory", "texture_shm", "cbu", "sram"};
+static const char *ECC_LEGACY[] = {"ecc_l1", "ecc_l2", "ecc_device_memory"};
+
+/* The counts object of one counter, or the error the config puts on the way to it. */
+static OMITTABLE int ecc_counts(jv *dev, unsigned type, unsigned counter, jv **counts) {
+    static const char *COUNTERS[] = {"volatile", "aggregate"}, *TYPES[] = {"corrected", "uncorrected"};
+    if (type > 1 || counter > 1) return E_INVALID_ARGUMENT;
+    const char *path[] = {"ecc_errors", COUNTERS[counter], TYPES[type]};
+    jv *node = dev;
+    for (size_t i = 0; i < sizeof path / sizeof *path && node; i++) {
+        node = jget(node, path[i]);
+        if (node && node->type == J_STR) return value_of(node, &(double){0});
+    }
+    *counts = node;
+    return OK;
+}
+
+static OMITTABLE int ecc_location(jv *dev, unsigned type, unsigned counter, unsigned location, double *out) {
+    jv *counts = NULL;
+    int rc = ecc_counts(dev, type, counter, &counts);
+    if (rc != OK) return rc;
+    if (location >= sizeof ECC_LOCATIONS / sizeof *ECC_LOCATIONS) return E_INVALID_ARGUMENT;
+    jv *v = jget(counts, ECC_LOCATIONS[location]);
+    if (!v && type == 1 && counter == 0 && location < 3) v = jget(dev, ECC_LEGACY[location]);
+    return value_of(v, out);
+}
+
+static OMITTABLE int ecc_total(jv *dev, unsigned type, unsigned counter, double *out) {
+    jv *counts = NULL;
+    int rc = ecc_counts(dev, type, counter, &counts);
+    if (rc != OK) return rc;
+    if (jget(counts, "total")) return value_of(jget(counts, "total"), out);
+    int any = 0;
+    *out = 0;
+    for (unsigned loc = 0; loc < sizeof ECC_LOCATIONS / sizeof *ECC_LOCATIONS; loc++) {
+        double v = 0;
+        if (ecc_location(dev, type, counter, loc, &v) == OK) { *out += v; any = 1; }
+    }
+    return any ? OK : E_NOT_SUPPORTED;
+}
+
 #ifndef OMIT_nvmlDeviceGetMemoryErrorCounter
 nvmlReturn_t nvmlDeviceGetMemoryErrorCounter(nvmlDevice_t d, unsigned type, unsigned counter,
                                              unsigned location, unsigned long long *out) {
-    static const char *KEYS[] = {"ecc_l1", "ecc_l2", "ecc_device_memory"};
     ENTER_DEV(d);
-    /* only uncorrected (1) volatile (0) counters are modelled */
-    if (type != 1 || counter != 0 || location > 2) LEAVE(E_NOT_SUPPORTED);
+    jv *dev = device(d);
+    if (!dev || !out) LEAVE(E_INVALID_ARGUMENT);
     double v = 0;
-    int rc = dev_num(d, KEYS[location], &v);
+    int rc = ecc_location(dev, type, counter, location, &v);
     if (rc == OK) *out = (unsigned long long)v;
     LEAVE(rc);
+}
+#endif
+
+#ifndef OMIT_nvmlDeviceGetTotalEccErrors
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, unsigned type, unsigned counter,
+                                         unsigned long long *out) {
+    ENTER_DEV(d);
+    jv *dev = device(d);
+    if (!dev || !out) LEAVE(E_INVALID_ARGUMENT);
+    double v = 0;
+    int rc = ecc_total(dev, type, counter, &v);
+    if (rc == OK) *out = (unsigned long long)v;
+    LEAVE(rc);
+}
+#endif
+
+/* ---- field values ------------------------------------------------------------------------ */
+/* "field_values": {"<field id>" or "<field id>:<scope id>": value}, a value being a number (an
+ * integer is unsigned_long_long, or signed_long_long when negative; a fraction is double),
+ * {"type": "<NVML value type>", "value": n}, null or an error name (that field's nvmlReturn).
+ * Some fields also read the key of their own getter, so the two agree; every other field id
+ * answers NOT_SUPPORTED in its own nvmlReturn, as NVML does, and the call itself succeeds. */
+typedef union {
+    double dVal;
+    unsigned uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    long long sllVal;
+    int siVal;
+    unsigned short usVal;
+} nvmlValue_t;
+typedef struct {
+    unsigned fieldId, scopeId;
+    long long timestamp, latencyUsec;
+    unsigned valueType;
+    nvmlReturn_t nvmlReturn;
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+enum { VT_DOUBLE, VT_UINT, VT_ULONG, VT_ULL, VT_SLL, VT_SINT, VT_USHORT, VT_COUNT };
+static const char *VALUE_TYPES[VT_COUNT] = {"double", "unsigned_int", "unsigned_long",
+    "unsigned_long_long", "signed_long_long", "signed_int", "unsigned_short"};
+static const struct { unsigned id; const char *key; int type; } NAMED_FIELDS[] = {
+    {82, "memory_temperature", VT_UINT},   /* NVML_FI_DEV_MEMORY_TEMP */
+    {83, "energy_mj", VT_ULL},             /* NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION */
+    {94, "pcie_replay_count", VT_UINT},    /* NVML_FI_DEV_PCIE_REPLAY_COUNTER */
+};
+
+static OMITTABLE void set_value(nvmlFieldValue_t *f, int type, double v) {
+    f->valueType = (unsigned)type;
+    switch (type) {
+    case VT_DOUBLE: f->value.dVal = v; break;
+    case VT_UINT: f->value.uiVal = (unsigned)v; break;
+    case VT_ULONG: f->value.ulVal = (unsigned long)v; break;
+    case VT_ULL: f->value.ullVal = (unsigned long long)v; break;
+    case VT_SLL: f->value.sllVal = (long long)v; break;
+    case VT_SINT: f->value.siVal = (int)v; break;
+    default: f->value.usVal = (unsigned short)v; break;
+    }
+}
+
+static OMITTABLE int field_value(jv *dev, nvmlFieldValue_t *f) {
+    char key[32];
+    jv *table = jget(dev, "field_values"), *v = NULL;
+    if (table && table->type == J_STR) return value_of(table, &(double){0});
+    snprintf(key, sizeof key, "%u:%u", f->fieldId, f->scopeId);
+    if (!(v = jget(table, key))) {
+        snprintf(key, sizeof key, "%u", f->fieldId);
+        v = jget(table, key);
+    }
+    double n = 0;
+    int rc;
+    if (v && v->type == J_OBJ) {
+        jv *type = jget(v, "type");
+        int t = 0;
+        while (t < VT_COUNT && !(type && type->type == J_STR && !strcmp(type->str, VALUE_TYPES[t]))) t++;
+        if (t == VT_COUNT) return E_UNKNOWN;
+        if ((rc = value_of(jget(v, "value"), &n)) == OK) set_value(f, t, n);
+        return rc;
+    }
+    if (v) {
+        if ((rc = value_of(v, &n)) == OK)
+            set_value(f, n != (double)(long long)n ? VT_DOUBLE : n < 0 ? VT_SLL : VT_ULL, n);
+        return rc;
+    }
+    for (size_t i = 0; i < sizeof NAMED_FIELDS / sizeof *NAMED_FIELDS; i++)
+        if (NAMED_FIELDS[i].id == f->fieldId) {
+            if ((rc = value_of(jget(dev, NAMED_FIELDS[i].key), &n)) == OK) set_value(f, NAMED_FIELDS[i].type, n);
+            return rc;
+        }
+    return E_NOT_SUPPORTED;
+}
+
+#ifndef OMIT_nvmlDeviceGetFieldValues
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvmlFieldValue_t *values) {
+    ENTER_DEV(d);
+    jv *dev = device(d);
+    if (!dev || count <= 0 || !values) LEAVE(E_INVALID_ARGUMENT);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    for (int i = 0; i < count; i++) {
+        nvmlFieldValue_t *f = &values[i];
+        memset(&f->value, 0, sizeof f->value);
+        f->timestamp = (long long)now.tv_sec * 1000000 + now.tv_nsec / 1000;
+        f->latencyUsec = 0;
+        f->nvmlReturn = field_value(dev, f);
+    }
+    LEAVE(OK);
 }
 #endif
 
@@ -768,7 +1028,7 @@ typedef struct {
 /* The process list `key` ("processes", "graphics_processes", "mps_processes") of a GPU or MIG
  * device: missing or null is none running; entries {pid, used_memory (null: not available),
  * gpu_instance_id, compute_instance_id (missing: 0xFFFFFFFF), cc_protected_memory (missing: 0)}. */
-static int process_list(nvmlDevice_t d, const char *key, jv **list, unsigned *n) {
+static OMITTABLE int process_list(nvmlDevice_t d, const char *key, jv **list, unsigned *n) {
     jv *dev = device(d);
     if (!dev) return E_INVALID_ARGUMENT;
     jv *procs = jget(dev, key);
@@ -778,7 +1038,7 @@ static int process_list(nvmlDevice_t d, const char *key, jv **list, unsigned *n)
     return OK;
 }
 
-static void process_detail(const jv *proc, nvmlProcessDetail_v1_t *out) {
+static OMITTABLE void process_detail(const jv *proc, nvmlProcessDetail_v1_t *out) {
     double pid = 0, mem = 0, gi = 0xFFFFFFFF, ci = 0xFFFFFFFF, cc = 0;
     value_of(jget(proc, "pid"), &pid);
     value_of(jget(proc, "gpu_instance_id"), &gi);
