@@ -40,7 +40,10 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 missing or null: none running) [{pid, used_memory (bytes; null: not available),
                 gpu_instance_id, compute_instance_id (missing: 0xFFFFFFFF),
                 cc_protected_memory (missing: 0)}],
-                mig_devices [{uuid, gpu_instance_id, compute_instance_id} or null per slot],
+                mig_devices [{uuid "MIG-…", gpu_instance_id, compute_instance_id, and any key
+                of a GPU's own for that MIG device: name, memory_total, memory_used, processes,
+                …} or null (an empty slot) per slot] (nvmlDeviceGetHandleByUUID takes GPU and
+                MIG UUIDs),
                 lost true (GPU_IS_LOST from every call on it, its handle and MIG devices),
                 event_types ["xid", "double_bit_ecc", …] or a mask
                 (nvmlDeviceGetSupportedEventTypes; nvmlDeviceRegisterEvents refuses others)

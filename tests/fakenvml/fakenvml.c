@@ -305,6 +305,14 @@ static int value_of(jv *v, double *out) {
     return OK;
 }
 
+/* What a value that should be an object or array answers: its error name's error, NOT_SUPPORTED
+ * when missing or null, UNKNOWN for a number or anything else. */
+static int shape_error(jv *v) {
+    double unused;
+    int rc = value_of(v, &unused);
+    return rc == OK ? E_UNKNOWN : rc;
+}
+
 static int dev_num(nvmlDevice_t d, const char *key, double *out) {
     jv *dev = device(d);
     if (!dev) return E_INVALID_ARGUMENT;
@@ -475,6 +483,29 @@ static int handle_by_index(unsigned index, nvmlDevice_t *out) {
 nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
 nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned i, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_index(i, out)); }
 
+/* A GPU's or a MIG device's UUID (NVML takes both since R470). */
+static OMITTABLE int handle_by_uuid(const char *uuid, nvmlDevice_t *out) {
+    if (!uuid || !out) return E_INVALID_ARGUMENT;
+    for (int g = 0; g < gpu_count(); g++) {
+        jv *gpu = jat(jget(cfg, "gpus"), g), *migs = jget(gpu, "mig_devices"), *u = jget(gpu, "uuid");
+        nvmlDevice_t found = u && u->type == J_STR && !strcmp(u->str, uuid) ? &gpu_handles[g] : NULL;
+        for (int m = 0; !found && migs && migs->type == J_ARR && m < migs->n && m < MAX_MIG; m++) {
+            u = jget(migs->items[m], "uuid");
+            if (u && u->type == J_STR && !strcmp(u->str, uuid)) found = &mig_handles[g][m];
+        }
+        if (!found) continue;
+        jv *err = jget(gpu, "handle_error");
+        if (err && err->type == J_STR) return error_code(err->str) < 0 ? E_UNKNOWN : error_code(err->str);
+        if (lost(found)) return E_GPU_IS_LOST;
+        *out = found;
+        return OK;
+    }
+    return E_NOT_FOUND;
+}
+#ifndef OMIT_nvmlDeviceGetHandleByUUID
+nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *out) { ENTER(1); LEAVE(handle_by_uuid(uuid, out)); }
+#endif
+
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *buf, unsigned len) { ENTER_DEV(d); LEAVE(dev_str(d, "uuid", buf, len)); }
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *buf, unsigned len) { ENTER_DEV(d); LEAVE(dev_str(d, "name", buf, len)); }
 UINT_GETTER(nvmlDeviceGetMinorNumber, "minor")
@@ -579,19 +610,12 @@ ULL_GETTER(nvmlDeviceGetCurrentClocksEventReasons, "clocks_event_reasons")
 ULL_GETTER(nvmlDeviceGetCurrentClocksThrottleReasons, "clocks_event_reasons")
 #endif
 
-/* A config object, or the error its key answers instead (missing or null: NOT_SUPPORTED). */
-static OMITTABLE int object_of(jv *v) {
-    if (v && v->type == J_OBJ) return OK;
-    int rc = value_of(v, &(double){0});
-    return rc == OK ? E_UNKNOWN : rc;
-}
+/* A config object, or the error its key answers instead. */
+static OMITTABLE int object_of(jv *v) { return v && v->type == J_OBJ ? OK : shape_error(v); }
 
 /* A config array of two numbers, or the error its key answers instead. */
 static OMITTABLE int pair_of(jv *v, double *a, double *b) {
-    if (!v || v->type != J_ARR || v->n != 2) {
-        int rc = value_of(v, a);
-        return rc == OK ? E_UNKNOWN : rc;
-    }
+    if (!v || v->type != J_ARR || v->n != 2) return shape_error(v);
     int rc = value_of(v->items[0], a);
     return rc == OK ? value_of(v->items[1], b) : rc;
 }
@@ -758,7 +782,7 @@ nvmlReturn_t nvmlDeviceGetNvLinkRemotePciInfo_v2(nvmlDevice_t d, unsigned link, 
 nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned *out) {
     ENTER_DEV(d);
     jv *migs = jget(device(d), "mig_devices");
-    if (!migs || migs->type != J_ARR) LEAVE(E_NOT_SUPPORTED);
+    if (!migs || migs->type != J_ARR) LEAVE(shape_error(migs));
     *out = (unsigned)(migs->n < MAX_MIG ? migs->n : MAX_MIG);
     LEAVE(OK);
 }
@@ -772,6 +796,22 @@ nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned index,
 }
 UINT_GETTER(nvmlDeviceGetGpuInstanceId, "gpu_instance_id")
 UINT_GETTER(nvmlDeviceGetComputeInstanceId, "compute_instance_id")
+#endif
+#ifndef OMIT_nvmlDeviceIsMigDeviceHandle
+nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t d, unsigned *is_mig) {
+    ENTER_DEV(d);
+    if (!device(d) || !is_mig) LEAVE(E_INVALID_ARGUMENT);
+    *is_mig = d->mig >= 0;
+    LEAVE(OK);
+}
+#endif
+#ifndef OMIT_nvmlDeviceGetDeviceHandleFromMigDeviceHandle
+nvmlReturn_t nvmlDeviceGetDeviceHandleFromMigDeviceHandle(nvmlDevice_t mig, nvmlDevice_t *out) {
+    ENTER_DEV(mig);
+    if (!device(mig) || mig->mig < 0 || !out) LEAVE(E_INVALID_ARGUMENT);
+    *out = &gpu_handles[mig->gpu];
+    LEAVE(OK);
+}
 #endif
 
 /* ---- live status -------------------------------------------------------------------------- */
