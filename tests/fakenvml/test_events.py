@@ -82,7 +82,7 @@ def test_each_set_gets_only_what_it_registered_after_registering(fake_nvml, fake
     fake_nvml.inject_event(1, "xid", 94)
 
     def drain(event_set) -> list[tuple[int, int, int]]:
-        got = []
+        got: list[tuple[int, int, int]] = []
         while True:
             try:
                 data = pynvml.nvmlEventSetWait_v2(event_set, 0)
