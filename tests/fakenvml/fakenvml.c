@@ -16,7 +16,11 @@
  *   - a string that names an NVML error ("NOT_SUPPORTED", "GPU_IS_LOST", ...) makes the call
  *     return that error;
  *   - "missing_functions": [names] makes those entry points answer NVML_ERROR_FUNCTION_NOT_FOUND;
- *     building with -DOMIT_<function> removes the symbol itself (an older driver).
+ *     building with -DOMIT_<function> removes the symbol itself (an older driver);
+ *   - "lost": true on a GPU makes every call on it, its handle and its MIG devices answer
+ *     NVML_ERROR_GPU_IS_LOST;
+ *   - events are lines appended to the config's "events_file" while the process runs (see the
+ *     events section below).
  */
 #define _GNU_SOURCE
 #include <ctype.h>

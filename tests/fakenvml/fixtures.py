@@ -11,6 +11,14 @@
         fake_nvml.write(fake_nvml.make_config(2))
         service = await GpuService.start(driver_root=..., dev_root=...,
                                          nvml_library=str(fake_nvml.library))
+
+    def test_xid(fake_nvml, fake_pynvml):
+        handle = fake_pynvml.nvmlDeviceGetHandleByIndex(0)
+        events = fake_pynvml.nvmlEventSetCreate()
+        fake_pynvml.nvmlDeviceRegisterEvents(handle, fake_pynvml.nvmlEventTypeXidCriticalError,
+                                             events)
+        fake_nvml.inject_event(0, "xid", 79)
+        assert fake_pynvml.nvmlEventSetWait_v2(events, 1000).eventData == 79
 """
 
 from __future__ import annotations
@@ -63,9 +71,10 @@ class FakeNvml:
     def inject_event(self, gpu: int, type: str | int, data: int = 0, *,
                      gpu_instance_id: int | None = None,
                      compute_instance_id: int | None = None) -> None:
-        """Append one event for NVML index `gpu`; `type` is an EVENT_TYPES name ("xid",
-        "double_bit_ecc", ...), an NVML event bit, or "gpu_lost". A waiting nvmlEventSetWait
-        returns it within ~10 ms; each event set that registered `gpu` for `type` gets it once."""
+        """Append one event for NVML index `gpu`; `type` is an event name from build.py's schema
+        ("xid", "double_bit_ecc", ...), an NVML event bit, or "gpu_lost". A waiting
+        nvmlEventSetWait returns it within ~10 ms; each event set that registered `gpu` for
+        `type` gets it once."""
         event: dict[str, Any] = {"gpu": gpu, "type": type, "data": data}
         if gpu_instance_id is not None:
             event["gpu_instance_id"] = gpu_instance_id
