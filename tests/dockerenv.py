@@ -309,16 +309,25 @@ class GpuHost:
 @pytest.fixture
 def gpu_host_factory(fake_host_factory: Any, tmp_path: Path) -> Callable[..., GpuHost]:
     """Build fake GPU hosts: `gpu_host_factory(n_gpus=2, minors=[3, 1], **fake_host_options)`."""
-    from tests.fakehost.build import make_dev_nodes
+    from tests.fakehost.build import make_dev_nodes, write_mig_capabilities
     from tests.fakenvml.build import gpu, make_config, write_config
 
     counter = iter(range(1000))
 
-    def make(n_gpus: int = 1, minors: list[int] | None = None, **host_options: Any) -> GpuHost:
+    def make(n_gpus: int = 1, minors: list[int] | None = None,
+             mig: Mapping[tuple[int, int], tuple[int, int]] | None = None,
+             **host_options: Any) -> GpuHost:
+        """`mig`: GPU 0 in MIG mode, one MIG device per (GI, CI) key, whose access nodes get
+        the (GI, CI) minors of its value (capability files and nvidia-caps nodes)."""
         need_root()
         host = fake_host_factory(**host_options)
         minors = list(minors if minors is not None else range(n_gpus))
         gpus = [gpu(i, minor=minor) for i, minor in enumerate(minors)]
+        if mig:
+            gpus[0].update(mig_mode=True, mig_devices=[
+                {"uuid": f"MIG-{gi:04x}{ci:04x}-0000-0000-0000-000000000000",
+                 "gpu_instance_id": gi, "compute_instance_id": ci} for gi, ci in mig])
+            write_mig_capabilities(host.root, host.root, dict(mig), gpu_minor=minors[0])
         config_path = tmp_path / f"fakenvml-{next(counter)}.json"
         write_config(config_path, make_config(gpus=gpus, driver_version=host.version))
         make_dev_nodes(host.root, minors)

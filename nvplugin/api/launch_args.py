@@ -15,7 +15,7 @@ from nvplugin.api.json_docs import go_json, gpu_info_json
 from nvplugin.core.errors import SelectionError
 from nvplugin.core.hostpath import docker_host_path
 from nvplugin.core.names import PLUGIN_NAME, VOLUME_KINDS
-from nvplugin.gpu.records import Gpu, GpuInventory
+from nvplugin.gpu.records import GpuInventory
 from nvplugin.gpu.selection import quote_item
 
 
@@ -54,12 +54,12 @@ def docker_device(host_path: str, path: str, host_root: str) -> str:
 def docker_args(
     driver_version: str,
     kinds: Iterable[str],
-    control_nodes: Iterable[DeviceNodeLike],
-    gpus: Iterable[Gpu],
+    nodes: Iterable[DeviceNodeLike],
     *,
     host_root: str,
 ) -> DockerArgs:
-    """What `docker run` needs: volumes per kind, control nodes, then GPUs in index order.
+    """What `docker run` needs: volumes per kind, then the nodes in the order given (control
+    nodes, then a selection's: `devnodes.selection_nodes`).
 
     Docker opens device nodes on its own host: `host_root` is where that host's `/` appears to
     this daemon (`--host-root`), and every node path is given as the Docker host sees it.
@@ -67,9 +67,7 @@ def docker_args(
     volumes = tuple(
         f"{kind}_{driver_version}:{VOLUME_KINDS[kind][0]}:{VOLUME_KINDS[kind][1]}" for kind in kinds
     )
-    nodes = [(node.host_path, node.path) for node in control_nodes]
-    nodes += [(gpu.host_path, gpu.path) for gpu in sorted(gpus, key=lambda g: g.index)]
-    devices = tuple(docker_device(host, path, host_root) for host, path in nodes)
+    devices = tuple(docker_device(node.host_path, node.path, host_root) for node in nodes)
     return DockerArgs(PLUGIN_NAME, volumes, devices)
 
 

@@ -19,7 +19,9 @@ from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
 from nvplugin.core.text import escape_controls
 from nvplugin.driver.manifest import Manifest
-from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu import devnodes
+from nvplugin.gpu.records import GpuInventory, GpuStatus
+from nvplugin.gpu.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class GpuSource(Protocol):
 
     async def inventory(self) -> GpuInventory: ...
     async def status(self) -> tuple[GpuStatus, ...]: ...
-    def select(self, spec: str | None) -> tuple[Gpu, ...]: ...
+    def select(self, spec: str | None) -> Selection: ...
     async def control_nodes(self) -> tuple[launch_args.DeviceNodeLike, ...]: ...
     async def driver_version(self) -> str: ...
 
@@ -121,14 +123,15 @@ async def gpu_status_json(request: web.Request) -> web.Response:
 async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
     kinds = launch_args.volume_kinds(request.query.get("vol"))
     gpus = _gpus(request)
-    selected = gpus.select(request.query.get("dev"))  # absent, "", "*": every GPU
+    # absent, "", "*": every GPU; MIG devices get their parent's node and their access nodes
+    selected = devnodes.selection_nodes(gpus.select(request.query.get("dev")))
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
     nodes = await gpus.control_nodes()
     host_root = str(request.app[CONFIG].host_root)
     try:
-        return launch_args.docker_args(version, kinds, nodes, selected, host_root=host_root)
+        return launch_args.docker_args(version, kinds, (*nodes, *selected), host_root=host_root)
     except ConfigError as err:
         # A node the Docker host cannot see (start-up refuses a --dev-root outside --host-root,
         # so only a node found elsewhere gets here): the daemon's setup, not the request, is

@@ -9,6 +9,7 @@
     │   └── RootEscapeError       a symlink leaves the driver root
     ├── NvmlError                 NVML could not be loaded or a call failed
     ├── SelectionError            `invalid device: <item>` (1.0's wording)
+    ├── DeviceAccessError         a selected device's nodes are missing on this host
     ├── VolumeError               the volume plugin's protocol errors (1.0's wording)
     │   ├── VolumeNameError       `bad volume format: N`, `unsupported volume: N`
     │   ├── VolumeVersionError    `invalid volume version: N`
@@ -63,6 +64,10 @@ class NvmlError(NvpluginError):
 
 
 class SelectionError(NvpluginError):
+    pass
+
+
+class DeviceAccessError(NvpluginError):
     pass
 
 

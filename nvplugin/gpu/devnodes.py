@@ -1,4 +1,5 @@
-"""Device nodes under `--dev-root`: the control nodes every GPU container needs and MIG caps.
+"""Device nodes under `--dev-root`: the control nodes every GPU container needs, the nodes of a
+selection (GPUs and MIG devices) and the MIG access nodes.
 
 1.0 refused to start without `nvidia-modprobe`; here it is only tried when `/dev/nvidia-uvm` is
 missing, and its absence is no error when the nodes are there.
@@ -9,9 +10,13 @@ from __future__ import annotations
 import logging
 import subprocess
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
+from nvplugin.core.errors import DeviceAccessError, DiscoveryError
+from nvplugin.driver.hostroot import HostRoot
 from nvplugin.gpu.records import DeviceNode, Gpu, MigDevice
+from nvplugin.gpu.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +26,7 @@ CONTROL_NODES = (("nvidiactl", True), ("nvidia-uvm", True), ("nvidia-uvm-tools",
                  ("nvidia-modeset", False))
 MODPROBE_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin", "usr/local/nvidia/bin", "bin", "sbin")
 MODPROBE_TIMEOUT_S = 10.0
-MIG_MINORS = "proc/driver/nvidia-caps/mig-minors"
+CAPABILITIES = "proc/driver/nvidia/capabilities"
 
 Runner = Callable[[list[str]], object]
 
@@ -64,33 +69,72 @@ def control_nodes(dev_root: Path, driver_root: Path, *, run: Runner = _run
     return tuple(nodes)
 
 
-def parse_mig_minors(text: str) -> dict[str, int]:
-    """`/proc/driver/nvidia-caps/mig-minors` lines (`gpu0/gi1/access 12`) as name -> minor."""
-    minors = {}
+def _capability_minor(text: str) -> int | None:
+    """`DeviceFileMinor: 12` from a driver capability file (`DeviceFileMode`, ... ignored)."""
     for line in text.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            minors[parts[0]] = int(parts[1])
-    return minors
+        key, _, value = line.partition(":")
+        if key.strip() == "DeviceFileMinor" and value.strip().isdigit():
+            return int(value.strip())
+    return None
 
 
-def read_mig_minors(driver_root: Path) -> dict[str, int]:
-    try:
-        return parse_mig_minors((driver_root / MIG_MINORS).read_text(errors="replace"))
-    except OSError:
-        return {}  # no MIG support in this driver (or not loaded): no caps nodes
+def mig_access(driver_root: Path, dev_root: Path, gpu_minor: int, mig: MigDevice) -> MigDevice:
+    """`mig` with its access nodes: the GPU instance's, then the compute instance's, as the
+    driver numbers them in `proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<G>[/ci<C>]/access`
+    under the driver root (NVIDIA's toolkit reads the same files). Without them the device
+    cannot be handed out, and `access_problem` says why. Blocking (file reads)."""
+    gi, ci = mig.gpu_instance, mig.compute_instance
+    if gi is None or ci is None:
+        return replace(mig, caps=(), access_problem="NVML does not report its GPU and compute "
+                       "instance ids")
+    root = HostRoot(driver_root)
+    caps = []
+    for name in (f"gpu{gpu_minor}/mig/gi{gi}/access", f"gpu{gpu_minor}/mig/gi{gi}/ci{ci}/access"):
+        proc = f"/{CAPABILITIES}/{name}"
+        try:
+            minor = _capability_minor(root.read_bytes(proc).decode(errors="replace"))
+        except (OSError, DiscoveryError) as err:
+            why = getattr(err, "strerror", None) or str(err)
+            return replace(mig, caps=(), access_problem=f"{root.host(proc)} cannot be read "
+                           f"({why}); is the MIG instance still there?")
+        if minor is None:
+            return replace(mig, caps=(), access_problem=f"{root.host(proc)} names no "
+                           "DeviceFileMinor")
+        node = dev_root / "dev" / "nvidia-caps" / f"nvidia-cap{minor}"
+        if not node.exists():
+            return replace(mig, caps=(), access_problem=(
+                f"{node} is missing; create it with 'nvidia-modprobe -f {proc}', then reload "
+                "nvidia-docker-plugin (SIGHUP)"))
+        caps.append(DeviceNode(host_path=str(node), path=f"/dev/nvidia-caps/{node.name}"))
+    return replace(mig, caps=tuple(caps), access_problem=None)
 
 
-def gpu_nodes(gpus: Iterable[Gpu], mig_devices: Iterable[tuple[Gpu, MigDevice]] = ()
-              ) -> tuple[DeviceNode, ...]:
-    """GPU nodes in index order, then the caps nodes of each chosen MIG device."""
+def with_mig_access(gpus: Iterable[Gpu], driver_root: Path, dev_root: Path) -> tuple[Gpu, ...]:
+    """The GPUs with each MIG device's access nodes looked up (see `mig_access`). Blocking."""
+    return tuple(
+        replace(gpu, mig_devices=tuple(mig_access(driver_root, dev_root, gpu.minor, mig)
+                                       for mig in gpu.mig_devices)) if gpu.mig_devices else gpu
+        for gpu in gpus)
+
+
+def selection_nodes(chosen: Selection) -> tuple[DeviceNode, ...]:
+    """Every node a container needs for `chosen` besides the control nodes: the GPU nodes in
+    index order (whole GPUs and the parents of MIG devices), then each MIG device's access nodes.
+
+    The one answer to "which nodes does this selection get" for docker/cli and CDI. Raises
+    DeviceAccessError for a MIG device whose access nodes were not found: handing out the parent
+    alone would give nothing usable, and its whole node is not what was asked for. Pure.
+    """
     nodes = [DeviceNode(host_path=g.host_path, path=g.path)
-             for g in sorted(gpus, key=lambda g: g.index)]
+             for g in sorted(chosen.gpus, key=lambda g: g.index)]
     seen: set[str] = set()
-    for _, mig in mig_devices:
+    for gpu, mig in chosen.mig_devices:
+        if mig.access_problem is not None or not mig.caps:
+            raise DeviceAccessError(
+                f"MIG device {gpu.index}:{mig.index} ({mig.uuid}) cannot be given to a "
+                f"container: {mig.access_problem or 'its access nodes were not found'}")
         for cap in mig.caps:
-            if cap not in seen:
-                seen.add(cap)
-                nodes.append(DeviceNode(host_path=cap,
-                                        path=f"/dev/nvidia-caps/{Path(cap).name}"))
+            if cap.host_path not in seen:
+                seen.add(cap.host_path)
+                nodes.append(cap)
     return tuple(nodes)

@@ -6,9 +6,6 @@ function takes plain values and returns one; `None` in means `None` out (unknown
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-
 # MB/s per lane after line coding, 1.0's table {1..4} extended to PCIe 5, 6 and 7.
 PCIE_LANE_MBS = {1: 250, 2: 500, 3: 985, 4: 1969, 5: 3938, 6: 7877, 7: 15754}
 # nvmlDeviceGetTopologyCommonAncestor level -> 1.0's P2P link code (devices.P2P_LINK_NAMES).
@@ -53,11 +50,3 @@ def sysfs_bus_id(bus_id: str) -> str:
     """NVML's `00000000:06:00.0` as sysfs names it: `0000:06:00.0` (1.0 looked up the former)."""
     domain, _, rest = bus_id.partition(":")
     return f"{int(domain, 16):04x}:{rest.lower()}"
-
-
-def mig_cap_paths(minors: Mapping[str, int], gpu_minor: int, gi: int, ci: int,
-                  dev_root: Path) -> tuple[str, ...]:
-    """Host paths of the nvidia-caps nodes that grant access to one MIG device."""
-    names = (f"gpu{gpu_minor}/gi{gi}/access", f"gpu{gpu_minor}/gi{gi}/ci{ci}/access")
-    return tuple(str(dev_root / "dev" / "nvidia-caps" / f"nvidia-cap{minors[n]}")
-                 for n in names if n in minors)

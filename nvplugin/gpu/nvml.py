@@ -15,7 +15,7 @@ import ctypes
 import functools
 import importlib.metadata
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +29,6 @@ from nvplugin.gpu.facts import (
     cuda_version,
     family,
     memory_bandwidth,
-    mig_cap_paths,
     pcie_bandwidth,
     sysfs_bus_id,
 )
@@ -243,14 +242,15 @@ class NvmlSession:
 
     # -- static facts
 
-    def read_gpus(self, mig_minors: Mapping[str, int] | None = None) -> tuple[Gpu, ...]:
+    def read_gpus(self) -> tuple[Gpu, ...]:
+        """Static facts of every GPU; MIG devices without their access nodes (devnodes adds
+        them: they are files under the driver and device roots, not NVML's)."""
         bus_ids = [self._required(i, h, "PCI bus id",
                                   lambda h: _w("nvmlDeviceGetPciInfo")(h).busId)
                    for i, h in enumerate(self._handles)]
-        return tuple(self._gpu(i, h, bus_ids, mig_minors or {})
-                     for i, h in enumerate(self._handles))
+        return tuple(self._gpu(i, h, bus_ids) for i, h in enumerate(self._handles))
 
-    def _gpu(self, index: int, h: Any, bus_ids: list[str], mig_minors: Mapping[str, int]) -> Gpu:
+    def _gpu(self, index: int, h: Any, bus_ids: list[str]) -> Gpu:
         f = self._field
         uuid = self._required(index, h, "UUID", _w("nvmlDeviceGetUUID"))
         minor = self._required(index, h, "minor number", _w("nvmlDeviceGetMinorNumber"))
@@ -292,7 +292,7 @@ class NvmlSession:
             else persistence == NVML_FEATURE_ENABLED,
             mig_mode=mig_on,
             topology=self._topology(index, h, bus_ids),
-            mig_devices=self._mig_devices(h, minor, mig_minors) if mig_on else (),
+            mig_devices=self._mig_devices(h) if mig_on else (),
         )
 
     def _cores(self, h: Any, cc: tuple[int, int] | None) -> tuple[int | None, int | None]:
@@ -357,7 +357,7 @@ class NvmlSession:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def _mig_devices(self, h: Any, minor: int, minors: Mapping[str, int]) -> tuple[MigDevice, ...]:
+    def _mig_devices(self, h: Any) -> tuple[MigDevice, ...]:
         f = self._field
         devices = []
         for slot in range(f("MIG device count", _w("nvmlDeviceGetMaxMigDeviceCount"), h) or 0):
@@ -373,9 +373,8 @@ class NvmlSession:
             ci = f("compute instance id", _w("nvmlDeviceGetComputeInstanceId"), mig)
             if uuid is None:
                 continue
-            caps = () if gi is None or ci is None else mig_cap_paths(minors, minor, gi, ci,
-                                                                      self.dev_root)
-            devices.append(MigDevice(index=slot, uuid=uuid, caps=caps))
+            devices.append(MigDevice(index=slot, uuid=uuid, gpu_instance=gi,
+                                     compute_instance=ci))
         return tuple(devices)
 
     def _required(self, index: int, handle: Any, what: str, fn: Callable[[Any], T]) -> T:

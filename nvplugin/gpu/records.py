@@ -30,12 +30,26 @@ class P2PLink:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceNode:
+    """A character device to pass to a container."""
+
+    host_path: str  # the node under --dev-root on this host
+    path: str  # where the container sees it: /dev/<name>
+
+
+@dataclass(frozen=True, slots=True)
 class MigDevice:
     """A MIG instance of a GPU in MIG mode."""
 
     index: int  # MIG device index within its parent GPU
     uuid: str  # MIG-<uuid>
-    caps: tuple[str, ...] = ()  # host paths of /dev/nvidia-caps/nvidia-capN nodes for it
+    gpu_instance: int | None = None  # NVML's GPU instance id (`gi<G>` in the driver's files)
+    compute_instance: int | None = None  # NVML's compute instance id (`ci<C>`)
+    # The GPU and compute instance access nodes (/dev/nvidia-caps/nvidia-cap<N>) a container
+    # needs besides the parent's /dev/nvidia<minor>; empty when they were not found, and then
+    # `access_problem` says why (the device cannot be handed out).
+    caps: tuple[DeviceNode, ...] = ()
+    access_problem: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +132,3 @@ class GpuInventory:
     versions: DriverVersions
     gpus: tuple[Gpu, ...] = field(default_factory=tuple)
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceNode:
-    """A character device to pass to a container."""
-
-    host_path: str  # the node under --dev-root on this host
-    path: str  # where the container sees it: /dev/<name>

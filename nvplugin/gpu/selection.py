@@ -72,10 +72,6 @@ def select(gpus: Sequence[Gpu], spec: str | None) -> Selection:
                      mig_devices=tuple(unique_migs[k] for k in sorted(unique_migs)))
 
 
-def select_gpus(gpus: Sequence[Gpu], spec: str | None) -> tuple[Gpu, ...]:
-    return select(gpus, spec).gpus
-
-
 def _resolve_all(gpus: Sequence[Gpu], items: list[str]
                  ) -> tuple[list[Gpu], list[tuple[Gpu, MigDevice]]]:
     by_index = {gpu.index: gpu for gpu in gpus}

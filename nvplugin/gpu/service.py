@@ -93,10 +93,11 @@ class GpuService:
         session = NvmlSession.open(self.nvml_library, driver_root=self.driver_root,
                                    dev_root=self.dev_root)
         try:
-            return session, session.read_gpus(devnodes.read_mig_minors(self.driver_root))
+            gpus = session.read_gpus()
         except NvmlError:
             session.close()
             raise
+        return session, devnodes.with_mig_access(gpus, self.driver_root, self.dev_root)
 
     async def _stop(self) -> None:
         self._inventory.forget()
@@ -137,13 +138,9 @@ class GpuService:
             raise NvmlError(self.reason or "NVML is not available")
         return await self._cache.get()
 
-    def select(self, spec: str | None) -> tuple[Gpu, ...]:
-        """GPUs named by `spec` (NV_GPU / dev= grammar, see selection.py), in index order."""
-        self._require()
-        return selection.select_gpus(self._gpus, spec)
-
-    def select_devices(self, spec: str | None) -> selection.Selection:
-        """As `select`, with the MIG devices chosen by `<gpu>:<mig>` or `MIG-<uuid>`."""
+    def select(self, spec: str | None) -> selection.Selection:
+        """The GPUs and MIG devices `spec` names (NV_GPU / dev= grammar, see selection.py);
+        `devnodes.selection_nodes` gives their device nodes."""
         self._require()
         return selection.select(self._gpus, spec)
 

@@ -107,7 +107,8 @@ def plugin_address(nv_host: str | None, engine_host: str) -> PluginAddress:
 
 
 def gpu_items(nv_gpu: str | None) -> list[str]:
-    """NV_GPU items (indices, UUIDs or `GPU-` prefixes; commas and/or spaces); [] means all."""
+    """NV_GPU items (indices, UUIDs or `GPU-` prefixes, MIG devices as `<gpu>:<mig>` or `MIG-`
+    prefixes; commas and/or spaces); [] means all. The daemon resolves them (docker/cli)."""
     items = (nv_gpu or "").replace(",", " ").split()
     return [] if items in (["all"], ["*"]) else items
 

@@ -277,3 +277,29 @@ def make_dev_nodes(dev_root: Path, minors: list[int], *, uvm_tools: bool = True,
         os.chmod(path, 0o666)  # as the driver makes them, whatever the umask
         made.append(path)
     return made
+
+
+def write_mig_capabilities(driver_root: Path, dev_root: Path,
+                           minors: dict[tuple[int, int], tuple[int, int]], *, gpu_minor: int = 0,
+                           caps_major: int = 241) -> list[Path]:
+    """A MIG-enabled GPU's capability files, as the driver creates one per GPU instance and
+    compute instance (`proc/driver/nvidia/capabilities/gpu<m>/mig/gi<G>[/ci<C>]/access`), and
+    the `nvidia-caps` nodes `nvidia-modprobe -f` makes for them. `minors` maps (GI, CI) to the
+    (GI access, CI access) minors. Returns the nodes."""
+    if dev_root.resolve() == Path("/"):
+        raise ValueError("write_mig_capabilities refuses to write into the real /dev")
+    caps = driver_root / "proc/driver/nvidia/capabilities" / f"gpu{gpu_minor}" / "mig"
+    made = []
+    for (gi, ci), (gi_minor, ci_minor) in minors.items():
+        for path, minor in ((caps / f"gi{gi}/access", gi_minor),
+                            (caps / f"gi{gi}/ci{ci}/access", ci_minor)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"DeviceFileMinor: {minor}\nDeviceFileMode: 292\n"
+                            "DeviceFileModify: 1\n")
+            node = dev_root / "dev/nvidia-caps" / f"nvidia-cap{minor}"
+            node.parent.mkdir(parents=True, exist_ok=True)
+            node.unlink(missing_ok=True)
+            os.mknod(node, 0o444 | stat.S_IFCHR, os.makedev(caps_major, minor))
+            made.append(node)
+    return made
+

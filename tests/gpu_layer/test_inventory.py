@@ -8,8 +8,11 @@ from pathlib import Path
 import pynvml
 import pytest
 
-from nvplugin.core.errors import NvmlError, SelectionError
-from nvplugin.gpu.records import P2PLink
+from nvplugin.core.errors import DeviceAccessError, NvmlError, SelectionError
+from nvplugin.gpu.devnodes import selection_nodes
+from nvplugin.gpu.records import DeviceNode, P2PLink
+from tests.fakehost.build import write_mig_capabilities
+from tests.requirements import need_root
 
 GIB = 1 << 30
 
@@ -21,7 +24,7 @@ async def test_zero_gpus_is_a_valid_answer(fake_nvml, start_service):
     assert service.available and inventory.gpus == ()
     assert inventory.versions.driver == "580.159.04" and inventory.versions.cuda == "13.0"
     assert await service.status() == ()
-    assert service.select(None) == ()
+    assert service.select(None).gpus == ()
 
 
 async def test_one_h200_in_final_units(fake_nvml, start_service, host_root: Path):
@@ -60,7 +63,7 @@ async def test_eight_gpus_with_minors_that_differ_from_indices(fake_nvml, start_
     assert len(gpus[3].topology) == 7
     statuses = await service.status()
     assert [s.index for s in statuses] == list(range(8))
-    assert service.select("GPU-00000005")[0].minor == 2
+    assert service.select("GPU-00000005").gpus[0].minor == 2
 
 
 async def test_every_optional_field_unsupported_reads_as_none(fake_nvml, start_service):
@@ -233,27 +236,38 @@ async def test_nvlinks_counted_per_peer_and_through_switches(fake_nvml, start_se
     assert gpu.topology == (P2PLink(bus_id=buses[1], link=5, nvlinks=3),)
 
 
-async def test_mig_devices_with_their_caps_nodes(fake_nvml, start_service, host_root):
-    (host_root / "proc/driver/nvidia-caps").mkdir(parents=True)
-    (host_root / "proc/driver/nvidia-caps/mig-minors").write_text(
-        "config 1\nmonitor 2\ngpu0/gi1/access 12\ngpu0/gi1/ci0/access 13\n"
-        "gpu0/gi2/access 21\ngpu0/gi2/ci0/access 22\n")
+async def test_mig_devices_with_their_access_nodes(fake_nvml, start_service, host_root):
+    need_root()  # mknod
+    write_mig_capabilities(host_root, host_root, minors={(1, 0): (12, 13), (2, 0): (21, 22)})
     fake_nvml.update(lambda c: c["gpus"][0].update(mig_mode=True, mig_devices=[
         {"uuid": "MIG-aaaa1111-0000-0000-0000-000000000000", "gpu_instance_id": 1,
          "compute_instance_id": 0},
         None,
         {"uuid": "MIG-bbbb2222-0000-0000-0000-000000000000", "gpu_instance_id": 2,
          "compute_instance_id": 0},
+        {"uuid": "MIG-cccc3333-0000-0000-0000-000000000000", "gpu_instance_id": 3,
+         "compute_instance_id": 0},
     ]))
     service = await start_service()
     gpu = (await service.inventory()).gpus[0]
     assert gpu.mig_mode is True
-    assert [(m.index, m.uuid[:8]) for m in gpu.mig_devices] == [(0, "MIG-aaaa"), (2, "MIG-bbbb")]
+    assert [(m.index, m.uuid[:8], m.gpu_instance, m.compute_instance)
+            for m in gpu.mig_devices] == [(0, "MIG-aaaa", 1, 0), (2, "MIG-bbbb", 2, 0),
+                                          (3, "MIG-cccc", 3, 0)]
     caps = host_root / "dev/nvidia-caps"
-    assert gpu.mig_devices[1].caps == (str(caps / "nvidia-cap21"), str(caps / "nvidia-cap22"))
-    picked = service.select_devices("0:2")
+    assert gpu.mig_devices[1].caps == (
+        DeviceNode(str(caps / "nvidia-cap21"), "/dev/nvidia-caps/nvidia-cap21"),
+        DeviceNode(str(caps / "nvidia-cap22"), "/dev/nvidia-caps/nvidia-cap22"))
+    # GI 3 has no capability files: the instance is gone (or never was); it cannot be handed out.
+    assert gpu.mig_devices[2].caps == ()
+    assert "capabilities/gpu0/mig/gi3/access cannot be read" in gpu.mig_devices[2].access_problem
+    picked = service.select("0:2")
     assert picked.gpus == (gpu,) and picked.mig_devices == ((gpu, gpu.mig_devices[1]),)
-    assert service.select_devices("MIG-aaaa").mig_devices[0][1].index == 0
+    assert selection_nodes(picked) == (DeviceNode(gpu.host_path, "/dev/nvidia0"),
+                                       *gpu.mig_devices[1].caps)
+    assert service.select("MIG-aaaa").mig_devices[0][1].index == 0
+    with pytest.raises(DeviceAccessError, match="MIG device 0:3 "):
+        selection_nodes(service.select("0:3"))
     with pytest.raises(SelectionError):
         service.select("0:1")  # an empty slot
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import pytest
 
 from nvplugin.gpu import facts
-from nvplugin.gpu.devnodes import parse_mig_minors
 
 
 @pytest.mark.parametrize(("cc", "family", "per_sm"), [
@@ -42,15 +41,3 @@ def test_memory_bandwidth_is_double_data_rate_over_the_bus():
 def test_sysfs_bus_id_uses_the_four_digit_lower_case_domain():
     assert facts.sysfs_bus_id("00000000:00:06.0") == "0000:00:06.0"
     assert facts.sysfs_bus_id("00000001:3B:00.0") == "0001:3b:00.0"
-
-
-def test_mig_minors_and_cap_paths(tmp_path):
-    text = "config 1\nmonitor 2\ngpu0/gi0/access 3\ngpu0/gi0/ci0/access 4\n" \
-           "gpu0/gi0/ci1/access 5\ngpu1/gi2/access 30\ngpu1/gi2/ci0/access 31\nbroken line here\n"
-    minors = parse_mig_minors(text)
-    assert minors["config"] == 1 and minors["gpu1/gi2/ci0/access"] == 31
-    assert "broken" not in minors
-    assert facts.mig_cap_paths(minors, 1, 2, 0, tmp_path) == (
-        str(tmp_path / "dev/nvidia-caps/nvidia-cap30"),
-        str(tmp_path / "dev/nvidia-caps/nvidia-cap31"))
-    assert facts.mig_cap_paths(minors, 7, 0, 0, tmp_path) == ()

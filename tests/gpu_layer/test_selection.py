@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from nvplugin.core.errors import SelectionError
 from nvplugin.gpu.records import Gpu, MigDevice
-from nvplugin.gpu.selection import ITEM_LIMIT, quote_item, select, select_gpus, split
+from nvplugin.gpu.selection import ITEM_LIMIT, quote_item, select, split
 
 UUIDS = ["GPU-836c0c09-1111-2222-3333-444444444444", "GPU-b78a60a0-1111-2222-3333-444444444444",
          "GPU-b78a61ff-1111-2222-3333-444444444444", "GPU-00aa0000-1111-2222-3333-444444444444"]
@@ -30,6 +30,10 @@ MIG = make_gpu(4, "GPU-cccccccc-1111-2222-3333-444444444444", mig_mode=True, mig
     MigDevice(0, "MIG-11111111-aaaa-bbbb-cccc-dddddddddddd"),
     MigDevice(2, "MIG-11112222-aaaa-bbbb-cccc-dddddddddddd")))
 ALL = (*GPUS, MIG)
+
+
+def select_gpus(gpus: tuple[Gpu, ...], spec: str | None) -> tuple[Gpu, ...]:
+    return select(gpus, spec).gpus
 
 
 def indices(spec: str | None) -> list[int]:

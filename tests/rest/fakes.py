@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from nvplugin.core.errors import NvmlError
 from nvplugin.gpu import selection
-from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.records import GpuInventory, GpuStatus
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +48,9 @@ class RecordGpus:
         self._check("status")
         return self.statuses
 
-    def select(self, spec: str | None) -> tuple[Gpu, ...]:
+    def select(self, spec: str | None) -> selection.Selection:
         self._check("select")
-        return selection.select_gpus(self.inventory_.gpus, spec)
+        return selection.select(self.inventory_.gpus, spec)
 
     async def control_nodes(self) -> tuple[Node, ...]:
         self._check("control_nodes")

@@ -55,3 +55,21 @@ def test_docker_cli_json_drives_the_sdk(running_plugin: StartPlugin, make_image:
     ).decode()
     assert "nvidia0" in devices_in(output) and "nvidia1" not in devices_in(output)
     assert "libcuda.so.1" in output.split()
+
+
+def test_a_mig_device_reaches_the_container_with_its_access_nodes_only(
+        running_plugin: StartPlugin, make_image: ImageFactory) -> None:
+    curl = need_tool("curl")
+    plugin = running_plugin(n_gpus=2, mig={(1, 0): (12, 13), (2, 0): (21, 22)})
+    url = shlex.quote(f"{plugin.url}/v1.0/docker/cli?dev=0:1")
+    script = (f"docker run --rm --net=none $({curl} -s {url}) {make_image()} "
+              "sh -c 'ls /dev; echo ---; ls /dev/nvidia-caps'")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    dev, caps = done.stdout.split("---")
+    # The parent GPU's node and the second MIG device's GPU and compute instance access nodes:
+    # not GPU 1, not the first MIG device's.
+    assert devices_in(dev) - {"nvidia-modeset"} == {"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools",
+                                                    "nvidia0", "nvidia-caps"}
+    assert caps.split() == ["nvidia-cap21", "nvidia-cap22"]
+

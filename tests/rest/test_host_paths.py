@@ -3,12 +3,16 @@ built from it (`launch_args.docker_device`, `launch_args.docker_args`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pytest
 
 from nvplugin.api import launch_args
 from nvplugin.core.errors import ConfigError
 from nvplugin.core.hostpath import docker_host_path
-from nvplugin.gpu.records import DeviceNode
+from nvplugin.gpu.devnodes import selection_nodes
+from nvplugin.gpu.records import DeviceNode, Gpu
+from nvplugin.gpu.selection import Selection
 from tests.rest import records
 
 
@@ -72,7 +76,7 @@ def test_the_images_nodes_are_given_as_the_hosts_own():
     # The README's container: --dev-root /host, --host-root /host. The bug was handing Docker
     # `/host/dev/...`, which exists only inside the plugin container.
     control, gpus = _host_nodes("/host")
-    args = launch_args.docker_args("580.159.04", ["nvidia_driver"], control, gpus,
+    args = launch_args.docker_args("580.159.04", ["nvidia_driver"], [*control, *gpu_nodes(gpus)],
                                    host_root="/host")
     assert args.devices == ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia2", "/dev/nvidia3")
     assert launch_args.docker_cli_text(args) == (
@@ -86,7 +90,8 @@ def test_the_images_nodes_are_given_as_the_hosts_own():
 
 def test_a_driver_container_seen_from_the_image_keeps_its_host_path():
     control, gpus = _host_nodes("/host/run/nvidia/driver")
-    args = launch_args.docker_args("580.159.04", [], control, gpus, host_root="/host")
+    args = launch_args.docker_args("580.159.04", [], [*control, *gpu_nodes(gpus)],
+                                   host_root="/host")
     assert args.devices == tuple(
         f"/run/nvidia/driver/dev/{n}:/dev/{n}"
         for n in ("nvidiactl", "nvidia-uvm", "nvidia2", "nvidia3"))
@@ -96,4 +101,10 @@ def test_a_node_outside_the_host_root_fails_the_whole_answer():
     control, gpus = _host_nodes("/host")
     control.append(DeviceNode("/dev/nvidia-modeset", "/dev/nvidia-modeset"))
     with pytest.raises(ConfigError, match="/dev/nvidia-modeset is not under --host-root /host"):
-        launch_args.docker_args("580.159.04", [], control, gpus, host_root="/host")
+        launch_args.docker_args("580.159.04", [], [*control, *gpu_nodes(gpus)],
+                                   host_root="/host")
+
+
+def gpu_nodes(gpus: Iterable[Gpu]) -> tuple[DeviceNode, ...]:
+    """The nodes of whole GPUs, as the REST API gets them."""
+    return selection_nodes(Selection(gpus=tuple(gpus)))

@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,8 @@ import pytest
 from nvplugin.api import json_docs, launch_args, text_pages
 from nvplugin.core.errors import SelectionError
 from nvplugin.gpu import selection
-from nvplugin.gpu.records import GpuInventory, GpuStatus
+from nvplugin.gpu.devnodes import selection_nodes
+from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory, GpuStatus
 from tests.rest import records
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -165,8 +166,8 @@ CONTROL = [Node("/dev/nvidiactl", "/dev/nvidiactl"), Node("/dev/nvidia-uvm", "/d
 
 def test_docker_cli_text_is_v1_line() -> None:
     inventory, _ = records.v1_sample_host()
-    args = launch_args.docker_args("375.26", ["nvidia_driver"], CONTROL,
-                              reversed(inventory.gpus), host_root="/")
+    args = launch_args.docker_args("375.26", ["nvidia_driver"],
+                                   [*CONTROL, *gpu_nodes(reversed(inventory.gpus))], host_root="/")
     assert launch_args.docker_cli_text(args) == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
         "--device=/dev/nvidiactl --device=/dev/nvidia-uvm --device=/dev/nvidia-uvm-tools "
@@ -182,7 +183,7 @@ def test_docker_cli_text_is_v1_line() -> None:
 def test_docker_args_map_host_paths_under_another_dev_root() -> None:
     gpu = records.gpu(0, minor=2, path="/dev/nvidia2", host_path="/run/drv/dev/nvidia2")
     nodes = [Node("/run/drv/dev/nvidiactl", "/dev/nvidiactl")]
-    args = launch_args.docker_args("580.159.04", [], nodes, [gpu], host_root="/")
+    args = launch_args.docker_args("580.159.04", [], [*nodes, *gpu_nodes([gpu])], host_root="/")
     assert args.devices == ("/run/drv/dev/nvidiactl:/dev/nvidiactl",
                             "/run/drv/dev/nvidia2:/dev/nvidia2")
     assert launch_args.docker_cli_text(args) == (
@@ -229,3 +230,8 @@ def test_mesos_cli_packs_the_exact_info_json() -> None:
     assert "=" not in encoded and "+" not in encoded and "/" not in encoded
     packed = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     assert zlib.decompress(packed).decode() == json_docs.gpu_info_json(inventory)
+
+
+def gpu_nodes(gpus: Iterable[Gpu]) -> tuple[DeviceNode, ...]:
+    """The nodes of whole GPUs, as the REST API gets them."""
+    return selection_nodes(selection.Selection(gpus=tuple(gpus)))

@@ -77,6 +77,18 @@ def test_nv_gpu_selects_devices(plugin: PluginDaemon, gpu_image: str, by: str) -
     assert "nvidia0" not in nodes_in(only.stdout) and "nvidia1" in nodes_in(only.stdout)
 
 
+def test_nv_gpu_names_a_mig_device(running_plugin: StartPlugin, gpu_image: str) -> None:
+    plugin = running_plugin(n_gpus=2, mig={(1, 0): (12, 13), (2, 0): (21, 22)})
+    for nv_gpu in ("0:0", "MIG-00010000"):
+        done = nvidia_docker("run", "--rm", "--net=none", gpu_image, "sh", "-c",
+                             "ls /dev; echo ---; ls /dev/nvidia-caps", nv_host=plugin.url,
+                             NV_GPU=nv_gpu)
+        assert done.returncode == 0, done.stderr
+        dev, caps = done.stdout.split("---")
+        assert "nvidia0" in nodes_in(dev) and "nvidia1" not in nodes_in(dev)
+        assert caps.split() == ["nvidia-cap12", "nvidia-cap13"]
+
+
 def test_unknown_volume_kinds_in_the_label_are_ignored(
     plugin: PluginDaemon, make_image: ImageFactory
 ) -> None:
