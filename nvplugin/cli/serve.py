@@ -19,6 +19,7 @@ from nvplugin.core.errors import NvpluginError
 from nvplugin.driver import discovery
 from nvplugin.driver.state import DriverState
 from nvplugin.gpu import devnodes
+from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
 from nvplugin.volumes.store import VolumeStore
 
@@ -65,7 +66,8 @@ class Daemon:
         log.info("Loading NVIDIA management library")
         nvml_library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
         self.gpus = await GpuService.start(
-            driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library
+            driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library,
+            cuda=CudaProperties(cfg.driver_root),
         )
         self._cleanups.append(self.gpus.close)
         log.info("Discovering GPU devices")

@@ -90,13 +90,21 @@ def driver_version_from_files(driver_root: Path | str | HostRoot) -> str | None:
 def find_nvml_library(driver_root: Path | str | HostRoot) -> str | None:
     """Host path of the 64-bit libnvidia-ml.so.1 the root's ld.so.cache names (else the usual
     dirs), with symlinks resolved inside the root, so NVML loads from the driver root."""
-    root = _root(driver_root)
+    return _find_library64(_root(driver_root), "libnvidia-ml.so.1")
+
+
+def find_cuda_library(driver_root: Path | str | HostRoot) -> str | None:
+    """The driver's own 64-bit libcuda.so.1, found as `find_nvml_library` finds NVML."""
+    return _find_library64(_root(driver_root), "libcuda.so.1")
+
+
+def _find_library64(root: HostRoot, soname: str) -> str | None:
     try:
-        paths = [e.path for e in read_cache(root) if e.key == "libnvidia-ml.so.1" and e.bits == 64]
+        paths = [e.path for e in read_cache(root) if e.key == soname and e.bits == 64]
     except CacheFormatError as err:
         log.warning("%s", err)
         paths = []
-    paths += [f"{d}/libnvidia-ml.so.1" for d in catalog.LIBRARY_DIRS if "i386" not in d
+    paths += [f"{d}/{soname}" for d in catalog.LIBRARY_DIRS if "i386" not in d
               and not d.endswith(("lib32", "/lib"))]
     for path in paths:
         inner = _resolve_or_none(root, path)

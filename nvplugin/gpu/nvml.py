@@ -15,6 +15,7 @@ import ctypes
 import functools
 import importlib.metadata
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,6 +65,8 @@ NVML_MEMORY_LOCATION_DEVICE_MEMORY = 2
 NVML_MEMORY_V2 = 40 | 2 << 24
 # Links past the driver's last one answer INVALID_ARGUMENT, which ends the scan.
 NVML_NVLINK_MAX_LINKS = 36
+
+_NODE_DIR = re.compile(r"node([0-9]+)")
 
 _ABSENT_CODES = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
 
@@ -168,6 +171,17 @@ def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlEr
         NVML_ERROR_FUNCTION_NOT_FOUND: "not an NVML library (nvmlInitWithFlags missing)",
     }
     return NvmlError(f"NVML could not be loaded from {path}: {reasons.get(err.value, err)}")
+
+
+def _only_numa_node(driver_root: Path) -> int | None:
+    """The machine's NUMA node when it has exactly one (`sys/devices/system/node/node<N>` under
+    the driver root, the same sysfs view as the device's `numa_node`), else None."""
+    try:
+        nodes = [int(m.group(1)) for entry in (driver_root / "sys/devices/system/node").iterdir()
+                 if (m := _NODE_DIR.fullmatch(entry.name))]
+    except OSError:
+        return None
+    return nodes[0] if len(nodes) == 1 else None
 
 
 # ---------------------------------------------------------------- the session
@@ -308,7 +322,11 @@ class NvmlSession:
         return cores, sms
 
     def _numa_node(self, h: Any, bus_id: str) -> int | None:
-        """NVML's NUMA node, else sysfs'. -1 (no NUMA affinity, e.g. one node) is None, not 0."""
+        """NVML's NUMA node, else sysfs' (1.0's source).
+
+        -1 is the kernel's "the firmware gave this device no node". On a machine with one node
+        every CPU is node 0's, so node 0 is the true answer (1.0 printed `NUMA node0` for any
+        -1, right there by accident); with several nodes -1 means unknown: None, not a guess."""
         node = self._field("NUMA node", _w("nvmlDeviceGetNumaNodeId"), h)
         if node is None:
             path = self.driver_root / "sys/bus/pci/devices" / sysfs_bus_id(bus_id) / "numa_node"
@@ -316,7 +334,7 @@ class NvmlSession:
                 node = int(path.read_text().strip())
             except (OSError, ValueError):
                 return None
-        return node if node >= 0 else None
+        return node if node >= 0 else _only_numa_node(self.driver_root)
 
     def _topology(self, index: int, h: Any, bus_ids: list[str]) -> tuple[P2PLink, ...]:
         nvlinks = self._nvlinks(h, bus_ids)

@@ -22,6 +22,7 @@ from typing import TypeVar
 from nvplugin.core.errors import NvmlError
 from nvplugin.core.single_flight import Recent
 from nvplugin.gpu import devnodes, selection
+from nvplugin.gpu.cuda import CudaProperties, CudaReport, with_memory
 from nvplugin.gpu.nvml import NvmlSession
 from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory, GpuStatus
 from nvplugin.gpu.status_cache import StatusCache
@@ -34,10 +35,12 @@ RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may b
 
 class GpuService:
     def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 cuda: CudaProperties | None = None) -> None:
         self.driver_root = driver_root
         self.dev_root = dev_root
         self.nvml_library = nvml_library
+        self._cuda = cuda  # None: Constant, Shared and L2 Cache stay N/A (one-shot commands)
         self.reason: str | None = "NVML has not been loaded yet"
         self._nvml_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml")
         self._sampler_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml-pcie")
@@ -50,10 +53,11 @@ class GpuService:
 
     @classmethod
     async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
-                    clock: Callable[[], float] = time.monotonic) -> GpuService:
+                    clock: Callable[[], float] = time.monotonic,
+                    cuda: CudaProperties | None = None) -> GpuService:
         """Never raises for a missing or broken driver: `available` is False, `reason` says why."""
         service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=nvml_library,
-                      clock=clock)
+                      clock=clock, cuda=cuda)
         await service.refresh()
         return service
 
@@ -78,11 +82,18 @@ class GpuService:
         """(Re)load NVML and re-read the static inventory (start-up, SIGHUP, driver change)."""
         async with self._lock:
             await self._stop()
+            # CUDA's child process runs while NVML opens: start-up waits for the slower one.
+            cuda = (asyncio.ensure_future(asyncio.to_thread(self._cuda.read))
+                    if self._cuda is not None else None)
             try:
                 session, gpus = await self._call(self._open)
             except NvmlError as err:
                 self.reason = err.message
+                if cuda is not None:
+                    await cuda  # without NVML there is no GPU to give the sizes to
                 return
+            if cuda is not None:
+                gpus = _with_cuda(gpus, await cuda)
             self._session, self._gpus, self.reason = session, gpus, None
             self._cache = StatusCache(
                 functools.partial(self._call, session.read_status, time.time),
@@ -154,3 +165,21 @@ class GpuService:
     @property
     def status_cache(self) -> StatusCache | None:
         return self._cache
+
+
+def _with_cuda(gpus: tuple[Gpu, ...], report: CudaReport) -> tuple[Gpu, ...]:
+    """CUDA's sizes filled in, with one line for what was read and one for what was not."""
+    gpus, missing = with_memory(gpus, report)
+    if report.error is not None:
+        log.warning("CUDA memory sizes unavailable: %s; Constant, Shared and L2 Cache read N/A",
+                    report.error)
+        return gpus
+    if not report.cached:
+        grown = "" if report.init_rss_kib is None else f", {report.init_rss_kib / 1024:+.1f} MiB"
+        init = "" if report.init_ms is None else f"; its cuInit took {report.init_ms:.0f} ms{grown}"
+        log.info("Read CUDA memory sizes of %d GPU(s) from %s in a child process in %.0f ms%s",
+                 len(report.memory), report.library, report.took_ms, init)
+    problems = [*report.problems, *missing]
+    if problems:
+        log.warning("CUDA could not read %s; reporting it as N/A", "; ".join(problems))
+    return gpus

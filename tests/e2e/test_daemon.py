@@ -171,6 +171,18 @@ def test_sighup_rediscovers_and_logs_the_result(running_plugin):
     assert daemon.ready()
 
 
+def test_gpu_info_has_1_0_memory_sizes_from_the_drivers_libcuda(running_plugin):
+    daemon = running_plugin(n_gpus=2)
+    page = http_get(daemon.url + "/v1.0/gpu/info")[1]
+    # The fake host's libcuda.so.<version>, found through its ld.so.cache, answers the H200's.
+    assert page.count("    Constant:   64 KiB\n    Shared:     228 KiB\n"
+                      "    L2 Cache:   61440 KiB\n") == 2
+    assert "Read CUDA memory sizes of 2 GPU(s) from " in daemon.log()
+    assert daemon.proc is not None
+    maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+    assert "libcuda" not in maps and "libnvidia-ml" in maps  # cuInit ran in the child only
+
+
 def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_factory):
     daemon = running_plugin()
     assert daemon.host is not None
@@ -180,6 +192,8 @@ def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_fact
     fake_host_factory(root=daemon.driver_root, version="590.10.01")
     config = json.loads(daemon.host.nvml_config.read_text())
     config["driver_version"] = "590.10.01"
+    # The new libcuda answers other sizes: it must be asked again.
+    config["gpus"][0]["cuda_attributes"]["l2_cache_size"] = 40 << 20
     daemon.host.nvml_config.write_text(json.dumps(config))
 
     def new_volume_served() -> bool:
@@ -189,6 +203,8 @@ def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_fact
 
     assert wait_for(new_volume_served, timeout=20), daemon.log()[-3000:]
     assert "NVIDIA driver changed from 580.159.04 to 590.10.01" in daemon.log()
+    assert "    L2 Cache:   40960 KiB\n" in http_get(daemon.url + "/v1.0/gpu/info")[1]
+    assert daemon.log().count("Read CUDA memory sizes of 1 GPU(s) from ") == 2
 
 
 def _plugin_call(path: Path, route: str, body: dict) -> dict:

@@ -22,6 +22,7 @@ from typing import Literal
 
 from tests.fakehost import components as c
 from tests.fakehost.compiler import CompileError, ObjectCache, gcc_m32_works
+from tests.fakenvml.cuda import fake_cuda_source
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_NVML_SOURCE = REPO / "tests" / "fakenvml" / "fakenvml.c"
@@ -72,6 +73,8 @@ def _compile_libs(objects: ObjectCache, libs: Iterable[c.Lib], version: str, bit
                 if lib.name == "nvidia-ml" and nvml_source is not None and bits == 64:
                     return lib.name, objects.build(nvml_source.read_text(), flags,
                                                    name="libnvidia-ml")
+                if lib.name == "cuda" and bits == 64:  # the fake libcuda reads the NVML config
+                    return lib.name, objects.build(fake_cuda_source(), flags, name="libcuda")
                 tls = c.NEW_TLS if lib.note == "new-tls" else None
                 inputs = [built[n] for n in lib.needed]
                 return lib.name, objects.build(c.lib_source(lib, version, tls), flags, inputs,

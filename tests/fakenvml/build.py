@@ -46,7 +46,11 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 MIG UUIDs),
                 lost true (GPU_IS_LOST from every call on it, its handle and MIG devices),
                 event_types ["xid", "double_bit_ecc", …] or a mask
-                (nvmlDeviceGetSupportedEventTypes; nvmlDeviceRegisterEvents refuses others)
+                (nvmlDeviceGetSupportedEventTypes; nvmlDeviceRegisterEvents refuses others),
+                cuda_attributes {"total_constant_memory", "l2_cache_size",
+                "max_shared_memory_per_multiprocessor" or "<CU_DEVICE_ATTRIBUTE number>": value}
+                (the fake libcuda's, tests/fakenvml/fakecuda.c; top level "cuda": {init_error,
+                order, init_delay_ms})
     events      one JSON object a line, appended to events_file while the process runs
                 (FakeNvml.inject_event): {"gpu": 0, "type": "xid", "data": 79,
                 "gpu_instance_id": 1, "compute_instance_id": 0} (ids optional: 0xFFFFFFFF);
@@ -71,7 +75,7 @@ import os
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +131,12 @@ H200: dict[str, Any] = {
     "processes": [],
     # Not read from the host: the types NVML's documentation lists for an ECC-enabled GPU.
     "event_types": ["single_bit_ecc", "double_bit_ecc", "pstate", "xid", "clock"],
+    # For the fake libcuda (fakecuda.c): 1.0's gpu/info showed 64, 228 and 61440 KiB on the H200.
+    "cuda_attributes": {
+        "total_constant_memory": 64 << 10,
+        "max_shared_memory_per_multiprocessor": 228 << 10,
+        "l2_cache_size": 61440 << 10,
+    },
 }
 
 
@@ -197,18 +207,26 @@ def build_fake_nvml(out_dir: Path, *, omit: Iterable[str] = (), version: str | N
         if not VERSION_RE.fullmatch(version):
             raise ValueError(f"not a driver version: {version!r} (digits and dots: 580.159.04)")
         flags.append(f'-DFAKE_DRIVER_VERSION="{version}"')
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / (SONAME if version is None else f"libnvidia-ml.so.{version}")
-    stamp = out_dir / f".{target.name}.build"
+    return compile_library(SOURCE, target, soname=SONAME, flags=[*flags, "-lpthread"], gcc=gcc,
+                           what="the fake NVML")
+
+
+def compile_library(source: Path, target: Path, *, soname: str, flags: Sequence[str] = (),
+                    gcc: str = "gcc", what: str) -> Path:
+    """`gcc -Wall -Werror -shared` of `source` into `target` (atomically), unless `target` is
+    already the build of this source with these flags."""
+    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stamp = target.with_name(f".{target.name}.build")
     if target.exists() and stamp.exists() and stamp.read_text() == digest:
         return target
-    tmp = out_dir / f".{target.name}.tmp"
-    cmd = [gcc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", f"-Wl,-soname,{SONAME}", *flags,
-           "-o", str(tmp), str(SOURCE), "-lpthread"]
+    tmp = target.with_name(f".{target.name}.tmp")
+    cmd = [gcc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", f"-Wl,-soname,{soname}",
+           "-o", str(tmp), str(source), *flags]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"building the fake NVML failed:\n{result.stderr}")
+        raise RuntimeError(f"building {what} failed:\n{result.stderr}")
     os.replace(tmp, target)
     stamp.write_text(digest)
     return target

@@ -1,6 +1,8 @@
 """Pytest fixtures for the fake NVML (registered as a plugin by tests/conftest.py).
 
     fake_nvml_lib           session: Path of the built libnvidia-ml.so.1
+    fake_cuda_lib           session: Path of the built fake libcuda.so.1 (fakecuda.c), which
+                            reads the same config (install_fake_cuda puts it under a root)
     fake_nvml_lib_variant   session: callable(omit=[...], version=None) -> Path of a build
                             without those symbols (with `version`: libnvidia-ml.so.<version>)
     nvml_config_factory     the `make_config(n_gpus, gpus=..., **top)` helper from build.py
@@ -41,6 +43,7 @@ from tests.fakenvml.build import (
     make_config,
     write_config,
 )
+from tests.fakenvml.cuda import build_fake_cuda
 from tests.requirements import need_tool
 
 
@@ -142,6 +145,11 @@ def fake_nvml_lib_variant(
         return built[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def fake_cuda_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_fake_cuda(tmp_path_factory.mktemp("fakecuda"), gcc=need_tool("gcc"))
 
 
 @pytest.fixture

@@ -34,6 +34,8 @@ from tests.gpu.report import (
     SMI_LIVE,
     SMI_STATIC,
     Report,
+    compare_affinity,
+    compare_cuda_memory,
     compare_fields,
     compare_identity,
     compare_info,
@@ -47,6 +49,7 @@ from tests.gpu.report import (
     median_ms,
     missing_files,
     parse_compute_apps,
+    parse_cuda_props,
     parse_smi_csv,
     parse_topo_matrix,
     percentile,
@@ -54,6 +57,7 @@ from tests.gpu.report import (
     proc_device_minor,
     skip_reason,
     topo_matrix_text,
+    vm_rss_kib,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,6 +85,8 @@ ISOLATION = ("NV_GPU=1: nvidia-smi -L and vecadd see exactly GPU 1",
              "NV_GPU=<GPU 1's UUID prefix>: exactly GPU 1")
 CONCURRENT = "two containers run vecadd at once, each on its own GPU"
 STATUS_ALL = "gpu/status/json answers for every GPU"
+CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit kept out"
+AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
 # The same figure on the one-GPU H200 (docs/gpu-proof.md), to set the multi-GPU one against.
 ONE_GPU_STATUS_P50 = "1.36 ms"
 
@@ -206,6 +212,70 @@ class Proof:
                 problems += [f"GPU {index} {label} {problem}" for problem in wrong]
         self.report.add("gpu/info and gpu/status agree with nvidia-smi -q", not problems,
                         "\n".join(detail + problems))
+
+    def check_cuda_sizes(self) -> None:
+        """The three sizes against cudaprops.cu (the CUDA runtime, 1.0's source), and what the
+        daemon's way costs: cuInit ran in its child (its log line), never in the daemon (its
+        maps), and what cuInit adds to a process (the child run again here, for the figures)."""
+        binary = self.work / "cudaprops"
+        compiled = sh("nvcc", "-O2", "-cudart", "static", "-o", str(binary),
+                      str(REPO / "tests/gpu/cudaprops.cu"))
+        if compiled.returncode != 0:
+            self.report.add(CUDA_SIZES, False, compiled.stderr)
+            return
+        props = sh(str(binary))
+        info = json.loads(get("/v1.0/gpu/info/json")[1])
+        lines, problems = compare_cuda_memory(info, parse_cuda_props(props.stdout))
+        if props.returncode != 0:
+            problems.insert(0, f"cudaprops exited {props.returncode}: {props.stdout.strip()}")
+        page = [line.strip() for line in get("/v1.0/gpu/info")[1].splitlines()
+                if line.strip().startswith(("Constant:", "Shared:", "L2 Cache:"))]
+        log = (self.work / "daemon.log").read_text(errors="replace")
+        read = [line for line in log.splitlines() if "Read CUDA memory sizes" in line]
+        if not read:
+            problems.append("the daemon never logged 'Read CUDA memory sizes'")
+        pid = self.daemon.pid if self.daemon is not None else 0
+        maps = Path(f"/proc/{pid}/maps").read_text() if pid else ""
+        if "libcuda" in maps:
+            problems.append("libcuda is mapped in the daemon: cuInit ran there")
+        python = str(self.venv / "bin/python")
+        where = sh(python, "-c", "from nvplugin.driver.discovery import find_cuda_library; "
+                   "from nvplugin.gpu.cuda import CHILD; print(find_cuda_library('/'), CHILD)")
+        library, child = [*where.stdout.split(), "", ""][:2]
+        started = time.monotonic()
+        asked = sh(python, "-I", child, library)
+        took = (time.monotonic() - started) * 1000
+        try:
+            answer = json.loads(asked.stdout)
+            before, after = answer["rss_kib"]
+            self.report.timings["cuInit in a process: time, resident memory added"] = (
+                f"{answer['init_ms']:.0f} ms, {(after - before) / 1024:+.1f} MiB "
+                f"({before / 1024:.1f} -> {after / 1024:.1f} MiB)")
+            self.report.timings["the daemon's CUDA query (child process, start to answer)"] = (
+                f"{took:.0f} ms")
+        except (ValueError, KeyError, TypeError):
+            problems.append(f"the CUDA child on {library} answered {asked.stdout!r} "
+                            f"{asked.stderr.strip()!r}")
+        rss = vm_rss_kib(Path(f"/proc/{pid}/status").read_text()) if pid else None
+        if rss is not None:
+            self.report.timings["the daemon's resident memory (no cuInit in it)"] = (
+                f"{rss / 1024:.1f} MiB")
+        self.report.add(CUDA_SIZES, not problems,
+                        "\n".join([props.stdout.strip(), *lines, *page, *read, *problems]))
+
+    def check_affinity(self) -> None:
+        info = json.loads(get("/v1.0/gpu/info/json")[1])
+        numa, cpus = {}, {}
+        for dev in info.get("Devices") or []:
+            bus = proc_bus_dir(str(dev["PCI"]["BusID"]))
+            device = Path("/sys/bus/pci/devices", bus)
+            numa[bus], cpus[bus] = _read(device / "numa_node"), _read(device / "local_cpulist")
+        nodes = {path.name: _read(path / "cpulist") or "?"
+                 for path in Path("/sys/devices/system/node").glob("node[0-9]*")}
+        lines, problems = compare_affinity(info, numa, cpus, nodes)
+        page = [line.strip() for line in get("/v1.0/gpu/info")[1].splitlines()
+                if line.strip().startswith("CPU Affinity:")]
+        self.report.add(AFFINITY, not problems, "\n".join([*lines, *page, *problems]))
 
     def check_list(self) -> None:
         result = sh(str(self.venv / "bin/nvidia-docker-plugin"), "list", "--json")
@@ -527,7 +597,8 @@ class Proof:
 
     def steps(self) -> tuple[Callable[[], Any], ...]:
         return (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
-                self.check_identity, self.check_topology, self.check_list,
+                self.check_cuda_sizes, self.check_affinity, self.check_identity,
+                self.check_topology, self.check_list,
                 self.create_volume, self.build_image, self.run_ways,
                 self.selection_and_refusal, self.isolation, self.concurrent,
                 self.restart_while_running, self.timings, self.status_all_gpus)
@@ -558,6 +629,13 @@ def run_steps(report: Report, steps: Sequence[Callable[[], Any]], gpu_count: int
             step()
         except Exception as err:  # one broken step must not hide the others' results
             report.add(step.__name__, False, f"{type(err).__name__}: {err}")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 def _mounts() -> dict[str, Any]:

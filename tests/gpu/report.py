@@ -453,3 +453,89 @@ def compare_placement(apps: Sequence[ComputeApp], uuids: Sequence[str],
     problems += [f"{app.gpu_uuid}: {program} pid {app.pid} on a GPU not selected"
                  for app in ours if app.gpu_uuid not in uuids]
     return problems
+
+
+# ---------------------------------------------------------------- CUDA sizes, CPU affinity
+
+
+def parse_cuda_props(text: str) -> dict[str, tuple[int, int, int]]:
+    """cudaprops.cu's lines: bus id (as /proc names it) -> (constant, shared per SM, L2) bytes."""
+    props = {}
+    for line in text.splitlines():
+        cells = line.split()
+        if len(cells) == 4 and all(cell.isdigit() for cell in cells[1:]):
+            props[proc_bus_dir(cells[0])] = (int(cells[1]), int(cells[2]), int(cells[3]))
+    return props
+
+
+def compare_cuda_memory(info: Mapping[str, Any], props: Mapping[str, tuple[int, int, int]],
+                        ) -> tuple[list[str], list[str]]:
+    """(one line per GPU, problems): gpu/info/json Memory.Constant/Shared/L2Cache (KiB) against
+    the CUDA runtime's byte counts, GPU by bus id."""
+    lines: list[str] = []
+    problems: list[str] = []
+    for position, dev in enumerate(info.get("Devices") or []):
+        bus = proc_bus_dir(str((dev.get("PCI") or {}).get("BusID")))
+        memory = dev.get("Memory") or {}
+        ours = (memory.get("Constant"), memory.get("Shared"), memory.get("L2Cache"))
+        theirs = props.get(bus)
+        if theirs is None:
+            problems.append(f"GPU {position} ({bus}): the CUDA runtime lists no such device")
+            continue
+        want = tuple(value // 1024 for value in theirs)
+        lines.append(f"GPU {position} ({bus}): CUDA runtime {theirs[0]} B, {theirs[1]} B, "
+                     f"{theirs[2]} B = {want[0]}, {want[1]}, {want[2]} KiB; ours Constant "
+                     f"{ours[0]}, Shared {ours[1]}, L2Cache {ours[2]} KiB")
+        problems += [f"GPU {position} {name}: CUDA runtime {w} KiB, ours {o!r}"
+                     for name, w, o in zip(("Constant", "Shared", "L2Cache"), want, ours,
+                                           strict=True) if w != o]
+    return lines, problems
+
+
+def expected_affinity(numa_node: str | None, nodes: Sequence[str]) -> int | None:
+    """What CPU Affinity must say, from sysfs: the device's `numa_node` when it is a node; for
+    -1 (the firmware named none) the only node of a one-node machine (`nodes`: the `node<N>`
+    entries of /sys/devices/system/node), else nothing (N/A)."""
+    try:
+        node = int((numa_node or "").strip())
+    except ValueError:
+        return None
+    if node >= 0:
+        return node
+    numbers = [int(name[4:]) for name in nodes if re.fullmatch(r"node\d+", name)]
+    return numbers[0] if len(numbers) == 1 else None
+
+
+def compare_affinity(info: Mapping[str, Any], numa_nodes: Mapping[str, str | None],
+                     local_cpus: Mapping[str, str | None], nodes: Mapping[str, str],
+                     ) -> tuple[list[str], list[str]]:
+    """(one line per GPU, problems): gpu/info/json CPUAffinity against sysfs. `numa_nodes` and
+    `local_cpus` are each GPU's `numa_node` and `local_cpulist` by bus id, `nodes` the machine's
+    NUMA nodes with their `cpulist`."""
+    lines: list[str] = []
+    problems: list[str] = []
+    listed = ", ".join(f"{name} (CPUs {cpus})" for name, cpus in sorted(nodes.items()))
+    for position, dev in enumerate(info.get("Devices") or []):
+        bus = proc_bus_dir(str((dev.get("PCI") or {}).get("BusID")))
+        raw, cpus = numa_nodes.get(bus), local_cpus.get(bus)
+        want = expected_affinity(raw, list(nodes))
+        why = ("its own node" if raw is not None and raw.strip().lstrip("-").isdigit()
+               and int(raw) >= 0 else "the only node: every CPU is its" if want is not None
+               else "unknown: several nodes and no word from the firmware")
+        lines.append(f"GPU {position} ({bus}): numa_node {raw!r}, local_cpulist {cpus!r}; "
+                     f"system nodes: {listed or 'none'}; expected {want} ({why}); ours "
+                     f"{dev.get('CPUAffinity')!r}")
+        if dev.get("CPUAffinity") != want:
+            problems.append(f"GPU {position} CPUAffinity: sysfs says {want!r}, ours "
+                            f"{dev.get('CPUAffinity')!r}")
+        if want is not None and raw is not None and int(raw) < 0 and cpus is not None \
+                and nodes.get(f"node{want}") not in (None, cpus):
+            problems.append(f"GPU {position}: local_cpulist {cpus} is not node{want}'s "
+                            f"{nodes[f'node{want}']}: the one-node rule does not hold here")
+    return lines, problems
+
+
+def vm_rss_kib(status: str) -> int | None:
+    """VmRSS of a /proc/<pid>/status text, in KiB."""
+    match = re.search(r"^VmRSS:\s*(\d+) kB$", status, re.MULTILINE)
+    return int(match.group(1)) if match else None

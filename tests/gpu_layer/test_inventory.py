@@ -12,6 +12,7 @@ from nvplugin.core.errors import DeviceAccessError, NvmlError, SelectionError
 from nvplugin.gpu.devnodes import selection_nodes
 from nvplugin.gpu.records import DeviceNode, P2PLink
 from tests.fakehost.build import write_mig_capabilities
+from tests.fakenvml.build import gpu
 from tests.requirements import need_root
 
 GIB = 1 << 30
@@ -222,6 +223,48 @@ async def test_numa_node_from_nvml_else_sysfs_else_none(fake_nvml, start_service
     # nvidia-ml-py before 12.550 has no NUMA node wrapper: only sysfs can tell
     from_nvml = 1 if hasattr(pynvml, "nvmlDeviceGetNumaNodeId") else None
     assert [g.cpu_affinity for g in gpus] == [from_nvml, 1, None]
+
+
+def _sysfs_tree(root: Path, *, numa_node: str, nodes: tuple[int, ...]) -> None:
+    """The H200's sysfs view: the GPU's numa_node, and the machine's NUMA node directories."""
+    device = root / "sys/bus/pci/devices/0000:00:06.0"
+    device.mkdir(parents=True)
+    (device / "numa_node").write_text(f"{numa_node}\n")
+    (device / "local_cpulist").write_text("0-15\n")
+    system = root / "sys/devices/system/node"
+    system.mkdir(parents=True)
+    for node in nodes:
+        (system / f"node{node}").mkdir()
+        (system / f"node{node}/cpulist").write_text("0-15\n")
+    # Entries that are not nodes: the kernel lists these beside them.
+    (system / "possible").write_text("0\n")
+    (system / "power").mkdir()
+
+
+@pytest.mark.parametrize(("numa_node", "nodes", "expected"), [
+    ("-1", (0,), 0),  # the H200: one node, so every CPU, the GPU's included, is node 0's
+    ("-1", (1,), 1),  # one node need not be node 0
+    ("-1", (0, 1), None),  # two nodes and no word from the firmware: unknown, not node 0
+    ("1", (0, 1), 1),
+])
+async def test_numa_node_minus_one_is_the_only_node_else_unknown(
+        fake_nvml, start_service, host_root, numa_node, nodes, expected):
+    # The H200's bus id; NVML has no NUMA node for a GPU that is not one (the H200 answers so).
+    fake_nvml.write(fake_nvml.make_config(gpus=[gpu(0, bus_id="00000000:00:06.0",
+                                                    numa_node="NOT_SUPPORTED")]))
+    _sysfs_tree(host_root, numa_node=numa_node, nodes=nodes)
+    service = await start_service()
+    assert (await service.inventory()).gpus[0].cpu_affinity == expected
+
+
+async def test_numa_node_minus_one_from_nvml_follows_the_same_rule(fake_nvml, start_service,
+                                                                    host_root):
+    fake_nvml.write(fake_nvml.make_config(gpus=[gpu(0, numa_node=-1)]))
+    (host_root / "sys/devices/system/node/node0").mkdir(parents=True)
+    service = await start_service()
+    # Without the wrapper (nvidia-ml-py before 12.550) nothing tells: no sysfs file here.
+    expected = 0 if hasattr(pynvml, "nvmlDeviceGetNumaNodeId") else None
+    assert (await service.inventory()).gpus[0].cpu_affinity == expected
 
 
 async def test_nvlinks_counted_per_peer_and_through_switches(fake_nvml, start_service):

@@ -19,8 +19,10 @@ from aiohttp.test_utils import TestClient
 from nvplugin.api import rest_app
 from nvplugin.core.config import Config
 from nvplugin.driver.manifest import Manifest
+from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
 from tests.fakenvml.build import gpu, make_config
+from tests.fakenvml.cuda import install_fake_cuda
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("NVP_UPDATE_GOLDENS") == "1"
@@ -43,7 +45,7 @@ OPTIONAL = ["name", "memory_total", "memory_used", "bar1_total", "bar1_used", "p
             "util_memory", "util_encoder", "util_decoder", "temperature", "compute_capability",
             "cores", "multiprocessors", "memory_bus_width", "numa_node", "ecc", "persistence",
             "mig_mode", "ecc_l1", "ecc_l2", "ecc_device_memory", "topology", "p2p", "nvlinks",
-            "processes"]
+            "processes", "cuda_attributes"]
 
 
 def _unsupported(entry: dict[str, Any], keys: list[str]) -> dict[str, Any]:
@@ -68,7 +70,8 @@ def one_gpu() -> dict[str, Any]:
 
 
 def one_gpu_unsupported() -> dict[str, Any]:
-    return make_config(gpus=[_unsupported(gpu(0), OPTIONAL)], cuda_version="NOT_SUPPORTED")
+    return make_config(gpus=[_unsupported(gpu(0), OPTIONAL)], cuda_version="NOT_SUPPORTED",
+                       cuda={"init_error": "CUDA_ERROR_NO_DEVICE"})
 
 
 def two_gpus() -> dict[str, Any]:
@@ -78,7 +81,11 @@ def two_gpus() -> dict[str, Any]:
     # 4 direct NVLinks between the two, 2 to an NVSwitch
     first["nvlinks"] = [second["bus_id"]] * 4 + ["00000000:C0:00.0"] * 2 + [None] * 12
     second["nvlinks"] = [first["bus_id"]] * 4 + ["00000000:C0:00.0"] * 2 + [None] * 12
-    return make_config(gpus=[first, second], process_names={"4242": "python3"})
+    # CUDA lists the second GPU first: the sizes must still land on the right GPU.
+    second["cuda_attributes"] = {"total_constant_memory": 64 << 10, "l2_cache_size": 50 << 20,
+                                 "max_shared_memory_per_multiprocessor": 164 << 10}
+    return make_config(gpus=[first, second], process_names={"4242": "python3"},
+                       cuda={"order": [1, 0]})
 
 
 def two_gpus_unsupported() -> dict[str, Any]:
@@ -112,9 +119,10 @@ def host_root(tmp_path: Path) -> Iterator[Path]:
     yield root
 
 
-async def _pages(fake_nvml, host_root: Path, aiohttp_client: MakeClient, config: dict
-                 ) -> dict[str, tuple[bytes, str]]:
+async def _pages(fake_nvml, fake_cuda_lib: Path, host_root: Path, aiohttp_client: MakeClient,
+                 config: dict) -> dict[str, tuple[bytes, str]]:
     fake_nvml.write(config)
+    install_fake_cuda(host_root, fake_cuda_lib)  # Constant, Shared, L2 Cache come from libcuda
     for entry in config["gpus"]:
         if isinstance(entry.get("numa_node"), int):
             # sysfs agrees with NVML, so an nvidia-ml-py without the NUMA wrapper reads the same
@@ -122,7 +130,8 @@ async def _pages(fake_nvml, host_root: Path, aiohttp_client: MakeClient, config:
             sysfs.mkdir(parents=True)
             (sysfs / "numa_node").write_text(f"{entry['numa_node']}\n")
     service = await GpuService.start(driver_root=host_root, dev_root=host_root,
-                                     nvml_library=str(fake_nvml.library))
+                                     nvml_library=str(fake_nvml.library),
+                                     cuda=CudaProperties(host_root))
     try:
         assert service.available, service.reason
         manifest = Manifest(version=await service.driver_version())
@@ -150,9 +159,9 @@ def check_golden(name: str, actual: bytes) -> None:
 
 
 @pytest.mark.parametrize("host", sorted(HOSTS))
-async def test_pages_match_goldens(host: str, fake_nvml, host_root: Path,
+async def test_pages_match_goldens(host: str, fake_nvml, fake_cuda_lib: Path, host_root: Path,
                                    aiohttp_client: MakeClient) -> None:
-    pages = await _pages(fake_nvml, host_root, aiohttp_client, HOSTS[host]())
+    pages = await _pages(fake_nvml, fake_cuda_lib, host_root, aiohttp_client, HOSTS[host]())
     for route, (suffix, content_type) in PAGES.items():
         body, served_as = pages[route]
         assert served_as == content_type, route
@@ -168,6 +177,12 @@ def test_the_goldens_show_what_the_hosts_differ_in() -> None:
     assert bare.count("N/A") > 20 and "3201 MHz" in bare
     info = (GOLDEN / "fakehost_1gpu_unsupported_info.txt").read_text()
     assert "N/A" in info and "GPU-00000000-67d9-9e02-1f7a-53d331412b6f" in info
+    assert "    L2 Cache:   N/A\n" in info  # cuInit failed
+    # 1.0's H200 figures from the fake libcuda; GPU 1's own, though CUDA lists it first
+    two = (GOLDEN / "fakehost_2gpu_info.txt").read_text()
+    assert two.count("    Constant:   64 KiB\n") == 2
+    assert "    Shared:     228 KiB\n    L2 Cache:   61440 KiB\n" in two.split("Device #1")[0]
+    assert "    Shared:     164 KiB\n    L2 Cache:   51200 KiB\n" in two.split("Device #1")[1]
     cli = (GOLDEN / "fakehost_2gpu_docker_cli.txt").read_text()
     assert cli == ("--volume-driver=nvidia-docker "
                    "--volume=nvidia_driver_580.159.04:/usr/local/nvidia:ro "

@@ -1,0 +1,199 @@
+"""Constant, Shared and L2 Cache from the driver's libcuda, read in a child process.
+
+The fake libcuda (tests/fakenvml/fakecuda.c) reads the fake NVML's config, so both describe the
+same GPUs; the real child script (nvplugin/gpu/cuda_child.py) loads it, as the daemon would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nvplugin.gpu import cuda
+from nvplugin.gpu.cuda import CudaMemory, CudaProperties, parse_answer
+from tests.fakenvml.build import gpu
+from tests.fakenvml.cuda import install_fake_cuda
+
+H200 = CudaMemory(constant_kib=64, shared_kib=228, l2_kib=61440)
+
+
+def child(library: Path | str) -> dict:
+    done = subprocess.run([sys.executable, "-I", str(cuda.CHILD), str(library)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def test_the_child_reads_every_device_with_its_bus_id(fake_nvml, fake_cuda_lib):
+    fake_nvml.write(fake_nvml.make_config(2, cuda={"order": [1, 0]}))
+    answer = child(fake_cuda_lib)
+    # CUDA's order (here GPU 1 first), each device named by its bus id as CUDA prints it
+    assert [d["bus_id"] for d in answer["devices"]] == ["0000:28:00.0", "0000:18:00.0"]
+    assert answer["devices"][0] == {"bus_id": "0000:28:00.0", "constant": 65536,
+                                    "shared": 233472, "l2": 62914560}
+    assert answer["init_ms"] >= 0 and all(isinstance(v, int) for v in answer["rss_kib"])
+
+
+def test_the_child_names_the_failing_call_and_error(fake_nvml, fake_cuda_lib, tmp_path):
+    fake_nvml.write(fake_nvml.make_config(1, cuda={"init_error": "CUDA_ERROR_NO_DEVICE"}))
+    assert child(fake_cuda_lib) == {"error": "cuInit: CUDA_ERROR_NO_DEVICE (100)"}
+    fake_nvml.write(fake_nvml.make_config(gpus=[gpu(0, cuda_attributes={
+        "total_constant_memory": 65536, "l2_cache_size": "CUDA_ERROR_NOT_SUPPORTED"})]))
+    device = child(fake_cuda_lib)["devices"][0]
+    assert device["constant"] == 65536
+    assert device["l2"] == {"error": "cuDeviceGetAttribute: CUDA_ERROR_NOT_SUPPORTED (801)"}
+    assert device["shared"] == {"error": "cuDeviceGetAttribute: CUDA_ERROR_INVALID_VALUE (1)"}
+    missing = child(tmp_path / "libcuda.so.1")["error"]
+    assert missing.startswith(f"cannot load {tmp_path / 'libcuda.so.1'}: ")
+    not_cuda = tmp_path / "libnotcuda.so"
+    shutil.copyfile(fake_nvml.library, not_cuda)
+    assert child(not_cuda) == {"error": "libcuda has no cuInit"}
+
+
+def test_answers_are_matched_by_bus_id_not_index(fake_nvml, fake_cuda_lib, host_root):
+    second = gpu(1, cuda_attributes={"total_constant_memory": 65536, "l2_cache_size": 50 << 20,
+                                     "max_shared_memory_per_multiprocessor": 100 << 10})
+    fake_nvml.write(fake_nvml.make_config(gpus=[gpu(0), second], cuda={"order": [1, 0]}))
+    install_fake_cuda(host_root, fake_cuda_lib)
+    report = CudaProperties(host_root).read()
+    assert report.error is None and report.problems == ()
+    assert report.memory == {"0000:18:00.0": H200,
+                             "0000:28:00.0": CudaMemory(64, 100, 51200)}
+
+
+async def test_gpu_info_carries_the_sizes(fake_nvml, fake_cuda_lib, host_root, start_service,
+                                          caplog):
+    second = gpu(1, cuda_attributes={"total_constant_memory": 65536, "l2_cache_size": 50 << 20,
+                                     "max_shared_memory_per_multiprocessor": 100 << 10})
+    fake_nvml.write(fake_nvml.make_config(gpus=[gpu(0), second], cuda={"order": [1, 0]}))
+    install_fake_cuda(host_root, fake_cuda_lib)
+    with caplog.at_level(logging.INFO, logger="nvplugin"):
+        service = await start_service(cuda=CudaProperties(host_root))
+    gpus = (await service.inventory()).gpus
+    assert [(g.memory_constant_kib, g.memory_shared_kib, g.memory_l2_kib) for g in gpus] == [
+        (64, 228, 61440), (64, 100, 51200)]
+    read = [r.getMessage() for r in caplog.records if "Read CUDA memory sizes" in r.getMessage()]
+    assert len(read) == 1 and "of 2 GPU(s)" in read[0] and "in a child process" in read[0]
+    assert "its cuInit took" in read[0] and " MiB" in read[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_cuinit_in_the_child_never_in_the_daemon(fake_nvml, fake_cuda_lib, host_root,
+                                                       start_service):
+    library = install_fake_cuda(host_root, fake_cuda_lib)
+    service = await start_service(cuda=CudaProperties(host_root))
+    assert (await service.inventory()).gpus[0].memory_l2_kib == 61440
+    maps = Path("/proc/self/maps").read_text()
+    assert str(library) not in maps and str(fake_cuda_lib) not in maps
+
+
+async def test_a_failing_cuinit_is_na_and_one_warning(fake_nvml, fake_cuda_lib, host_root,
+                                                      start_service, caplog):
+    fake_nvml.write(fake_nvml.make_config(2, cuda={"init_error": "CUDA_ERROR_NO_DEVICE"}))
+    library = install_fake_cuda(host_root, fake_cuda_lib)
+    with caplog.at_level(logging.INFO, logger="nvplugin"):
+        service = await start_service(cuda=CudaProperties(host_root))
+    gpus = (await service.inventory()).gpus
+    assert {(g.memory_constant_kib, g.memory_shared_kib, g.memory_l2_kib) for g in gpus} == {
+        (None, None, None)}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"CUDA memory sizes unavailable: {library}: cuInit: "
+                        "CUDA_ERROR_NO_DEVICE (100); Constant, Shared and L2 Cache read N/A"]
+    assert service.available  # NVML's fields are all there
+
+
+async def test_unreadable_sizes_are_na_with_one_warning_naming_them(
+        fake_nvml, fake_cuda_lib, host_root, start_service, caplog):
+    fake_nvml.write(fake_nvml.make_config(gpus=[
+        gpu(0, cuda_attributes={"total_constant_memory": 65536}),
+        gpu(1, mig_mode=True),  # a GPU in MIG mode is not a CUDA device of its own
+        gpu(2)], cuda={"order": [0]}))
+    install_fake_cuda(host_root, fake_cuda_lib)
+    with caplog.at_level(logging.WARNING, logger="nvplugin"):
+        service = await start_service(cuda=CudaProperties(host_root))
+    gpus = (await service.inventory()).gpus
+    assert [(g.memory_constant_kib, g.memory_l2_kib) for g in gpus] == [
+        (64, None), (None, None), (None, None)]
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning == (
+        "CUDA could not read 0000:18:00.0 shared memory per multiprocessor: cuDeviceGetAttribute: "
+        "CUDA_ERROR_INVALID_VALUE (1); 0000:18:00.0 L2 cache size: cuDeviceGetAttribute: "
+        "CUDA_ERROR_INVALID_VALUE (1); CUDA does not list GPU 2 (00000000:38:00.0); "
+        "reporting it as N/A")
+
+
+async def test_asked_once_per_libcuda_file(fake_nvml, fake_cuda_lib, host_root, start_service,
+                                           caplog):
+    library = install_fake_cuda(host_root, fake_cuda_lib)
+    with caplog.at_level(logging.INFO, logger="nvplugin"):
+        service = await start_service(cuda=CudaProperties(host_root))
+        await service.refresh()  # SIGHUP, driver unchanged: the kept answer
+        assert (await service.inventory()).gpus[0].memory_shared_kib == 228
+        # A driver upgrade replaces the file: asked again, and the new answer shows.
+        fake_nvml.update(lambda c: c["gpus"][0]["cuda_attributes"].update(
+            max_shared_memory_per_multiprocessor=100 << 10))
+        library.unlink()
+        install_fake_cuda(host_root, fake_cuda_lib)
+        await service.refresh()
+    assert (await service.inventory()).gpus[0].memory_shared_kib == 100
+    asked = [r for r in caplog.records if "Read CUDA memory sizes" in r.getMessage()]
+    assert len(asked) == 2
+
+
+def test_cuda_visible_devices_hides_nothing(fake_nvml, fake_cuda_lib, host_root,
+                                            monkeypatch):
+    fake_nvml.write(fake_nvml.make_config(2))
+    install_fake_cuda(host_root, fake_cuda_lib)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    seen: list[dict[str, str]] = []
+    real_run = subprocess.run
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["env"])
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(cuda.subprocess, "run", spy)
+    assert len(CudaProperties(host_root).read().memory) == 2
+    assert "CUDA_VISIBLE_DEVICES" not in seen[0] and seen[0]["FAKE_NVML_CONFIG"]
+
+
+def test_a_hanging_cuinit_is_stopped(fake_nvml, fake_cuda_lib, host_root):
+    fake_nvml.write(fake_nvml.make_config(1, cuda={"init_delay_ms": 30000}))
+    library = install_fake_cuda(host_root, fake_cuda_lib)
+    report = CudaProperties(host_root, timeout_s=0.5).read()
+    assert report.error == f"{library}: cuInit did not answer in 0.5 s (the query was stopped)"
+    assert report.memory == {}
+
+
+def test_no_libcuda_is_no_query(host_root):
+    report = CudaProperties(host_root).read()
+    assert report.error == f"no 64-bit libcuda.so.1 under {host_root}"
+
+
+@pytest.mark.parametrize(("answer", "problem"), [
+    ({"devices": [{"bus_id": "zz", "constant": 1}]}, "unreadable bus id 'zz'"),
+    ({"devices": [{"bus_id": "0000:01:00.0", "constant": -5, "shared": True, "l2": "x"}]},
+     "0000:01:00.0 constant memory: unexpected value -5"),
+    ({"devices": ["nonsense"]}, "nonsense"),
+    ({"devices": [{"error": "CUDA device 0: cuDeviceGet: CUDA_ERROR_INVALID_DEVICE (101)"}]},
+     "CUDA device 0: cuDeviceGet: CUDA_ERROR_INVALID_DEVICE (101)"),
+])
+def test_odd_answers_are_problems_never_exceptions(answer, problem):
+    report = parse_answer("/lib/libcuda.so.1", answer, 1.0)
+    assert report.error is None and problem in "; ".join(report.problems)
+    assert all(v is None for m in report.memory.values()
+               for v in (m.constant_kib, m.shared_kib, m.l2_kib))
+
+
+def test_a_child_that_dies_is_an_error_with_its_last_words(host_root, tmp_path, monkeypatch):
+    fake = tmp_path / "libcuda.so.1"
+    fake.write_bytes(b"")
+    monkeypatch.setattr(cuda, "CHILD", tmp_path / "child.py")
+    (tmp_path / "child.py").write_text("import sys; sys.exit('Segmentation fault')\n")
+    report = CudaProperties(host_root, finder=lambda _root: str(fake)).read()
+    assert report.error == f"the query of {fake} failed: Segmentation fault"
