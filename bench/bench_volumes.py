@@ -30,6 +30,7 @@ from aiohttp import web
 
 from nvplugin.api.plugin import make_app
 from nvplugin.core.errors import NvpluginError
+from nvplugin.core.regularfile import identity
 from nvplugin.driver.discovery import discover
 from nvplugin.driver.manifest import Entry, Link, Manifest
 from nvplugin.volumes.build import build_volume
@@ -54,7 +55,8 @@ def synthetic_manifest(where: Path, total_mb: int, files: int = 40) -> Manifest:
             left = weight * unit
             while left > 0:
                 left -= f.write(block[: min(left, len(block))])
-        entries.append(Entry(str(src), f"{folder}/{base}", "lib", "compute", "synthetic"))
+        entries.append(Entry(str(src), f"{folder}/{base}", "lib", "compute", "synthetic",
+                             ident=identity(src.stat())))
         if folder == "lib64":
             links.append(Link(f"lib64/libnvidia-bench{i}.so.1", base, "soname"))
     return Manifest(version, tuple(entries), tuple(links))

@@ -65,11 +65,15 @@ class Facts:
 
 
 def probe_driver(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.core.errors import UnsafeFileError
     from nvplugin.driver.discovery import PROC_VERSION, read_kernel_version_text
 
     path = cfg.driver_root / PROC_VERSION.lstrip("/")
     try:
         text = read_kernel_version_text(cfg.driver_root)
+    except UnsafeFileError as err:
+        return Check(Name.DRIVER, FAIL, err.message, "the kernel module makes this file: "
+                     "remove what replaced it, then reload the driver")
     except OSError as err:
         return Check(Name.DRIVER, FAIL, f"NVIDIA kernel module not loaded ({path}: "
                      f"{err.strerror})", "install the NVIDIA driver, or load it: nvidia-modprobe")
@@ -115,10 +119,15 @@ def probe_nvml(cfg: Config, facts: Facts) -> Check:
 
 
 def _proc_minors(driver_root: Path) -> list[int]:
+    from nvplugin.core.errors import NvpluginError
+    from nvplugin.driver.hostroot import HostRoot
+
+    root = HostRoot(driver_root)
     minors = []
-    for info in sorted((driver_root / "proc/driver/nvidia/gpus").glob("*/information")):
-        with contextlib.suppress(OSError):
-            for line in info.read_text(errors="replace").splitlines():
+    for bus in root.listdir("/proc/driver/nvidia/gpus"):
+        with contextlib.suppress(OSError, NvpluginError):
+            text = root.read_bytes(f"/proc/driver/nvidia/gpus/{bus}/information", 1 << 16)
+            for line in text.decode(errors="replace").splitlines():
                 key, _, value = line.partition(":")
                 if key.strip() == "Device Minor" and value.strip().isdigit():
                     minors.append(int(value))

@@ -2,6 +2,8 @@
 
     NvpluginError                 message says what went wrong and what to do
     ├── ConfigError               a bad flag or environment value
+    ├── UnsafeFileError           a file that is not a regular file, too large, or not the one
+    │                             discovery inspected: refused rather than read or copied
     ├── DiscoveryError            the driver's files could not be found or read
     │   ├── CacheFormatError      ld.so.cache is truncated, corrupted or foreign
     │   ├── ElfError              a file is not ELF or is damaged
@@ -36,6 +38,10 @@ class NvpluginError(Exception):
 
 
 class ConfigError(NvpluginError):
+    pass
+
+
+class UnsafeFileError(NvpluginError):
     pass
 
 

@@ -18,12 +18,17 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from nvplugin.core.errors import CacheFormatError, DriverNotFound, ElfError, RootEscapeError
+from nvplugin.core.errors import (
+    CacheFormatError,
+    DriverNotFound,
+    ElfError,
+    RootEscapeError,
+    UnsafeFileError,
+)
 from nvplugin.driver import catalog, driver_version, elfinfo, ldcache
 from nvplugin.driver.catalog import Component
 from nvplugin.driver.hostroot import HostRoot
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 
 LD_CACHE = "/etc/ld.so.cache"
 PROC_VERSION = "/proc/driver/nvidia/version"
+MAX_CACHE = 32 << 20  # a busy host's ld.so.cache is ~100 KB
+MAX_PROC_FILE = 64 << 10  # the module's version text is ~200 bytes
 _CORE = ("libcuda", "libnvidia-ml")
 
 
@@ -42,26 +49,37 @@ def _root(driver_root: Path | str | HostRoot) -> HostRoot:
 
 
 def read_cache(root: HostRoot) -> list[ldcache.CacheEntry]:
-    """The root's ld.so.cache entries; [] when it has none. CacheFormatError when garbled."""
+    """The root's ld.so.cache entries; [] when it has none. CacheFormatError when garbled or
+    not a readable regular file (a FIFO there would block forever)."""
     try:
-        data = root.read_bytes(root.resolve(LD_CACHE))
-    except (OSError, RootEscapeError) as err:
+        data = root.read_bytes(LD_CACHE, MAX_CACHE)
+    except FileNotFoundError as err:
         log.debug("No ld.so.cache under %s: %s", root.root, err)
         return []
+    except UnsafeFileError as err:
+        raise CacheFormatError(err.message) from err
+    except (OSError, RootEscapeError) as err:
+        raise CacheFormatError(f"{root.host(LD_CACHE)} cannot be read: "
+                               f"{getattr(err, 'strerror', None) or err}") from err
     return ldcache.parse(data, root.host(LD_CACHE))
 
 
 def read_kernel_version_text(driver_root: Path | str | HostRoot) -> str:
     """The kernel module's proc/driver/nvidia/version under the root, decoded; the one reader of
-    that file. OSError when the module is not loaded (or the file cannot be read)."""
-    return _root(driver_root).read_bytes(PROC_VERSION).decode(errors="replace")
+    that file. OSError when the module is not loaded (or the file cannot be read),
+    UnsafeFileError when it is not a small regular file."""
+    return _root(driver_root).read_bytes(PROC_VERSION, MAX_PROC_FILE).decode(errors="replace")
 
 
 def kernel_version(driver_root: Path | str | HostRoot) -> str | None:
-    """The loaded kernel module's version, or None."""
+    """The loaded kernel module's version, or None (a file that is not what the module makes is
+    named in a warning)."""
     try:
         return driver_version.from_proc(read_kernel_version_text(driver_root))
-    except OSError:
+    except UnsafeFileError as err:
+        log.warning("Ignoring the kernel module's version: %s", err)
+        return None
+    except (OSError, RootEscapeError):
         return None
 
 
@@ -99,6 +117,7 @@ def find_cuda_library(driver_root: Path | str | HostRoot) -> str | None:
 
 
 def _find_library64(root: HostRoot, soname: str) -> str | None:
+    memo = elfinfo.ElfMemo()
     try:
         paths = [e.path for e in read_cache(root) if e.key == soname and e.bits == 64]
     except CacheFormatError as err:
@@ -110,26 +129,40 @@ def _find_library64(root: HostRoot, soname: str) -> str | None:
         inner = _resolve_or_none(root, path)
         if inner and root.is_file(inner):
             try:
-                if elfinfo.inspect(root.host(inner)).bits == 64:
+                if memo.inspect(root, inner)[0].bits == 64:
                     return root.host(inner)
             except ElfError as err:
                 log.warning("Skipping %s: %s", path, err)
     return None
 
 
-def driver_fingerprint(driver_root: Path | str | HostRoot) -> tuple[object, ...]:
-    """Changes when the driver does: the kernel module's version text and the cache's stat."""
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """What changes when the driver does: the kernel module's version text and the cache's
+    (mtime, size). `problem` says why the version file could not be read (not a regular
+    file, ...); it stays the same while the file does, so it triggers no re-discovery."""
+
+    proc: str | None
+    cache: tuple[int, int] | None
+    problem: str | None = None
+
+
+def driver_fingerprint(driver_root: Path | str | HostRoot) -> Fingerprint:
+    """The driver's fingerprint now (a few stats and one small read: the watcher polls it)."""
     root = _root(driver_root)
+    problem = None
     try:
         proc: str | None = read_kernel_version_text(root)
-    except OSError:
+    except UnsafeFileError as err:
+        proc, problem = None, err.message
+    except (OSError, RootEscapeError):
         proc = None
     try:
         st = root.stat(LD_CACHE)
         cache: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
     except (OSError, RootEscapeError):
         cache = None
-    return (proc, cache)
+    return Fingerprint(proc, cache, problem)
 
 
 def _resolve_or_none(root: HostRoot, inner: str) -> str | None:
@@ -161,7 +194,7 @@ def discover(driver_root: Path | str | HostRoot, version: str | None = None, *,
     log.debug("Discovered %d files and %d links of driver %s under %s (%d rejected)",
               len(entries), len(links), version, root.root, len(rejected))
     return Manifest(version=version, entries=tuple(entries), links=tuple(links),
-                    rejected=tuple(rejected))
+                    rejected=tuple(rejected), root=root.root)
 
 
 def _not_found(root: HostRoot, version: str | None, what: str) -> DriverNotFound:
@@ -223,19 +256,16 @@ def _distinct_dirs(root: HostRoot, dirs: tuple[str, ...]) -> list[str]:
 def _inspect(root: HostRoot, memo: elfinfo.ElfMemo, inner: str, found: str, component: Component,
              rejected: list[Rejected]) -> Candidate | None:
     host = root.host(inner)
+    if not root.is_file(inner):
+        return None  # a directory named like a library, a dangling name
     try:
-        if not stat.S_ISREG(os.stat(host).st_mode):
-            return None
-        facts = memo.inspect(host, abi_tag=component.pattern == "libnvidia-tls")
+        facts, ident = memo.inspect(root, inner, abi_tag=component.pattern == "libnvidia-tls")
     except ElfError as err:
         log.warning("Skipping %s", err)
         rejected.append(Rejected(host, str(err).removeprefix(f"{host}: ")))
         return None
-    except OSError as err:
-        log.warning("Skipping %s: %s", host, err)
-        rejected.append(Rejected(host, f"unreadable: {err.strerror}"))
-        return None
-    return Candidate(inner=inner, source=host, found=found, component=component, facts=facts)
+    return Candidate(inner=inner, source=host, found=found, component=component, facts=facts,
+                     ident=ident)
 
 
 def _binaries(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected]) -> list[Entry]:
@@ -254,7 +284,7 @@ def _binaries(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected]) -
                 rejected.append(Rejected(host, f"shadowed by {root.host(chosen)}"))
                 continue
             try:
-                facts = memo.inspect(host)
+                facts, ident = memo.inspect(root, inner)
             except ElfError as err:
                 # 1.0 failed the whole volume here; the H200 host has shell wrappers in
                 # /usr/bin and the real binaries in /usr/local/nvidia/bin.
@@ -265,7 +295,7 @@ def _binaries(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Rejected]) -
             entries.append(Entry(source=host, dest=f"bin/{comp.pattern}", kind="bin",
                                  capability=comp.capability,
                                  reason=f"{comp.reason} (found in {directory})",
-                                 arch=facts.arch))
+                                 arch=facts.arch, ident=ident))
         for reason in skipped:  # only worth a warning when no usable copy was found
             log.log(logging.DEBUG if chosen else logging.WARNING, "Skipping %s", reason)
     return entries
@@ -288,9 +318,11 @@ def _configs(root: HostRoot, rejected: list[Rejected]) -> list[Entry]:
                     if entries[dest].source != host:
                         rejected.append(Rejected(host, f"{dest} comes from {entries[dest].source}"))
                     continue
-                entries[dest] = Entry(source=host, dest=dest, kind="config",
-                                      capability=comp.capability,
-                                      reason=f"{comp.reason} (found in {prefix})")
+                ident = _identify(root, inner, rejected)
+                if ident is not None:
+                    entries[dest] = Entry(source=host, dest=dest, kind="config",
+                                          capability=comp.capability,
+                                          reason=f"{comp.reason} (found in {prefix})", ident=ident)
     return list(entries.values())
 
 
@@ -315,7 +347,23 @@ def _firmware(root: HostRoot, version: str, rejected: list[Rejected]) -> list[En
                 if (dest in entries or inner is None or not root.is_file(inner)
                         or not fnmatch.fnmatchcase(name, comp.pattern)):
                     continue
-                entries[dest] = Entry(source=root.host(inner), dest=dest, kind="firmware",
-                                      capability=comp.capability,
-                                      reason=f"{comp.reason} (found in {directory})")
+                ident = _identify(root, inner, rejected)
+                if ident is not None:
+                    entries[dest] = Entry(source=root.host(inner), dest=dest, kind="firmware",
+                                          capability=comp.capability,
+                                          reason=f"{comp.reason} (found in {directory})",
+                                          ident=ident)
     return list(entries.values())
+
+
+def _identify(root: HostRoot, inner: str, rejected: list[Rejected]) -> tuple[int, int] | None:
+    """The (device, inode) a data file is built from, or None and a rejection saying why."""
+    try:
+        return root.identify(inner)
+    except UnsafeFileError as err:
+        reason = err.message
+    except (OSError, RootEscapeError) as err:
+        reason = f"unreadable: {getattr(err, 'strerror', None) or err}"
+    log.warning("Skipping %s: %s", root.host(inner), reason)
+    rejected.append(Rejected(root.host(inner), reason.removeprefix(f"{root.host(inner)} ")))
+    return None

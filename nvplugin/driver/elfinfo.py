@@ -17,7 +17,8 @@ from elftools.common.exceptions import ELFError as _PyElfError
 from elftools.elf.dynamic import DynamicSegment
 from elftools.elf.elffile import ELFFile
 
-from nvplugin.core.errors import ElfError
+from nvplugin.core.errors import ElfError, RootEscapeError, UnsafeFileError
+from nvplugin.driver.hostroot import HostRoot
 
 # e_machine -> (arch name, as in ldcache.ARCHES)
 MACHINES: dict[str, str] = {
@@ -43,8 +44,11 @@ class ElfFacts:
     abi_tag: tuple[int, int, int, int] | None  # (os, major, minor, patch) of .note.ABI-tag
 
 
-def inspect(path: str, *, abi_tag: bool = False) -> ElfFacts:
+def inspect(path: str, *, abi_tag: bool = False, fd: int | None = None) -> ElfFacts:
     """Read one file's ELF facts; the ABI note (a section lookup) only when asked.
+
+    With `fd`, the facts come from that open file (discovery opens it inside the driver root)
+    and `path` only names it; without, `path` is opened (tests, tools).
 
     The program headers and dynamic table of an ordinary library are read directly (pyelftools
     builds its parsers per file, about 1 ms each, and discovery reads dozens of files); anything
@@ -52,17 +56,27 @@ def inspect(path: str, *, abi_tag: bool = False) -> ElfFacts:
     """
     if not abi_tag:
         try:
-            return _inspect_fast(path)
+            with _reader(path, fd) as f:
+                return _inspect_fast(path, f)
         except _Unusual:
             pass
         except OSError as err:
             raise ElfError(f"{path}: cannot read: {err.strerror or err}") from err
-    return _inspect_pyelftools(path, abi_tag)
+    return _inspect_pyelftools(path, abi_tag, fd)
 
 
-def _inspect_pyelftools(path: str, abi_tag: bool) -> ElfFacts:
+def _reader(path: str, fd: int | None) -> BinaryIO:
+    """A binary reader from the start of `fd` (left open: its owner closes it), else of `path`."""
+    if fd is None:
+        return open(path, "rb")
+    f = os.fdopen(os.dup(fd), "rb")
+    f.seek(0)
+    return f
+
+
+def _inspect_pyelftools(path: str, abi_tag: bool, fd: int | None = None) -> ElfFacts:
     try:
-        with open(path, "rb") as f:
+        with _reader(path, fd) as f:
             magic = f.read(4)
             if magic != b"\x7fELF":
                 raise ElfError(f"{path}: not an ELF file (starts with {magic!r})")
@@ -72,7 +86,7 @@ def _inspect_pyelftools(path: str, abi_tag: bool) -> ElfFacts:
             machine = str(elf["e_machine"])
             elf_type = str(elf["e_type"])
             soname, needed = _dynamic(elf)
-            abi = _abi_tag(elf) if abi_tag else None
+            abi = _abi_tag(elf, path) if abi_tag else None
     except ElfError:
         raise
     except (_PyElfError, struct.error, ValueError, OSError, EOFError, UnicodeDecodeError,
@@ -106,31 +120,30 @@ _LAYOUT = {
 }
 
 
-def _inspect_fast(path: str) -> ElfFacts:
-    with open(path, "rb") as f:
-        ident = f.read(64)
-        if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
-            raise _Unusual
-        bits = 32 * ident[4]
-        header, phdr, dyn, (i_type, i_off, i_vaddr, i_filesz) = _LAYOUT[
-            (ident[4], "<" if ident[5] == 1 else ">")]
-        e_type, e_machine, _version, e_phoff, e_phentsize, e_phnum = struct.unpack_from(
-            header, ident)
-        if e_type not in _E_TYPE or e_machine not in _E_MACHINE:
-            raise _Unusual
-        size = struct.calcsize(phdr)
-        f.seek(e_phoff)
-        table = f.read(e_phnum * e_phentsize)
-        if e_phentsize < size or len(table) != e_phnum * e_phentsize or e_phnum > 256:
-            raise _Unusual
-        loads, dynamic = [], None
-        for i in range(e_phnum):
-            ph = struct.unpack_from(phdr, table, i * e_phentsize)
-            if ph[i_type] == 1:
-                loads.append((ph[i_vaddr], ph[i_off], ph[i_filesz]))
-            elif ph[i_type] == 2:
-                dynamic = (ph[i_off], ph[i_filesz])
-        soname, needed = (_dynamic_fast(f, dyn, dynamic, loads) if dynamic else (None, ()))
+def _inspect_fast(path: str, f: BinaryIO) -> ElfFacts:
+    ident = f.read(64)
+    if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
+        raise _Unusual
+    bits = 32 * ident[4]
+    header, phdr, dyn, (i_type, i_off, i_vaddr, i_filesz) = _LAYOUT[
+        (ident[4], "<" if ident[5] == 1 else ">")]
+    e_type, e_machine, _version, e_phoff, e_phentsize, e_phnum = struct.unpack_from(
+        header, ident)
+    if e_type not in _E_TYPE or e_machine not in _E_MACHINE:
+        raise _Unusual
+    size = struct.calcsize(phdr)
+    f.seek(e_phoff)
+    table = f.read(e_phnum * e_phentsize)
+    if e_phentsize < size or len(table) != e_phnum * e_phentsize or e_phnum > 256:
+        raise _Unusual
+    loads, dynamic = [], None
+    for i in range(e_phnum):
+        ph = struct.unpack_from(phdr, table, i * e_phentsize)
+        if ph[i_type] == 1:
+            loads.append((ph[i_vaddr], ph[i_off], ph[i_filesz]))
+        elif ph[i_type] == 2:
+            dynamic = (ph[i_off], ph[i_filesz])
+    soname, needed = (_dynamic_fast(f, dyn, dynamic, loads) if dynamic else (None, ()))
     return _facts(path, bits, _E_MACHINE[e_machine], _E_TYPE[e_type], soname, needed, None)
 
 
@@ -185,17 +198,17 @@ def _dynamic(elf: ELFFile) -> tuple[str | None, tuple[str, ...]]:
     return soname, tuple(needed)
 
 
-def _abi_tag(elf: ELFFile) -> tuple[int, int, int, int] | None:
+def _abi_tag(elf: ELFFile, path: str) -> tuple[int, int, int, int] | None:
     section = elf.get_section_by_name(".note.ABI-tag")
     if section is None:
         return None
     data = section.data()
     if len(data) < 32:
-        raise ElfError(f"{elf.stream.name}: .note.ABI-tag is {len(data)} bytes, expected 32")
+        raise ElfError(f"{path}: .note.ABI-tag is {len(data)} bytes, expected 32")
     endian = "<" if elf.little_endian else ">"
     namesz, descsz, _type = struct.unpack_from(f"{endian}III", data, 0)
     if namesz != 4 or descsz < 16 or data[12:16] != b"GNU\0":
-        raise ElfError(f"{elf.stream.name}: .note.ABI-tag is not a GNU ABI note")
+        raise ElfError(f"{path}: .note.ABI-tag is not a GNU ABI note")
     os_, major, minor, patch = struct.unpack_from(f"{endian}IIII", data, 16)
     return (os_, major, minor, patch)
 
@@ -223,14 +236,25 @@ class ElfMemo:
         self._facts: dict[tuple[object, ...], ElfFacts] = {}
         self._max_entries = max_entries
 
-    def inspect(self, path: str, *, abi_tag: bool = False) -> ElfFacts:
-        """`inspect`, remembered while the file's inode, size and mtime stay the same."""
-        st = os.stat(path)
-        key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, abi_tag)
-        facts = self._facts.get(key)
-        if facts is None:
-            if len(self._facts) >= self._max_entries:
-                self._facts.clear()
-            facts = self._facts[key] = inspect(path, abi_tag=abi_tag)
-        return facts
+    def inspect(self, root: HostRoot, inner: str, *, abi_tag: bool = False,
+                ) -> tuple[ElfFacts, tuple[int, int]]:
+        """`inspect` of the regular file at `inner`, opened inside `root`, with its (device,
+        inode); remembered while the file's inode, size and mtime stay the same. ElfError for
+        a file that is not usable ELF or cannot be opened (UnsafeFileError's reason kept)."""
+        host = root.host(inner)
+        try:
+            with root.open_file(inner) as f:
+                st = f.st
+                key = (host, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, abi_tag)
+                facts = self._facts.get(key)
+                if facts is None:
+                    if len(self._facts) >= self._max_entries:
+                        self._facts.clear()
+                    facts = self._facts[key] = inspect(host, abi_tag=abi_tag, fd=f.fd)
+        except UnsafeFileError as err:
+            raise ElfError(err.message) from err
+        except (OSError, RootEscapeError) as err:
+            raise ElfError(f"{host}: cannot read: {getattr(err, 'strerror', None) or err}"
+                           ) from err
+        return facts, (st.st_dev, st.st_ino)
 

@@ -25,6 +25,7 @@ class Candidate:
     found: str  # how it was found, for the reasons
     component: Component
     facts: elfinfo.ElfFacts
+    ident: tuple[int, int]  # (st_dev, st_ino) of the file read
 
     @property
     def name(self) -> str:
@@ -70,7 +71,7 @@ def choose_libraries(candidates: list[Candidate], version: str, rejected: list[R
             source=winner.source, dest=dest, kind="lib",
             capability=comp.capability if bits == 64 else "compat32",
             reason=f"{comp.reason} ({winner.found}{note})",
-            arch=winner.facts.arch, soname=winner.facts.soname))
+            arch=winner.facts.arch, soname=winner.facts.soname, ident=winner.ident))
         for link in catalog.library_links(directory, comp.pattern, winner.name, soname):
             links.setdefault(link[0], Link(*link))
     entries.sort(key=lambda e: e.dest)

@@ -26,6 +26,9 @@ class Entry:
     reason: str  # why it was chosen, for `list` and /driver/files
     arch: str | None = None  # "x86-64", "i386", "aarch64", ... for ELF files
     soname: str | None = None
+    # (st_dev, st_ino) of the file discovery inspected: the build copies or links that file and
+    # no other (a file replaced, or swapped for a link, since is refused). None: not vetted.
+    ident: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +56,13 @@ class Manifest:
     rejected: tuple[Rejected, ...] = ()
     # Directories the volume always has, even when empty (1.0 created all three).
     dirs: tuple[str, ...] = field(default=("bin", "lib", "lib64"))
+    root: str = "/"  # the driver root the entries' sources lie under; builds open them inside it
 
     def to_json(self) -> dict[str, Any]:
         return {
             "Version": self.version,
-            "Files": [asdict(e) for e in self.entries],
+            "Files": [{k: v for k, v in asdict(e).items() if k != "ident"}
+                      for e in self.entries],
             "Links": [asdict(link) for link in self.links],
             "Rejected": [asdict(r) for r in self.rejected],
         }

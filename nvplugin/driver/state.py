@@ -32,7 +32,7 @@ class DriverState:
         self._error: NvpluginError | None = DriverNotFound(
             f"NVIDIA driver not discovered yet under {driver_root}"
         )
-        self._fingerprint: tuple[object, ...] | None = None
+        self._fingerprint: discovery.Fingerprint | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._elf_memo = elfinfo.ElfMemo()  # a re-discovery re-reads only changed files
@@ -55,7 +55,11 @@ class DriverState:
         """Re-run discovery; returns whether the selected files changed."""
         async with self._lock:
             before = self._manifest
-            self._fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
+            fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
+            if fingerprint.problem is not None and (
+                    self._fingerprint is None or self._fingerprint.problem != fingerprint.problem):
+                log.warning("Ignoring the kernel module's version file: %s", fingerprint.problem)
+            self._fingerprint = fingerprint
             try:
                 version = await self._version_source()
                 manifest = await asyncio.to_thread(discovery.discover, self._root, version,

@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 import pynvml
 
-from nvplugin.core.errors import NvmlError
+from nvplugin.core.errors import NvmlError, NvpluginError
 from nvplugin.driver import driver_version
+from nvplugin.driver.hostroot import HostRoot
 from nvplugin.gpu.facts import (
     TOPOLOGY_LINK,
     cores_per_sm,
@@ -40,6 +41,7 @@ T = TypeVar("T")
 
 SONAME = "libnvidia-ml.so.1"
 MIB = 1 << 20
+_SMALL_FILE = 4096  # sysfs and /proc/<pid> values read under the driver root
 
 # NVML's own values (nvml.h), part of its C ABI: spelled here rather than read from pynvml, whose
 # older releases lack some of them and whose NVML_NVLINK_MAX_LINKS lags the drivers (18 vs 36).
@@ -329,10 +331,10 @@ class NvmlSession:
         -1, right there by accident); with several nodes -1 means unknown: None, not a guess."""
         node = self._field("NUMA node", _w("nvmlDeviceGetNumaNodeId"), h)
         if node is None:
-            path = self.driver_root / "sys/bus/pci/devices" / sysfs_bus_id(bus_id) / "numa_node"
+            path = f"/sys/bus/pci/devices/{sysfs_bus_id(bus_id)}/numa_node"
             try:
-                node = int(path.read_text().strip())
-            except (OSError, ValueError):
+                node = int(HostRoot(self.driver_root).read_bytes(path, _SMALL_FILE))
+            except (OSError, ValueError, NvpluginError):
                 return None
         return node if node >= 0 else _only_numa_node(self.driver_root)
 
@@ -475,6 +477,7 @@ class NvmlSession:
         except pynvml.NVMLError:
             pass
         try:
-            return (self.driver_root / "proc" / str(pid) / "comm").read_text().strip()
-        except OSError:
+            comm = HostRoot(self.driver_root).read_bytes(f"/proc/{pid}/comm", _SMALL_FILE)
+        except (OSError, NvpluginError):
             return ""
+        return comm.decode(errors="replace").strip()

@@ -2,7 +2,10 @@
 
 The tree is made in a hidden sibling (`.<version>.tmp-<random>`), each file cloned (link, reflink
 or copy: clone.py), flushed with one syncfs and renamed into place, so a crash or a concurrent
-reader never sees half a volume. Destinations must stay inside the volume.
+reader never sees half a volume. Destinations must stay inside the volume. Each source is opened
+inside the manifest's driver root (hostroot: never through a link out of it) and must be the
+very file discovery inspected (its device and inode): a driver file replaced or swapped for a
+link since then fails the build with the reason, and the next discovery vets the new one.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nvplugin.core.atomicfile import fsync_dir
-from nvplugin.core.errors import VolumeBuildError
+from nvplugin.core.errors import RootEscapeError, UnsafeFileError, VolumeBuildError
+from nvplugin.driver.hostroot import HostRoot
 from nvplugin.driver.manifest import Manifest
 from nvplugin.volumes.clone import CloneError, Cloner
 
@@ -69,15 +73,22 @@ def _fill(manifest: Manifest, root: Path, name: str, cloner: Cloner) -> None:
     for d in manifest.dirs:
         ensure_dir(root / _inside(d, fail))
     placed: dict[str, str] = {}
+    driver = HostRoot(manifest.root)
     for entry in manifest.entries:
         dst = root / _inside(entry.dest, fail)
         if entry.dest in placed:
             log.warning("Skipping %s for %s: already holds %s", entry.source, entry.dest,
                         placed[entry.dest])
             continue
+        if entry.ident is None:
+            raise fail(entry.source, "not vetted by discovery (no device and inode recorded)")
         dev = ensure_dir(dst.parent)
         try:
-            cloner.clone(entry.source, str(dst), dev)
+            # Opened inside the driver root, and only if it is still the file discovery read.
+            with driver.open_file(driver.inner(entry.source), expect=entry.ident) as src:
+                cloner.clone(src, str(dst), dev)
+        except (UnsafeFileError, RootEscapeError) as err:
+            raise VolumeBuildError(f"cannot build {name}: {err.message}") from err
         except CloneError as err:
             raise fail(err.filename or entry.source, err.reason()) from err
         except OSError as err:

@@ -9,6 +9,7 @@ import pytest
 
 from nvplugin.core.errors import ElfError
 from nvplugin.driver import elfinfo
+from nvplugin.driver.hostroot import HostRoot
 from tests.discovery.multilib import need_32bit
 
 
@@ -97,8 +98,25 @@ def test_memo_notices_a_replaced_file(fake_host, tmp_path):
     path = tmp_path / "lib.so"
     path.write_bytes((lib / "libcuda.so.580.159.04").read_bytes())
     memo = elfinfo.ElfMemo()
-    assert memo.inspect(str(path)).soname == "libcuda.so.1"
+    root = HostRoot(tmp_path)
+    facts, ident = memo.inspect(root, "/lib.so")
+    assert facts.soname == "libcuda.so.1" and ident == (path.stat().st_dev, path.stat().st_ino)
     replacement = tmp_path / "new.so"
     replacement.write_bytes((lib / "libnvcuvid.so.580.159.04").read_bytes())
     os.replace(replacement, path)
-    assert memo.inspect(str(path)).soname == "libnvcuvid.so.1"
+    facts, ident = memo.inspect(root, "/lib.so")
+    assert facts.soname == "libnvcuvid.so.1" and ident[1] == path.stat().st_ino
+
+
+def test_memo_reads_inside_the_root_and_refuses_other_kinds_of_file(fake_host, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    outside = tmp_path / "outside.so"
+    outside.write_bytes(fake_host.path(f"{fake_host.lib64_dir}/libcuda.so.580.159.04").read_bytes())
+    os.symlink(outside, root / "lib.so")  # absolute: re-rooted, so <root>/<tmp>/outside.so
+    os.mkfifo(root / "fifo.so")
+    memo = elfinfo.ElfMemo()
+    with pytest.raises(ElfError, match="No such file or directory"):
+        memo.inspect(HostRoot(root), "/lib.so")
+    with pytest.raises(ElfError, match="is a FIFO, not a regular file"):
+        memo.inspect(HostRoot(root), "/fifo.so")

@@ -17,7 +17,7 @@ def candidate(name: str, soname: str | None, bits: int = 64) -> Candidate:
     facts = ElfFacts(path=inner, bits=bits, machine="EM_X86_64", arch="x86-64",
                      elf_type="ET_DYN", soname=soname, needed=(), abi_tag=None)
     return Candidate(inner=inner, source="/host" + inner, found="ld.so.cache",
-                     component=component, facts=facts)
+                     component=component, facts=facts, ident=(1, hash(inner) & 0xFFFF))
 
 
 def test_the_running_version_wins_and_leftovers_say_why() -> None:
@@ -46,7 +46,8 @@ def test_one_copy_per_soname_and_class() -> None:
     # egl-gbm carries its own version, so the first copy in cache order wins
     first = candidate("libnvidia-egl-gbm.so.1.1.2", "libnvidia-egl-gbm.so.1")
     second = Candidate(inner="/usr/lib64/libnvidia-egl-gbm.so.1.1.2", source="/host/x",
-                       found="found in /usr/lib64", component=first.component, facts=first.facts)
+                       found="found in /usr/lib64", component=first.component, facts=first.facts,
+                       ident=(1, 2))
     i386 = candidate("libnvidia-egl-gbm.so.1.1.2", "libnvidia-egl-gbm.so.1", bits=32)
     entries, _ = choose_libraries([first, second, i386], "580.159.04", rejected)
     assert [(e.dest, e.capability) for e in entries] == [

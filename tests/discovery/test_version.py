@@ -93,7 +93,7 @@ def test_fingerprint_follows_the_driver(fake_host_factory):
     host = fake_host_factory(with_32bit=False)
     first = discovery.driver_fingerprint(host.root)
     assert first == discovery.driver_fingerprint(host.root)
-    assert first[0] and host.version in first[0]
+    assert first.proc and host.version in first.proc and first.problem is None
     proc = host.path("/proc/driver/nvidia/version")
     proc.write_text(proc.read_text().replace(host.version, "590.1.2"))
     second = discovery.driver_fingerprint(host.root)
@@ -104,4 +104,4 @@ def test_fingerprint_follows_the_driver(fake_host_factory):
 
 
 def test_fingerprint_of_empty_root(tmp_path):
-    assert discovery.driver_fingerprint(tmp_path) == (None, None)
+    assert discovery.driver_fingerprint(tmp_path) == discovery.Fingerprint(None, None)

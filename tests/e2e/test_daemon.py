@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -181,6 +183,32 @@ def test_gpu_info_has_1_0_memory_sizes_from_the_drivers_libcuda(running_plugin):
     assert daemon.proc is not None
     maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
     assert "libcuda" not in maps and "libnvidia-ml" in maps  # cuInit ran in the child only
+
+
+def test_fifos_where_driver_files_belong_neither_block_nor_kill_the_daemon(
+        gpu_host_factory, plugin_daemon_factory, tmp_path):
+    """A FIFO at etc/ld.so.cache or the kernel module's version file blocked start-up forever
+    (no socket, no error), and SIGTERM then left the process alive."""
+    host = gpu_host_factory()
+    for inner in ("etc/ld.so.cache", "proc/driver/nvidia/version"):
+        (host.root / inner).unlink()
+        os.mkfifo(host.root / inner)
+    daemon = plugin_daemon_factory(driver_root=host.root, dev_root=host.root,
+                                   volumes_dir=tmp_path / "volumes", env=host.env())
+    try:
+        daemon.start(timeout=30)
+        log = daemon.log()
+        assert f"{host.root}/etc/ld.so.cache is a FIFO, not a regular file" in log
+        assert ("Ignoring the kernel module's version file: "
+                f"{host.root}/proc/driver/nvidia/version is a FIFO, not a regular file") in log
+        # Still serving: the libraries were found by scanning the usual directories.
+        assert http_get(daemon.url + "/v1.0/docker/cli")[0] == 200
+    finally:
+        for inner in ("etc/ld.so.cache", "proc/driver/nvidia/version"):
+            with contextlib.suppress(OSError):  # release anything still blocked on them
+                os.close(os.open(host.root / inner, os.O_WRONLY | os.O_NONBLOCK))
+    assert daemon.stop(timeout=20) == 0
+    assert daemon.log().rstrip().endswith("Successfully terminated")
 
 
 def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_factory):

@@ -18,6 +18,7 @@ from aiohttp import web
 from nvplugin.api.plugin import make_app
 from nvplugin.api.plugin_socket import PluginSite, start_plugin_site
 from nvplugin.core.config import Config
+from nvplugin.core.regularfile import identity
 from nvplugin.driver.manifest import Entry, Link, Manifest
 from nvplugin.volumes.store import VolumeStore
 from tests.requirements import need_root
@@ -48,7 +49,8 @@ def make_manifest(source_dir: Path, version: str = VERSION, size: int = 4096) ->
         src.write_bytes((dest.encode() + b"\n") * (size // (len(dest) + 1) + 1))
         src.chmod(mode)
         kind = "bin" if dest.startswith("bin/") else "firmware" if "firmware" in dest else "lib"
-        entries.append(Entry(str(src), dest, kind, "compute", "test file"))
+        entries.append(Entry(str(src), dest, kind, "compute", "test file",
+                             ident=identity(src.stat())))
         folder, base = dest.rsplit("/", 1)
         links += [Link(f"{folder}/{s}", base, "soname") for s in sonames]
     return Manifest(version, tuple(entries), tuple(links))
@@ -162,8 +164,9 @@ def read_only_copy(src: Path, point: Path) -> contextlib.AbstractContextManager[
 
 def rebase(manifest: Manifest, old: Path, new: Path) -> Manifest:
     """The same manifest with every source under `new` instead of `old`."""
-    entries = tuple(replace(e, source=str(new / Path(e.source).relative_to(old)))
-                    for e in manifest.entries)
+    sources = [new / Path(e.source).relative_to(old) for e in manifest.entries]
+    entries = tuple(replace(e, source=str(src), ident=identity(src.stat()))
+                    for e, src in zip(manifest.entries, sources, strict=True))
     return replace(manifest, entries=entries)
 
 

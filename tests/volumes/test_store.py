@@ -195,7 +195,8 @@ async def test_failed_build_leaves_nothing_and_names_the_file(store: VolumeStore
                                                               driver: Driver, tmp_path: Path):
     missing = str(tmp_path / "driver" / "gone.so")
     driver.manifest = driver.manifest.__class__(
-        VERSION, (*driver.manifest.entries, Entry(missing, "lib64/gone.so", "lib", "compute", "x")))
+        VERSION, (*driver.manifest.entries,
+                  Entry(missing, "lib64/gone.so", "lib", "compute", "x", ident=(1, 1))))
     with pytest.raises(VolumeBuildError) as info:
         await store.create(NAME)
     assert str(info.value) == f"cannot build {NAME}: {missing}: No such file or directory"
@@ -232,12 +233,13 @@ async def test_crash_leftovers_are_cleaned_at_start(tmp_path: Path, driver: Driv
 
 async def test_build_never_exposes_a_partial_volume(tmp_path: Path, driver: Driver):
     """While a build runs, only a hidden temp dir exists; the rename is the only publish."""
-    from nvplugin.volumes.clone import Cloner
+    from nvplugin.driver.hostroot import OpenFile
+    from nvplugin.volumes.clone import Cloner, Method
 
     seen: list[list[str]] = []
 
     class Watching(Cloner):
-        def clone(self, src: str, dst: str, dst_dev: int | None = None):  # type: ignore[override]
+        def clone(self, src: OpenFile, dst: str, dst_dev: int | None = None) -> Method:
             seen.append(os.listdir(tmp_path / "kind"))
             return super().clone(src, dst, dst_dev)
 
