@@ -174,6 +174,8 @@ class PluginDaemon:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: tuple[str, ...] = ()
     host: GpuHost | None = None
+    # argv put before the daemon's own (e.g. `unshare ... exec "$@"`): it must exec, keeping the pid
+    prefix: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -185,7 +187,7 @@ class PluginDaemon:
 
     def argv(self) -> list[str]:
         return [
-            sys.executable, "-m", "nvplugin",
+            *self.prefix, sys.executable, "-m", "nvplugin",
             "--driver-root", str(self.driver_root), "--dev-root", str(self.dev_root),
             "-s", str(self.socket_dir), "-d", str(self.volumes_dir),
             "-l", f"127.0.0.1:{self.port}", "--log-level", "debug", *self.extra_args,
@@ -345,14 +347,15 @@ def running_plugin(gpu_host_factory: Callable[..., GpuHost],
     counter = iter(range(1000))
 
     def start(n_gpus: int = 1, *, volumes_dir: Path | None = None,
-              extra_args: tuple[str, ...] = (), **host_options: Any) -> PluginDaemon:
+              extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
+              **host_options: Any) -> PluginDaemon:
         host = gpu_host_factory(n_gpus=n_gpus, **host_options)
         run_dir = tmp_path / f"plugin{next(counter)}"
         run_dir.mkdir()
         daemon = plugin_daemon_factory(
             driver_root=host.root, dev_root=host.root,
             volumes_dir=volumes_dir or run_dir / "volumes", env=host.env(),
-            log_path=run_dir / "daemon.log", extra_args=extra_args,
+            log_path=run_dir / "daemon.log", extra_args=extra_args, prefix=prefix,
         )
         daemon.host = host
         daemon.start()

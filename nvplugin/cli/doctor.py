@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http.client
 import json
 import os
+import socket
 import stat
+import struct
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +58,7 @@ class Facts:
     gpu_nodes: list[str] = field(default_factory=list)
     docker: Engine | None = None
     socket_answers: bool = False
+    daemon_pid: int | None = None  # the process behind the plugin socket (SO_PEERCRED)
 
     @property
     def current_version(self) -> str | None:
@@ -135,11 +139,20 @@ def _proc_minors(driver_root: Path) -> list[int]:
 
 
 def _node_state(path: Path) -> tuple[int | None, bool]:
+    """The node's mode, and whether this process may open it read-write. An open, not
+    `os.access`: a device cgroup (systemd's DevicePolicy=) refuses with EPERM where the mode
+    bits allow. ENXIO/ENODEV mean the node passed every check and no device answered (a node
+    left by an unloaded driver): that is the driver's problem, reported by the checks above."""
     try:
         mode = os.stat(path).st_mode
     except OSError:
         return None, False
-    return mode, os.access(path, os.R_OK | os.W_OK)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as err:
+        return mode, err.errno in (errno.ENXIO, errno.ENODEV)
+    os.close(fd)
+    return mode, True
 
 
 def probe_nodes(cfg: Config, facts: Facts) -> list[Check]:
@@ -205,6 +218,7 @@ def probe_socket(cfg: Config, facts: Facts) -> Check:
         return Check(Name.SOCKET, FAIL, f"{path} answered Activate with {status} {body[:80]!r}",
                      "another program owns this socket: stop it, then " + restart)
     facts.socket_answers = True
+    facts.daemon_pid = _peer_pid(path)
     detail = f"{path} answers Activate (VolumeDriver)"
     if cfg.needs_spec_file and not cfg.spec_path.is_file():
         return Check(Name.SOCKET, WARN, detail + f", but {cfg.spec_path} is missing: Docker "
@@ -246,11 +260,57 @@ def probe_volumes_dir(cfg: Config, facts: Facts) -> Check:
     if facts.nvml_library is None:
         return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable")
     return Check(Name.VOLUMES_DIR, PASS, f"{cfg.volumes_dir} {where}, writable; driver files "
-                 + _placement(Path(facts.nvml_library).resolve(), target))
+                 + _placement(Path(facts.nvml_library).resolve(), target, facts.daemon_pid))
 
 
-def _placement(source: Path, target: Path) -> str:
-    """Try what a volume build tries first: a hard link from the driver into the directory."""
+def _peer_pid(path: Path) -> int | None:
+    """The pid of the process serving the unix socket `path` (the kernel's SO_PEERCRED)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(PROBE_TIMEOUT_S)
+            sock.connect(str(path))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = struct.unpack("3i", creds)[0]
+    return pid or None
+
+
+def _mount_id(mountinfo: str, path: Path) -> str | None:
+    """The ID of the mount holding `path` in a /proc/<pid>/mountinfo text: the longest mount
+    point that is `path` or one of its parents (later mounts over the same point win)."""
+    best: tuple[int, str] | None = None
+    for line in mountinfo.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # \040 and friends
+        if path == Path(point) or Path(point) in path.parents:
+            depth = len(Path(point).parts)
+            if best is None or depth >= best[0]:
+                best = (depth, fields[0])
+    return best[1] if best else None
+
+
+def _daemon_mounts_differ(pid: int, source: Path, target: Path) -> bool | None:
+    """Whether the daemon sees `source` and `target` on different mounts (link() then fails
+    with EXDEV even on one filesystem, as under systemd's ReadWritePaths=); None if unknown."""
+    try:
+        mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
+    except OSError:
+        return None
+    ours, theirs = _mount_id(mountinfo, source), _mount_id(mountinfo, target)
+    return None if ours is None or theirs is None else ours != theirs
+
+
+def _placement(source: Path, target: Path, daemon_pid: int | None = None) -> str:
+    """What a volume build will do: a hard link from the driver into the directory, tried
+    here; and where the running daemon sees the two on different mounts, a copy whatever this
+    process could do."""
+    if daemon_pid is not None and _daemon_mounts_differ(daemon_pid, source, target):
+        return (f"will be copied (reflinked where supported): the running daemon (pid "
+                f"{daemon_pid}) sees {target} as a mount of its own (a sandbox such as the "
+                "unit's ReadWritePaths=), and hard links cannot cross mounts")
     link = target / f".doctor-link-{os.getpid()}"
     try:
         os.link(source, link)

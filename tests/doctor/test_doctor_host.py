@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from nvplugin.cli import doctor
 from tests.dockerenv import PluginDaemon, free_port
 from tests.requirements import need_tool
 
@@ -171,6 +172,42 @@ def test_doctor_checks_the_engine_of_the_current_docker_context(daemon, tmp_path
     assert f"unix://{dead}" in checks["docker"]["detail"]
     rc, checks = doctor_for(daemon, env={**env, "DOCKER_HOST": "", "DOCKER_CONTEXT": "default"})
     assert checks["docker"]["status"] == "PASS", checks["docker"]
+
+
+def test_placement_follows_the_running_daemons_own_mounts(running_plugin, tmp_path):
+    """Under systemd's ReadWritePaths= the volumes dir is a mount of its own in the daemon's
+    namespace, so its builds copy even where doctor itself could hard-link: doctor asks the
+    daemon behind the socket (SO_PEERCRED) and reads its mountinfo."""
+    unshare = need_tool("unshare")
+    volumes = tmp_path / "sandboxed-volumes"
+    volumes.mkdir()
+    bind_self = 'mount --bind "$0" "$0" && exec "$@"'
+    prefix = (unshare, "--mount", "--propagation", "private", "sh", "-c", bind_self, str(volumes))
+    daemon = running_plugin(volumes_dir=volumes, prefix=prefix)
+    driver_modes(daemon.driver_root)
+    assert daemon.proc is not None
+    _rc, checks = doctor_for(daemon)
+    detail = checks["volumes-dir"]["detail"]
+    assert checks["volumes-dir"]["status"] == "PASS"
+    assert f"will be copied (reflinked where supported): the running daemon (pid " \
+           f"{daemon.proc.pid}) sees {volumes} as a mount of its own" in detail
+    # Outside that namespace the same directory takes hard links: the old answer was wrong.
+    probe = volumes / "probe-link"
+    os.link(daemon.host.root / "etc/ld.so.cache", probe)
+    probe.unlink()
+
+
+def test_mount_of_a_path_in_mountinfo():
+    mountinfo = (
+        "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n"
+        "40 22 8:1 /var/lib/x /var/lib/x rw - ext4 /dev/sda1 rw\n"
+        "41 22 0:5 / /var/lib/with\\040space rw - tmpfs tmpfs rw\n"
+        "42 40 8:1 /var/lib/x /var/lib/x rw - ext4 /dev/sda1 rw\n"
+    )
+    assert doctor._mount_id(mountinfo, Path("/usr/lib/libcuda.so.1")) == "22"
+    assert doctor._mount_id(mountinfo, Path("/var/lib/x/volumes")) == "42"  # the later one wins
+    assert doctor._mount_id(mountinfo, Path("/var/lib/with space/v")) == "41"
+    assert doctor._mount_id("", Path("/x")) is None
 
 
 def test_plugin_socket_absent(daemon, tmp_path):
