@@ -154,6 +154,16 @@ def make_image(docker_engine: DockerEngine) -> ImageFactory:
     return ImageFactory(docker_engine)
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -149,3 +149,26 @@ def test_top_help_lists_the_commands(capsys):
         config.parse(["--help"], environ={})
     text = capsys.readouterr().out
     assert all(name in text for name in config.COMMANDS) and "[NVP_LISTEN]" in text
+
+
+@pytest.mark.parametrize(("argv", "environ", "keep"), [
+    ([], {}, False),
+    (["--keep-old-volumes"], {}, True),
+    ([], {"NVP_KEEP_OLD_VOLUMES": "yes"}, True),
+    ([], {"NVP_KEEP_OLD_VOLUMES": "0"}, False),
+    (["--keep-old-volumes"], {"NVP_KEEP_OLD_VOLUMES": "false"}, True),  # the flag wins
+    (["gc", "--keep-old-volumes"], {}, True),  # after the subcommand too
+])
+def test_keep_old_volumes(argv, environ, keep):
+    assert config.parse(argv, environ=environ).config.keep_old_volumes is keep
+
+
+def test_a_bad_switch_value_names_the_variable():
+    with pytest.raises(ConfigError, match=r"invalid NVP_KEEP_OLD_VOLUMES='maybe': use 1, true"):
+        config.load([], environ={"NVP_KEEP_OLD_VOLUMES": "maybe"})
+    assert config.ENVIRONMENT["--keep-old-volumes"] == "NVP_KEEP_OLD_VOLUMES"
+
+
+def test_gc_is_a_command_with_json():
+    invocation = config.parse(["gc", "--json"], environ={})
+    assert (invocation.command, invocation.as_json) == ("gc", True)

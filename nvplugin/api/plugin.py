@@ -4,6 +4,10 @@ Shapes are 1.0's: single-line JSON plus a newline, `null` where 1.0 had it, cont
 `application/vnd.docker.plugins.v1+json`. Docker sends no Content-Type, an empty body for
 Activate and `Opts: null`; all of that is accepted. Protocol errors are HTTP 200 with `Err`;
 malformed requests get 400 with `Err`; neither stops the server.
+
+Besides Docker's routes, one of ours: `COLLECT_ROUTE`, which `nvidia-docker-plugin gc` calls to
+have the running daemon (the owner of the mount table) remove old drivers' volumes. Whoever may
+open this socket may already remove volumes through Docker's own Remove.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from aiohttp import web
 
 from nvplugin.core.errors import NvpluginError
 from nvplugin.volumes.names import VolumeInfo, shown
-from nvplugin.volumes.store import VolumeStore
+from nvplugin.volumes.store import OldVolume, VolumeStore
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +29,7 @@ CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 64 * 1024
 MAX_MOUNT_ID = 256
 STORE: web.AppKey[VolumeStore] = web.AppKey("volume_store", VolumeStore)
+COLLECT_ROUTE = "/NvidiaDockerPlugin.CollectOldVolumes"
 
 Body = dict[str, Any]
 Handler = Callable[[VolumeStore, Body], Awaitable[Body]]
@@ -144,6 +149,20 @@ async def capabilities(store: VolumeStore, body: Body) -> Body:
     return {"Capabilities": {"Scope": "local"}}
 
 
+async def collect_old(store: VolumeStore, body: Body) -> Body:
+    log.info("Received request to remove old volumes")
+    return {**old_volumes_body(await store.collect_old()), "Err": None}
+
+
+def old_volumes_body(old: list[OldVolume]) -> Body:
+    """`collect_old`'s answer as the gc route (and `gc --json`) gives it."""
+    return {
+        "Removed": [{"Name": o.name, "Bytes": o.usage.total if o.usage else None,
+                     "Freed": o.usage.freed if o.usage else None} for o in old if o.removed],
+        "Kept": [{"Name": o.name, "Mounts": o.mounts} for o in old if not o.removed],
+    }
+
+
 # Route, handler, and the fields that are null beside `Err` when the call fails.
 ROUTES: tuple[tuple[str, Handler, tuple[str, ...]], ...] = (
     ("/Plugin.Activate", activate, ()),
@@ -155,6 +174,7 @@ ROUTES: tuple[tuple[str, Handler, tuple[str, ...]], ...] = (
     ("/VolumeDriver.Get", get, ("Volume",)),
     ("/VolumeDriver.List", list_, ("Volumes",)),
     ("/VolumeDriver.Capabilities", capabilities, ()),
+    (COLLECT_ROUTE, collect_old, ("Removed", "Kept")),
 )
 
 

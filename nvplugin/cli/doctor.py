@@ -29,6 +29,7 @@ from nvplugin.cli.doctor_checks import (
     WARN,
     Check,
     Name,
+    VolumeFacts,
     compare_versions,
     exit_status,
     nodes_check,
@@ -324,6 +325,9 @@ def _placement(source: Path, target: Path, daemon_pid: int | None = None) -> str
 
 
 def probe_stale(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.volumes.mount_table import STATE_FILE, read_counts
+    from nvplugin.volumes.usage import disk_usage
+
     kind_dir = cfg.volumes_dir / DRIVER_VOLUME_KIND
     try:
         versions = [p.name for p in kind_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -332,7 +336,13 @@ def probe_stale(cfg: Config, facts: Facts) -> Check:
     except OSError as err:
         return Check(Name.STALE, FAIL, f"cannot read {kind_dir}: {err.strerror}",
                      "run doctor as the daemon's user or root")
-    return stale_check(versions, facts.current_version, kind_dir)
+    try:
+        mounts = read_counts(cfg.volumes_dir / STATE_FILE)
+    except (OSError, ValueError):
+        mounts = {}  # the daemon sets a damaged file aside; sizes still tell
+    return stale_check([VolumeFacts(v, disk_usage(kind_dir / v) if v != facts.current_version
+                                    else None, mounts.get(f"{DRIVER_VOLUME_KIND}_{v}", 0))
+                        for v in versions], facts.current_version, kind_dir)
 
 
 def probe_rest(cfg: Config, facts: Facts) -> Check:

@@ -14,6 +14,10 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from nvplugin.core.names import DAEMON_PROGRAM as PROGRAM
+from nvplugin.core.names import DRIVER_VOLUME_KIND as KIND
+from nvplugin.volumes.usage import DiskUsage
+
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
 
 
@@ -101,17 +105,39 @@ def uvm_check(uvm: Path, mode: int | None, accessible: bool) -> Check:
     return problem
 
 
-def stale_check(versions: Iterable[str], current: str | None, kind_dir: Path) -> Check:
-    others = sorted(v for v in versions if v != current)
-    if current is None and others:
-        return Check(Name.STALE, WARN, f"volumes {', '.join(others)} in {kind_dir}, and no driver "
+@dataclass(frozen=True, slots=True)
+class VolumeFacts:
+    """A driver volume on disk, as doctor found it."""
+
+    version: str
+    usage: DiskUsage | None = None  # None when it could not be measured
+    mounts: int = 0  # containers mounting it, from the daemon's state.json
+
+
+def stale_check(volumes: Iterable[VolumeFacts], current: str | None, kind_dir: Path) -> Check:
+    """Volumes of other driver versions: which, the disk they hold, who mounts them, and how
+    they go (`gc` removes those nothing mounts; the others after their containers stop)."""
+    others = sorted((v for v in volumes if v.version != current), key=lambda v: v.version)
+    if not others:
+        return Check(Name.STALE, PASS, f"no volumes of other driver versions in {kind_dir}")
+    listed = ", ".join(f"{v.version} ({_held(v)})" for v in others)
+    if current is None:
+        return Check(Name.STALE, WARN, f"volumes {listed} in {kind_dir}, and no driver "
                      "version to compare them with", "fix the driver first")
-    if others:
-        names = " ".join(f"nvidia_driver_{v}" for v in others)
-        return Check(Name.STALE, WARN,
-                     f"volumes of old drivers: {', '.join(others)} (current {current})",
-                     f"docker volume rm {names} (after removing the containers using them)")
-    return Check(Name.STALE, PASS, f"no volumes of other driver versions in {kind_dir}")
+    measured = [v.usage for v in others if v.usage is not None]
+    total = DiskUsage(sum(u.total for u in measured), sum(u.freed for u in measured))
+    mounted = [f"{KIND}_{v.version}" for v in others if v.mounts]
+    fixes = [f"{PROGRAM} gc removes those no container mounts"] if len(mounted) < len(others) \
+        else []
+    fixes += [f"stop the containers using {name} (docker ps --filter volume={name}) and it "
+              "goes, unless the daemon runs with --keep-old-volumes" for name in mounted]
+    return Check(Name.STALE, WARN, f"volumes of old drivers: {listed}; {total.describe()} in "
+                 f"all (current {current})", "; ".join(fixes))
+
+
+def _held(volume: VolumeFacts) -> str:
+    size = volume.usage.describe() if volume.usage is not None else "size unknown"
+    return f"{size}; mounted by {volume.mounts} container(s)" if volume.mounts else size
 
 
 def exit_status(checks: Sequence[Check]) -> int:

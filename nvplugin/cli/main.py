@@ -1,4 +1,5 @@
-"""`nvidia-docker-plugin [COMMAND]`: one parser, then `serve` (the default), `list` or `doctor`.
+"""`nvidia-docker-plugin [COMMAND]`: one parser, then `serve` (the default), `list`, `doctor` or
+`gc`.
 
 Only `serve`'s modules are imported up front; the others load when their command runs.
 """
@@ -36,6 +37,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_list(cfg, as_json=invocation.as_json, out=sys.stdout,
                         version=_nvml_version(cfg))
+    if invocation.command == "gc":
+        from nvplugin.cli.gc import run_gc
+
+        return run_gc(cfg, as_json=invocation.as_json, out=sys.stdout,
+                      nvml_version=lambda: _nvml_version(cfg))
     from nvplugin.cli.doctor import run_doctor
 
     return run_doctor(cfg, as_json=invocation.as_json, out=sys.stdout)

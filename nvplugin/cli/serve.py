@@ -86,9 +86,11 @@ class Daemon:
             # Without a driver at all, the line above already said so.
             log.warning("Driver volume unavailable: %s", self.driver.error)
         self._cleanups.append(self.driver.close)
-        self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest)
+        self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest,
+                                 keep_old=cfg.keep_old_volumes)
         await self.store.start()
         self._cleanups.append(self.store.close)
+        await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
 
         plugin_runner = web.AppRunner(make_plugin_app(self.store), access_log=None,
@@ -145,10 +147,20 @@ class Daemon:
             log.warning("Driver volume unavailable: %s", self.driver.error)
         elif before is not None and before != after:
             log.info("NVIDIA driver changed from %s to %s", before, after)
+            await self._collect_old_volumes()
         elif changed:
             log.info("Driver files changed (version %s)", after)
         else:
             log.info("Driver unchanged (version %s)", after)
+
+    async def _collect_old_volumes(self) -> None:
+        """Old drivers' volumes that no container mounts go (one line each), unless kept."""
+        if self.config.keep_old_volumes or self.driver.version is None:
+            return
+        try:
+            await self.store.collect_old()
+        except NvpluginError as err:
+            log.warning("Cannot remove old volumes: %s", err)
 
     async def _shutdown(self) -> None:
         # Reverse order: stop accepting requests first, then release what they used.

@@ -39,6 +39,9 @@ class Config:
     # Where Docker looks for plugin spec files; only used when socket_dir is not Docker's default.
     spec_dir: Path = Path(SPEC_DIR)
     plugin_name: str = PLUGIN_NAME
+    # After a driver upgrade, volumes of older versions go once no container mounts them;
+    # True keeps them until `docker volume rm` or `gc`.
+    keep_old_volumes: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -92,13 +95,24 @@ _FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
     (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
 )
 
+# Switches: (long, env var, help). The variable takes 1/true/yes/on or 0/false/no/off.
+_SWITCHES: tuple[tuple[str, str, str], ...] = (
+    ("--keep-old-volumes", "NVP_KEEP_OLD_VOLUMES",
+     "keep the volumes of older drivers after an upgrade (default: each is removed once no "
+     "container mounts it)"),
+)
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
 ENVIRONMENT = {long: env for _short, long, env, _default, _help in _FLAGS}
+ENVIRONMENT.update({long: env for long, env, _help in _SWITCHES})
 
 # Subcommands: name -> (help, whether it takes --json). `serve` is the default.
 COMMANDS: dict[str, tuple[str, bool]] = {
     "serve": ("run the daemon: the plugin socket and the REST API (the default)", False),
     "list": ("print every file a driver volume would hold, and why", True),
     "doctor": ("check this host and explain each problem with a one-line fix", True),
+    "gc": ("remove the volumes of older drivers that no container mounts (asks the running "
+           "daemon when there is one)", True),
 }
 
 
@@ -119,6 +133,13 @@ def _add_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str], *, t
                                 help=f"{help_text} [{env}] (default: {default or 'driver root'!s})")
         else:  # after the subcommand too; SUPPRESS keeps a value given before it
             parser.add_argument(*names, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for long, env, help_text in _SWITCHES:
+        if top:  # the variable's text is read (and checked) by config_from_namespace
+            parser.add_argument(long, action="store_true", default=environ.get(env, ""),
+                                help=f"{help_text} [{env}]")
+        else:
+            parser.add_argument(long, action="store_true", default=argparse.SUPPRESS,
+                                help=argparse.SUPPRESS)
 
 
 def build_parser(prog: str = DAEMON_PROGRAM, environ: Mapping[str, str] | None = None,
@@ -173,7 +194,19 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
         dev_root=dev_root,
         host_root=check_host_root(ns.host_root, dev_root),
         log_level=level,
+        keep_old_volumes=_switch(ns.keep_old_volumes, ENVIRONMENT["--keep-old-volumes"]),
     )
+
+
+def _switch(value: bool | str, env: str) -> bool:
+    """A switch given as a flag (True) or through its environment variable's text."""
+    if isinstance(value, bool):
+        return value
+    if value.strip().lower() in _TRUE:
+        return True
+    if value.strip().lower() in _FALSE:
+        return False
+    raise ConfigError(f"invalid {env}={value!r}: use 1, true, yes or on (or 0, false, no, off)")
 
 
 def check_host_root(value: str, dev_root: Path) -> Path:

@@ -2,6 +2,7 @@
 
     NvpluginError                 message says what went wrong and what to do
     ├── ConfigError               a bad flag or environment value
+    │   └── VolumesDirBusy        another daemon holds the volumes directory
     ├── UnsafeFileError           a file that is not a regular file, too large, or not the one
     │                             discovery inspected: refused rather than read or copied
     ├── DiscoveryError            the driver's files could not be found or read
@@ -39,6 +40,10 @@ class NvpluginError(Exception):
 
 class ConfigError(NvpluginError):
     pass
+
+
+class VolumesDirBusy(ConfigError):
+    """Another nvidia-docker-plugin holds the volumes directory's lock."""
 
 
 class UnsafeFileError(NvpluginError):

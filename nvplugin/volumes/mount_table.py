@@ -20,6 +20,7 @@ from nvplugin.core.atomicfile import write_atomic
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+STATE_FILE = "state.json"  # in the volumes directory
 
 
 class MountTable:
@@ -96,6 +97,16 @@ class MountTable:
             snapshot, data = self._changes, self.encode()
             await asyncio.to_thread(write_atomic, self.path, data, 0o600)
             self._saved = snapshot
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    """Mounts per volume name as the daemon last saved them, read without changing anything
+    (doctor's view; blocking). {} without a file; ValueError when it is damaged."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return {}
+    return {name: sum(ids.values()) for name, ids in _decode(raw).items()}
 
 
 def _decode(raw: bytes) -> dict[str, dict[str, int]]:

@@ -6,7 +6,9 @@ asyncio lock per volume makes a burst of Create/Mount requests for a new volume 
 single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,
 and a table keyed by every version ever asked about would only grow. Only the current driver's
 version can be built, lazily, by whichever of Create, Mount, Path or Get comes first after a start
-or upgrade.
+or upgrade. Volumes of other versions (an older driver's) are served while they exist and, unless
+`keep_old`, removed once no container mounts them: `collect_old` after an upgrade, and the last
+Unmount of one.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from nvplugin.core.errors import (
     VolumeError,
     VolumeInUse,
     VolumeNotFound,
+    VolumesDirBusy,
     VolumeVersionError,
 )
 from nvplugin.driver.manifest import Manifest
 from nvplugin.volumes.build import build_volume
 from nvplugin.volumes.clone import Cloner
-from nvplugin.volumes.mount_table import MountTable
+from nvplugin.volumes.mount_table import STATE_FILE, MountTable
 from nvplugin.volumes.names import KIND, VERSION_RE, VolumeInfo, parse_name
+from nvplugin.volumes.usage import DiskUsage, disk_usage
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +59,27 @@ class _VersionLock:
     users: int = 0  # the holder and the waiters
 
 
+@dataclass(frozen=True, slots=True)
+class OldVolume:
+    """A volume of another driver version, as `collect_old` left it."""
+
+    name: str
+    removed: bool
+    mounts: int = 0  # containers mounting it (why it was kept)
+    usage: DiskUsage | None = None  # what it held, when removed
+
+
 class VolumeStore:
     """Every operation the plugin protocol needs, keyed by volume name."""
 
     def __init__(self, volumes_dir: Path, manifest_provider: ManifestProvider,
-                 cloner: Cloner | None = None) -> None:
+                 cloner: Cloner | None = None, *, keep_old: bool = False) -> None:
         self.volumes_dir = Path(volumes_dir)
         self.kind_dir = self.volumes_dir / KIND
         self._provider = manifest_provider
         self.cloner = cloner or Cloner()
-        self.mounts = MountTable(self.volumes_dir / "state.json")
+        self.keep_old = keep_old
+        self.mounts = MountTable(self.volumes_dir / STATE_FILE)
         self._locks: dict[str, _VersionLock] = {}  # only versions held or awaited now
         self.builds = 0  # completed builds, for tests and /metrics
         self._directory_lock: int | None = None
@@ -99,7 +114,7 @@ class VolumeStore:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise ConfigError(
+            raise VolumesDirBusy(
                 f"another nvidia-docker-plugin is using the volumes directory {self.volumes_dir}: "
                 "stop it first, or choose another with -d"
             ) from None
@@ -153,13 +168,15 @@ class VolumeStore:
         return str(self.path_of(version))
 
     async def unmount(self, name: str, mount_id: str) -> None:
-        parse_name(name)
+        version = parse_name(name)
         self.mounts.release(name, mount_id)
         try:
             await self.mounts.persist()
         except OSError as err:
             raise VolumeError(f"cannot record the unmount of {name} in "
                               f"{self.mounts.path}: {err.strerror}") from err
+        if not self.keep_old and self.mounts.count(name) == 0:
+            await self._collect_if_old(version)
 
     async def path(self, name: str) -> str:
         version = parse_name(name)
@@ -176,6 +193,51 @@ class VolumeStore:
 
     async def list(self) -> list[VolumeInfo]:
         return await asyncio.to_thread(self._list)
+
+    # -- old drivers' volumes ----------------------------------------------------------------
+    async def collect_old(self) -> builtins.list[OldVolume]:
+        """Remove every volume of another driver version that no container mounts; keep (and
+        report) the others. One log line each. NvpluginError without a current driver."""
+        current = (await self._current_manifest()).version
+        found = []
+        for info in await self.list():
+            version = parse_name(info.name)
+            if version != current and (old := await self._collect(version, current)):
+                found.append(old)
+        return found
+
+    async def _collect_if_old(self, version: str) -> None:
+        """After the last Unmount: remove the volume if it is an old driver's. Never fails the
+        Unmount: Docker has already let go of the volume."""
+        try:
+            current = (await self._current_manifest()).version
+        except NvpluginError:
+            return  # no driver now, so nothing is known to be old
+        if version == current:
+            return
+        try:
+            await self._collect(version, current)
+        except NvpluginError as err:
+            log.warning("Cannot remove old volume: %s", err)
+
+    async def _collect(self, version: str, current: str) -> OldVolume | None:
+        name = f"{KIND}_{version}"
+        async with self._lock(version):
+            if not await self._exists(version):
+                return None  # removed since it was listed
+            held = self.mounts.count(name)
+            if held:
+                log.info("Keeping volume %s of driver %s (now %s): %d container(s) mount it",
+                         name, version, current, held)
+                return OldVolume(name, removed=False, mounts=held)
+            usage = await asyncio.to_thread(disk_usage, self.path_of(version))
+            await asyncio.to_thread(self._delete, version)
+            self.mounts.forget(name)
+            with contextlib.suppress(OSError):  # nothing mounts it; a stale entry is harmless
+                await self.mounts.persist()
+        log.info("Removed volume %s of driver %s (now %s), mounted by no container: %s", name,
+                 version, current, usage.describe())
+        return OldVolume(name, removed=True, usage=usage)
 
     # -- helpers -----------------------------------------------------------------------------
     def path_of(self, version: str) -> Path:

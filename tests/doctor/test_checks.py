@@ -8,6 +8,7 @@ from pathlib import Path
 
 from nvplugin.cli import doctor_checks
 from nvplugin.cli.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name
+from nvplugin.volumes.usage import DiskUsage
 
 
 def test_matching_versions_pass_and_a_mismatch_fails_with_the_nvml_wording():
@@ -32,14 +33,27 @@ def test_node_states():
     assert private.status == WARN and "0600" in private.detail and "chmod 0666" in private.fix
 
 
-def test_stale_versions_are_named_with_the_command_that_removes_them():
+def test_stale_versions_are_named_with_their_space_and_how_they_go():
     kind = Path("/v/nvidia_driver")
-    assert doctor_checks.stale_check(["580.159.04"], "580.159.04", kind).status == PASS
+    facts = doctor_checks.VolumeFacts
+    mib = 1 << 20
+    assert doctor_checks.stale_check([facts("580.159.04")], "580.159.04", kind).status == PASS
     assert doctor_checks.stale_check([], None, kind).status == PASS
-    stale = doctor_checks.stale_check(["580.159.04", "570.86.15"], "580.159.04", kind)
-    assert stale.status == WARN and "570.86.15" in stale.detail
-    assert stale.fix.startswith("docker volume rm nvidia_driver_570.86.15")
-    assert doctor_checks.stale_check(["570.86.15"], None, kind).status == WARN
+    stale = doctor_checks.stale_check(
+        [facts("580.159.04"), facts("570.86.15", DiskUsage(412 * mib, 380 * mib)),
+         facts("575.51.03", DiskUsage(100 * mib, 0), mounts=2)], "580.159.04", kind)
+    assert stale.status == WARN
+    assert stale.detail == (
+        "volumes of old drivers: 570.86.15 (412.0 MiB, 380.0 MiB of them freed by removal), "
+        "575.51.03 (100.0 MiB, 0.0 MiB of them freed by removal; mounted by 2 container(s)); "
+        "512.0 MiB, 380.0 MiB of them freed by removal in all (current 580.159.04)")
+    assert stale.fix == (
+        "nvidia-docker-plugin gc removes those no container mounts; stop the containers using "
+        "nvidia_driver_575.51.03 (docker ps --filter volume=nvidia_driver_575.51.03) and it "
+        "goes, unless the daemon runs with --keep-old-volumes")
+    only_mounted = doctor_checks.stale_check([facts("575.51.03", None, mounts=1)], "580.1", kind)
+    assert "size unknown" in only_mounted.detail and "gc" not in only_mounted.fix
+    assert doctor_checks.stale_check([facts("570.86.15")], None, kind).status == WARN
 
 
 def test_exit_status_fails_only_on_failures():

@@ -245,12 +245,16 @@ def test_volumes_dir_not_writable(daemon):
 
 
 def test_stale_volume_of_an_old_driver(daemon):
-    (daemon.volumes_dir / "nvidia_driver" / "570.86.15" / "lib64").mkdir(parents=True)
+    lib64 = daemon.volumes_dir / "nvidia_driver" / "570.86.15" / "lib64"
+    lib64.mkdir(parents=True)
+    (lib64 / "libcuda.so.570.86.15").write_bytes(b"\0" * (2 << 20))  # the old driver is gone
     rc, checks = doctor_for(daemon)
     stale = checks["stale-volumes"]
     assert stale["status"] == "WARN"
-    assert "570.86.15" in stale["detail"] and daemon.host.version in stale["detail"]
-    assert stale["fix"].startswith("docker volume rm nvidia_driver_570.86.15")
+    assert stale["detail"] == (
+        "volumes of old drivers: 570.86.15 (2.0 MiB, 2.0 MiB of them freed by removal); 2.0 "
+        f"MiB, 2.0 MiB of them freed by removal in all (current {daemon.host.version})")
+    assert stale["fix"] == "nvidia-docker-plugin gc removes those no container mounts"
     assert rc == 0
 
 

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from nvplugin import __version__
-from tests.dockerenv import PluginDaemon, _unix_post, free_port
+from tests.dockerenv import PluginDaemon, _unix_post, free_port, wait_for
 from tests.requirements import need_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,15 +33,6 @@ def http_get(url: str) -> tuple[int, str]:
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nvplugin", *args], capture_output=True,
                           text=True, cwd=REPO, timeout=60)
-
-
-def wait_for(predicate, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_version_uses_1_0_wording():
@@ -282,3 +272,21 @@ def test_second_daemon_on_the_same_volumes_dir_touches_nothing(running_plugin,
         in second.log()
     assert build_in_progress.is_dir()
     assert first.ready()
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_old_volumes_found_at_start_go_unless_kept(running_plugin, tmp_path, keep):
+    volumes = tmp_path / "volumes"
+    old = volumes / "nvidia_driver" / "570.86.15"
+    (old / "lib64").mkdir(parents=True)
+    (old / "lib64/libcuda.so.570.86.15").write_bytes(b"\0" * 4096)
+    daemon = running_plugin(volumes_dir=volumes,
+                            extra_args=("--keep-old-volumes",) if keep else ())
+    removed = [line for line in daemon.log().splitlines() if "Removed volume" in line]
+    if keep:
+        assert removed == [] and old.is_dir()
+    else:
+        assert len(removed) == 1 and not old.exists()
+        assert removed[0].endswith(
+            "Removed volume nvidia_driver_570.86.15 of driver 570.86.15 (now 580.159.04), "
+            "mounted by no container: 0.0 MiB, 0.0 MiB of them freed by removal")

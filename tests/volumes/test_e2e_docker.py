@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,11 +14,12 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon, _unix_post
+from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon, _unix_post, wait_for
 from tests.requirements import need_tool
 
 pytestmark = pytest.mark.docker
 MOUNT = "/usr/local/nvidia"
+REPO = Path(__file__).resolve().parents[2]
 StartPlugin = Callable[..., PluginDaemon]
 
 
@@ -154,3 +156,84 @@ def test_garbage_on_the_socket_leaves_the_daemon_healthy(
     name = f"nvidia_driver_{daemon.host.version}"
     docker_engine.client.volumes.create(name, driver="nvidia-docker").remove()
     assert daemon.proc is not None and daemon.proc.poll() is None
+
+
+NEW_VERSION = "590.10.01"
+
+
+def _upgrade(daemon: PluginDaemon, fake_host_factory: Callable[..., object]) -> None:
+    """A newer driver installed over the running one; the daemon's watcher sees it."""
+    host = daemon.host
+    assert host is not None
+    fake_host_factory(root=daemon.driver_root, version=NEW_VERSION)
+    config = json.loads(host.nvml_config.read_text())
+    config["driver_version"] = NEW_VERSION
+    host.nvml_config.write_text(json.dumps(config))
+    changed = f"NVIDIA driver changed from {host.version} to {NEW_VERSION}"
+    assert wait_for(lambda: changed in daemon.log()), daemon.log()[-2000:]
+
+
+def _docker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([need_tool("docker"), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _gc(daemon: PluginDaemon) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nvplugin", "gc", "--driver-root",
+                           str(daemon.driver_root), "-s", str(daemon.socket_dir), "-d",
+                           str(daemon.volumes_dir)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env={**os.environ, **daemon.env, "PYTHONPATH": str(REPO)})
+
+
+def test_an_old_volume_goes_with_its_last_container_and_docker_agrees(
+        docker_engine: DockerEngine, running_plugin: StartPlugin, make_image: ImageFactory,
+        fake_host_factory: Callable[..., object]):
+    daemon = running_plugin()
+    old_version = daemon.host.version if daemon.host else ""
+    old = f"nvidia_driver_{old_version}"
+    started = docker_run(make_image(), old, "sleep", "300", detach=True)
+    assert started.returncode == 0, started.stderr
+    container = started.stdout.strip()
+    _upgrade(daemon, fake_host_factory)
+    # Mounted: kept, and `gc` (asking the running daemon) keeps it too.
+    assert f"Keeping volume {old} of driver" in daemon.log()
+    gc = _gc(daemon)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert gc.stdout.splitlines() == [
+        f"Kept {old}: 1 container(s) mount it",
+        f"(0 removed, 1 kept, by the running daemon ({daemon.socket_path}))"]
+    assert old in _docker("volume", "ls", "-q").stdout.split()
+    # The container stops: Docker unmounts, and the volume goes.
+    assert _docker("stop", "-t", "1", container).returncode == 0
+    assert wait_for(lambda: f"Removed volume {old} of driver" in daemon.log())
+    assert not (daemon.volumes_dir / "nvidia_driver" / old_version).exists()
+    # Docker's view: not listed, and inspect and rm both say so.
+    assert old not in _docker("volume", "ls", "-q").stdout.split()
+    for argv in (("volume", "inspect", old), ("volume", "rm", old)):
+        done = _docker(*argv)
+        assert done.returncode == 1 and f"{old}: no such volume" in done.stderr, done.stderr
+    assert _docker("volume", "rm", "-f", old).returncode == 0
+    # The stopped container of the old driver cannot start, and says why; removing it works.
+    restart = _docker("start", container)
+    assert restart.returncode != 0 and "no such volume" in restart.stderr
+    assert _docker("rm", container).returncode == 0
+    new = f"nvidia_driver_{NEW_VERSION}"
+    assert docker_run(make_image(), new, "true").returncode == 0
+    assert _docker("volume", "ls", "-q").stdout.split().count(new) == 1
+
+
+def test_keep_old_volumes_keeps_them_for_docker_and_gc(
+        docker_engine: DockerEngine, running_plugin: StartPlugin, make_image: ImageFactory,
+        fake_host_factory: Callable[..., object]):
+    daemon = running_plugin(extra_args=("--keep-old-volumes",))
+    old = f"nvidia_driver_{daemon.host.version if daemon.host else ''}"
+    assert docker_run(make_image(), old, "true").returncode == 0
+    _upgrade(daemon, fake_host_factory)
+    assert "Keeping volume" not in daemon.log() and "Removed volume" not in daemon.log()
+    assert old in _docker("volume", "ls", "-q").stdout.split()
+    assert _docker("volume", "inspect", old).returncode == 0
+    gc = _gc(daemon)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert gc.stdout.startswith(f"Removed {old}: ") and "MiB of them freed by removal" in gc.stdout
+    assert old not in _docker("volume", "ls", "-q").stdout.split()
+    assert _docker("volume", "rm", "-f", old).returncode == 0
