@@ -87,6 +87,8 @@ CONCURRENT = "two containers run vecadd at once, each on its own GPU"
 STATUS_ALL = "gpu/status/json answers for every GPU"
 CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit kept out"
 AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
+OLD_VOLUMES = "an old driver's volume: doctor shows its space, gc (through the daemon) removes it"
+OLD_VERSION = "1.0.0"  # no driver has it: a volume left by an "older" driver, made by hand
 # The same figure on the one-GPU H200 (docs/gpu-proof.md), to set the multi-GPU one against.
 ONE_GPU_STATUS_P50 = "1.36 ms"
 
@@ -532,6 +534,39 @@ class Proof:
                         f"p50 {p50} with {self.gpus} GPUs, {ONE_GPU_STATUS_P50} with 1 GPU "
                         "(the one-GPU H200, docs/gpu-proof.md)")
 
+    def old_volumes(self) -> None:
+        """A volume of another driver version next to the real one: doctor reports the disk it
+        holds, `gc` asks the running daemon (the volumes directory is the daemon's) to remove
+        it, Docker no longer lists it, and the current volume stays."""
+        kind = STATE.parent / "nvidia_driver"
+        old, name = kind / OLD_VERSION, f"nvidia_driver_{OLD_VERSION}"
+        (old / "lib64").mkdir(parents=True, exist_ok=True)
+        (old / "lib64" / f"libcuda.so.{OLD_VERSION}").write_bytes(b"\0" * (1 << 20))
+        program = str(self.venv / "bin/nvidia-docker-plugin")
+        try:
+            doctor = json.loads(sh(program, "doctor", "--json").stdout or "[]")
+        except json.JSONDecodeError:
+            doctor = []
+        stale = next((c for c in doctor if c.get("check") == "stale-volumes"), {})
+        gc = sh(program, "gc")
+        listed = sh("docker", "volume", "ls", "-q").stdout.split()
+        problems = []
+        if stale.get("status") != "WARN" or f"{OLD_VERSION} (1.0 MiB, 1.0 MiB of them freed" \
+                not in str(stale.get("detail")):
+            problems.append(f"doctor's stale-volumes: {stale}")
+        if gc.returncode != 0 or not gc.stdout.startswith(f"Removed {name}: 1.0 MiB") \
+                or f"by the running daemon ({SOCKET})" not in gc.stdout:
+            problems.append(f"gc exited {gc.returncode}: {gc.stdout.strip()} {gc.stderr.strip()}")
+        if old.exists():
+            problems.append(f"{old} is still there")
+        if name in listed:
+            problems.append(f"docker volume ls still lists {name}")
+        if self.version and not (kind / self.version).is_dir():
+            problems.append(f"the current volume {kind / self.version} went too")
+        self.report.add(OLD_VOLUMES, not problems, "\n".join(
+            [f"doctor: {stale.get('status')} {stale.get('detail')}", f"gc: {gc.stdout.strip()}",
+             *problems]))
+
     def restart_while_running(self) -> None:
         wrapper = str(self.venv / "bin/nvidia-docker")
         name = "nvplugin-proof-hold"
@@ -601,7 +636,8 @@ class Proof:
                 self.check_topology, self.check_list,
                 self.create_volume, self.build_image, self.run_ways,
                 self.selection_and_refusal, self.isolation, self.concurrent,
-                self.restart_while_running, self.timings, self.status_all_gpus)
+                self.old_volumes, self.restart_while_running, self.timings,
+                self.status_all_gpus)
 
     def run(self) -> int:
         listed = sh("nvidia-smi", "--query-gpu=index", "--format=csv,noheader")
