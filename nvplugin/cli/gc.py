@@ -13,10 +13,11 @@ import asyncio
 import http.client
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TextIO
 
 from nvplugin.api.plugin import COLLECT_ROUTE, old_volumes_body
-from nvplugin.core.config import Config
+from nvplugin.core.config import DEFAULT_SOCKET_DIR, Config
 from nvplugin.core.errors import DiscoveryError, NvpluginError, VolumesDirBusy
 from nvplugin.core.names import DAEMON_PROGRAM, DRIVER_VOLUME_KIND
 from nvplugin.driver import discovery
@@ -68,9 +69,19 @@ async def _collect_here(cfg: Config, nvml_version: Callable[[], str | None]) -> 
     return {**old_volumes_body(old), "By": DAEMON_PROGRAM + " gc"}
 
 
+def _sockets(cfg: Config) -> list[Path]:
+    """Where the daemon listens: -s's socket; with Docker's default directory, also the
+    `<dir>/nvidia-docker/nvidia-docker.sock` a daemon running as its own user uses."""
+    paths = [cfg.socket_path]
+    if cfg.socket_dir == Path(DEFAULT_SOCKET_DIR):
+        paths.append(cfg.socket_dir / cfg.plugin_name / cfg.socket_path.name)
+    return paths
+
+
 def _ask_daemon(cfg: Config) -> dict[str, Any]:
-    path = cfg.socket_path
     busy = f"a running {DAEMON_PROGRAM} holds {cfg.volumes_dir}"
+    paths = _sockets(cfg)
+    path = next((p for p in paths if p.exists()), paths[0])
     connection = UnixHTTPConnection(str(path), DAEMON_TIMEOUT_S)
     try:
         connection.request("POST", COLLECT_ROUTE, body=b"{}",

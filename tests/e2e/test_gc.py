@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nvplugin.cli.gc import _sockets
+from nvplugin.core.config import load
 from nvplugin.volumes.mount_table import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,3 +90,10 @@ def test_gc_with_no_volumes_says_so(tmp_path):
     assert (done.returncode, done.stdout) == (
         0, f"No volumes of older drivers in {tmp_path / 'none'}\n")
     assert not (tmp_path / "none").exists()  # gc creates nothing
+
+
+def test_gc_finds_the_socket_of_a_daemon_running_as_its_own_user():
+    default = Path("/run/docker/plugins")
+    assert _sockets(load([], environ={})) == [default / "nvidia-docker.sock",
+                                              default / "nvidia-docker/nvidia-docker.sock"]
+    assert _sockets(load(["-s", "/srv/s"], environ={})) == [Path("/srv/s/nvidia-docker.sock")]
