@@ -8,6 +8,7 @@ _HERE = Path(__file__).parent
 # Fixture modules are registered as plugins so every test directory can use them.
 pytest_plugins = [
     module
-    for module in ("tests.fakehost.fixtures", "tests.fakenvml.fixtures", "tests.dockerenv")
+    for module in ("tests.fakehost.fixtures", "tests.fakenvml.fixtures", "tests.dockerenv",
+                   "tests.web.browser")
     if (_HERE.parent / (module.replace(".", "/") + ".py")).exists()
 ]

@@ -14,6 +14,7 @@ from aiohttp import web
 from nvplugin.api.plugin import make_app as make_plugin_app
 from nvplugin.api.plugin_socket import start_plugin_site
 from nvplugin.api.rest_app import make_app as make_rest_app
+from nvplugin.cli.doctor_checks import Check
 from nvplugin.core.config import Config
 from nvplugin.core.errors import NvpluginError
 from nvplugin.driver import discovery
@@ -22,6 +23,9 @@ from nvplugin.gpu import devnodes
 from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
 from nvplugin.volumes.store import VolumeStore
+from nvplugin.web import routes as page_routes
+from nvplugin.web.feed import LiveFeed
+from nvplugin.web.panels import Panels
 
 log = logging.getLogger("nvplugin")
 
@@ -106,8 +110,10 @@ class Daemon:
             log.info("Remote API disabled (empty listen address)")
             await self.plugin_site.publish_spec(cfg)
             return
-        rest_runner = web.AppRunner(make_rest_app(self.gpus, self.driver.manifest, cfg),
-                                    access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        rest_app = make_rest_app(self.gpus, self.driver.manifest, cfg)
+        await self._mount_page(rest_app)
+        rest_runner = web.AppRunner(rest_app, access_log=None,
+                                    shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await rest_runner.setup()
         self._cleanups.append(rest_runner.cleanup)
         host, port = address
@@ -125,6 +131,20 @@ class Daemon:
                 await web.TCPSite(rest_runner, "::1", port).start()
         log.info("Serving remote API at %s", cfg.listen)
         await self.plugin_site.publish_spec(cfg)
+
+    async def _mount_page(self, app: web.Application) -> None:
+        """The live GPU page at `/` of the REST listener, with doctor's findings handed in."""
+        cfg = self.config
+
+        async def findings() -> list[Check]:
+            from nvplugin.cli import doctor  # its probes load only once someone opens the page
+
+            return await asyncio.to_thread(doctor.collect, cfg)
+
+        panels = Panels(self.store, lambda: self.driver.version, findings)
+        feed = LiveFeed(self.gpus, panels)
+        self._cleanups.append(feed.close)  # after the REST runner's cleanup has ended streams
+        page_routes.mount(app, feed, await asyncio.to_thread(page_routes.load_assets))
 
     async def _nvml_driver_version(self) -> str | None:
         if not self.gpus.available:

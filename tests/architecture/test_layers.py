@@ -22,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "volumes": {"core", "driver"},
     "api": {"core", "driver", "gpu", "volumes"},
     "wrapper": {"core", "engine"},
-    "cli": {"core", "driver", "gpu", "volumes", "engine", "api"},
+    "web": {"core", "driver", "gpu", "volumes", "observe"},
+    "cli": {"core", "driver", "gpu", "volumes", "engine", "api", "web"},
 }
 def _part(module: str) -> str | None:
     parts = module.split(".")

@@ -1,0 +1,148 @@
+"""The GPU page's routes, mounted on the REST app: `GET /` (the page), `/page/assets/<name>`
+(its script, styles and the vendored chart library), `/page/state.json` (what a page is first
+sent, for scripts and the GPU proof) and `/page/events` (the shared event stream).
+
+Assets are the package's own files, read once at start-up into memory (under 70 KB) and looked
+up by exact name, so no part of a URL ever reaches a file path. Every answer forbids other
+origins, inline script and framing (Content-Security-Policy): the page loads nothing from
+anywhere but this daemon.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from nvplugin.web import documents
+from nvplugin.web.feed import RETRY_MS, LiveFeed
+
+PAGE = "index.html"
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
+                 ".txt": "text/plain", ".LICENSE": "text/plain"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                               "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
+                               "form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+# Requests that count as someone watching the GPUs, and so keep the history sampled.
+WATCHED_PATHS = frozenset({"/gpu/status", "/gpu/status/json", "/v1.0/gpu/status",
+                           "/v1.0/gpu/status/json", "/metrics"})
+
+FEED = web.AppKey("gpu_page_feed", LiveFeed)
+ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("gpu_page_assets")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    body: bytes
+    content_type: str
+    etag: str
+
+
+def load_assets() -> dict[str, Asset]:
+    """The page and every file under `static/`, by file name. Blocking (start-up, in a thread)."""
+    found: dict[str, Asset] = {}
+    pending = [resources.files("nvplugin.web") / "static"]
+    while pending:
+        for entry in pending.pop().iterdir():
+            if entry.is_dir():
+                pending.append(entry)
+                continue
+            suffix = "." + entry.name.rsplit(".", 1)[-1]
+            if suffix not in CONTENT_TYPES:
+                continue
+            body = entry.read_bytes()
+            found[entry.name] = Asset(body, CONTENT_TYPES[suffix],
+                                      '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+    return found
+
+
+def _file(request: web.Request, name: str) -> web.Response:
+    asset: Asset | None = request.app[ASSETS].get(name)
+    if asset is None:
+        raise web.HTTPNotFound()
+    # no-cache: revalidate each time (a 304 when unchanged), so an upgraded daemon's page
+    # never runs a stale script.
+    headers = {**SECURITY_HEADERS, "ETag": asset.etag, "Cache-Control": "no-cache"}
+    if request.headers.get("If-None-Match") == asset.etag:
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=asset.body, content_type=asset.content_type, charset="utf-8",
+                        headers=headers)
+
+
+async def page(request: web.Request) -> web.Response:
+    request.app[FEED].touch()
+    return _file(request, PAGE)
+
+
+async def asset(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    return _file(request, name if name != PAGE else "")
+
+
+async def state(request: web.Request) -> web.Response:
+    feed = request.app[FEED]
+    feed.touch()
+    body = json.dumps(await feed.hello(), separators=(",", ":"), allow_nan=False)
+    return web.Response(text=body + "\n", content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    feed = request.app[FEED]
+    client = feed.subscribe()  # TooManyPages (an NvpluginError) answers 503
+    try:
+        response = web.StreamResponse(headers={
+            **SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        hello: dict[str, Any] = await feed.hello()
+        await response.write(f"retry: {RETRY_MS}\n".encode() + documents.event("hello", hello))
+        while (message := await client.queue.get()) is not None:
+            await response.write(message)
+        return response
+    except ConnectionResetError:  # the page went away mid-write
+        return response
+    finally:
+        feed.unsubscribe(client)
+
+
+@web.middleware
+async def watch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A status request or a scrape also counts as watching: the history keeps up with it."""
+    if request.path in WATCHED_PATHS:
+        request.app[FEED].touch()
+    return await handler(request)
+
+
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/", page),
+    ("/page/assets/{name}", asset),
+    ("/page/state.json", state),
+    ("/page/events", events),
+)
+
+
+def mount(app: web.Application, feed: LiveFeed, assets: dict[str, Asset]) -> None:
+    """Add the page to the REST app (before it starts); its streams end when the app shuts down,
+    so the daemon's graceful stop never waits on an open page."""
+    app[FEED] = feed
+    app[ASSETS] = assets
+    app.middlewares.append(watch_middleware)
+    for path, handler in ROUTES:
+        # HEAD of a stream would hold a client slot open for an answer with no body.
+        app.router.add_get(path, handler, allow_head=handler is not events)
+
+    async def end_streams(_: web.Application) -> None:
+        await feed.end_streams()
+
+    app.on_shutdown.append(end_streams)

@@ -1,0 +1,79 @@
+"""Headless Chromium for the page tests: Debian's `chromium`, driven by Playwright-for-Python
+(its own browser downloads are never used), with a log of every request the page makes and a
+route that refuses (and records) any request for another host."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.requirements import need
+
+CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
+# Flags that work as root in a container without a display, and keep Chromium itself quiet on
+# the network (no component updates, sync, field trials or QUIC probes).
+CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage")
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def chromium_path() -> str:
+    found = next((p for p in CHROMIUM_CANDIDATES if Path(p).is_file()), None)
+    found = found or shutil.which("chromium")
+    need(found is not None, "Debian's chromium (apt-get install chromium)")
+    return str(found)
+
+
+@dataclass
+class RequestLog:
+    urls: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    def outside(self) -> list[str]:
+        return [u for u in self.urls if urlsplit(u).scheme not in ("data", "blob")
+                and urlsplit(u).hostname not in LOCAL_HOSTS]
+
+
+@dataclass
+class Browser:
+    browser: Any  # playwright's Browser
+    log: RequestLog
+
+    def page(self, **context_options: Any) -> Any:
+        """A page in a fresh context (its own profile state) that logs and fences requests."""
+        context = self.browser.new_context(**context_options)
+        context.route(lambda url: urlsplit(url).hostname not in LOCAL_HOSTS, self._refuse)
+        page = context.new_page()
+        page.on("request", lambda request: self.log.urls.append(request.url))
+        return page
+
+    def _refuse(self, route: Any) -> None:
+        self.log.refused.append(route.request.url)
+        route.abort()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    executable = chromium_path()
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        need(False, "playwright for Python (pip install playwright; no browser download)")
+        raise
+    # Playwright must not look for, or fetch, a browser of its own.
+    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True,
+                                              args=list(CHROMIUM_FLAGS))
+        try:
+            yield Browser(launched, RequestLog())
+        finally:
+            launched.close()
