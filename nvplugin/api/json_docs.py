@@ -7,11 +7,12 @@ appended after them, so 1.0 clients keep working.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus, P2PLink
+from nvplugin.observe.records import ContainerRef, GpuHealth
 
 
 def go_json(value: Any) -> str:
@@ -91,19 +92,42 @@ def _gpu_info_object(gpu: Gpu) -> dict[str, Any]:
 # ---------------------------------------------------------------- gpu/status
 
 
-def gpu_status_document(statuses: Sequence[GpuStatus]) -> dict[str, Any]:
-    return {"Devices": [_gpu_status_object(st) for st in statuses]}
+def gpu_status_document(statuses: Sequence[GpuStatus],
+                        health: Mapping[int, GpuHealth] | None = None,
+                        containers: Mapping[int, ContainerRef | None] | None = None,
+                        ) -> dict[str, Any]:
+    """1.0's document; with `health` (by GPU index) each device gets a `Health` object, with
+    `containers` (by PID) each process a `Container` (null for a host process), both appended."""
+    return {"Devices": [_gpu_status_object(st, health, containers) for st in statuses]}
 
 
-def gpu_status_json(statuses: Sequence[GpuStatus]) -> str:
-    return go_json(gpu_status_document(statuses))
+def gpu_status_json(statuses: Sequence[GpuStatus],
+                    health: Mapping[int, GpuHealth] | None = None,
+                    containers: Mapping[int, ContainerRef | None] | None = None) -> str:
+    return go_json(gpu_status_document(statuses, health, containers))
 
 
-def _gpu_status_object(st: GpuStatus) -> dict[str, Any]:
-    processes = [
-        {"PID": p.pid, "Name": p.name, "MemoryUsed": p.memory_used_mib} for p in st.processes
-    ]
-    return {
+def _container(ref: ContainerRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"ID": ref.id, "Name": ref.name, "Runtime": ref.runtime}
+
+
+def _health(h: GpuHealth) -> dict[str, Any]:
+    return {"Status": h.status, "Reason": h.reason, "Since": rfc3339(h.since),
+            "LastXid": h.last_xid}
+
+
+def _gpu_status_object(st: GpuStatus, health: Mapping[int, GpuHealth] | None = None,
+                       containers: Mapping[int, ContainerRef | None] | None = None,
+                       ) -> dict[str, Any]:
+    processes = []
+    for p in st.processes:
+        process: dict[str, Any] = {"PID": p.pid, "Name": p.name, "MemoryUsed": p.memory_used_mib}
+        if containers is not None:
+            process["Container"] = _container(containers.get(p.pid))
+        processes.append(process)
+    document = {
         "Power": st.power_w,
         "Temperature": st.temperature_c,
         "Utilization": {
@@ -129,3 +153,7 @@ def _gpu_status_object(st: GpuStatus) -> dict[str, Any]:
         "Index": st.index,
         "SampledAt": rfc3339(st.sampled_at),
     }
+    if health is not None:
+        found = health.get(st.index)
+        document["Health"] = None if found is None else _health(found)
+    return document

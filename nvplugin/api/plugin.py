@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from nvplugin.core.errors import NvpluginError
 from nvplugin.volumes.names import VolumeInfo, shown
@@ -224,8 +225,9 @@ async def _errors(request: web.Request,
                       "(the nvidia-docker-plugin log has the details)"}, status=500)
 
 
-def make_app(store: VolumeStore) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=MAX_BODY)
+def make_app(store: VolumeStore, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The protocol's app; `middlewares` (the daemon's request timing) run outermost."""
+    app = web.Application(middlewares=(*middlewares, _errors), client_max_size=MAX_BODY)
     app[STORE] = store
     for route, handler, nulls in ROUTES:
         app.router.add_post(route, _endpoint(handler, nulls))

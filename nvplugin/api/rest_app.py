@@ -9,10 +9,11 @@ with the route) for anything unexpected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from nvplugin.api import json_docs, launch_args, text_pages
 from nvplugin.core.config import Config
@@ -21,7 +22,8 @@ from nvplugin.core.text import escape_controls
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.records import GpuInventory, GpuStatus
-from nvplugin.gpu.selection import Selection
+from nvplugin.gpu.selection import Selection, means_all
+from nvplugin.observe.records import ContainerRef, GpuHealth
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,14 @@ class GpuSource(Protocol):
     def select(self, spec: str | None) -> Selection: ...
     async def control_nodes(self) -> tuple[launch_args.DeviceNodeLike, ...]: ...
     async def driver_version(self) -> str: ...
+
+
+class ObserveSource(Protocol):
+    """What the REST API needs of `nvplugin.observe.service.ObserveService`."""
+
+    def healthy(self, uuid: str) -> bool: ...
+    def health(self) -> tuple[GpuHealth, ...]: ...
+    async def containers_of(self, pids: Iterable[int]) -> dict[int, ContainerRef | None]: ...
 
 
 ManifestProvider = Callable[[], Manifest]
@@ -73,6 +83,7 @@ GPUS = web.AppKey("gpus", GpuSource)
 PAGES = web.AppKey("pages", LastPages)
 MANIFEST: web.AppKey[ManifestProvider] = web.AppKey("manifest_provider")
 CONFIG = web.AppKey("config", Config)
+OBSERVE: web.AppKey[ObserveSource | None] = web.AppKey("observe")
 
 
 def _text(body: str, status: int = 200) -> web.Response:
@@ -117,14 +128,40 @@ async def gpu_status(request: web.Request) -> web.Response:
 
 
 async def gpu_status_json(request: web.Request) -> web.Response:
-    return _json(json_docs.gpu_status_json(await _gpus(request).status()))
+    statuses = await _gpus(request).status()
+    observe = request.app[OBSERVE]
+    if observe is None:
+        return _json(json_docs.gpu_status_json(statuses))
+    containers = await observe.containers_of(p.pid for st in statuses for p in st.processes)
+    health = {h.index: h for h in observe.health()}
+    return _json(json_docs.gpu_status_json(statuses, health, containers))
+
+
+def _healthy_only(request: web.Request, spec: str | None, chosen: Selection) -> Selection:
+    """Every GPU (`dev` absent, '', `all`, `*`) means every healthy one: a GPU that had a
+    critical Xid, a double-bit ECC error or fell off the bus is left out until it recovers.
+    GPUs named by index or UUID are given as asked, healthy or not: the caller chose them
+    (to run a diagnostic, say). With no healthy GPU left, the answer is 503 with the reasons."""
+    observe = request.app[OBSERVE]
+    if observe is None or not means_all(spec):
+        return chosen
+    healthy = tuple(gpu for gpu in chosen.gpus if observe.healthy(gpu.uuid))
+    if len(healthy) == len(chosen.gpus):
+        return chosen
+    if not healthy:
+        reasons = {h.uuid: h.reason for h in observe.health()}
+        raise NvpluginError("no healthy GPU: " + "; ".join(
+            f"GPU {gpu.index} ({gpu.uuid}) is unhealthy: {reasons.get(gpu.uuid) or 'unknown'}"
+            for gpu in chosen.gpus) + "; name a GPU with dev= to use it anyway")
+    return Selection(gpus=healthy)
 
 
 async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
     kinds = launch_args.volume_kinds(request.query.get("vol"))
     gpus = _gpus(request)
     # absent, "", "*": every GPU; MIG devices get their parent's node and their access nodes
-    selected = devnodes.selection_nodes(gpus.select(request.query.get("dev")))
+    spec = request.query.get("dev")
+    selected = devnodes.selection_nodes(_healthy_only(request, spec, gpus.select(spec)))
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
     version = request.app[MANIFEST]().version
@@ -213,14 +250,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
-             ) -> web.Application:
-    """The REST application; the daemon serves it on `config.listen`."""
-    app = web.Application(middlewares=[error_middleware])
+             observe: ObserveSource | None = None, metrics: Handler | None = None,
+             middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The REST application; the daemon serves it on `config.listen`. With `observe`, GPU health
+    and containers join gpu/status/json and docker/cli's choice of GPUs; with `metrics`,
+    `GET /metrics` (unversioned: Prometheus' default path). `middlewares` run outermost."""
+    app = web.Application(middlewares=(*middlewares, error_middleware))
     app[GPUS] = gpus
     app[PAGES] = LastPages()
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
+    app[OBSERVE] = observe
     for prefix in (f"/{API_VERSION}", ""):
         for path, handler in ROUTES:
             app.router.add_get(prefix + path, handler)
+    if metrics is not None:
+        app.router.add_get("/metrics", metrics)
     return app

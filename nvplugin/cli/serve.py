@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -16,13 +17,15 @@ from nvplugin.api.plugin_socket import start_plugin_site
 from nvplugin.api.rest_app import make_app as make_rest_app
 from nvplugin.cli.doctor_checks import Check
 from nvplugin.core.config import Config
-from nvplugin.core.errors import NvpluginError
+from nvplugin.core.errors import DockerError, NvpluginError
 from nvplugin.driver import discovery
 from nvplugin.driver.state import DriverState
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
-from nvplugin.volumes.store import VolumeStore
+from nvplugin.observe.exposition import Metrics, make_metrics_app, node_name
+from nvplugin.observe.service import ContainerLister, ObserveService, docker_lister
+from nvplugin.volumes.store import BuildReport, VolumeStore
 from nvplugin.web import routes as page_routes
 from nvplugin.web.feed import LiveFeed
 from nvplugin.web.panels import Panels
@@ -83,6 +86,14 @@ class Daemon:
                 "NVIDIA driver not found: %s; GPU endpoints will answer 503", self.gpus.reason
             )
 
+        self.observe = ObserveService(
+            self.gpus, host_root=cfg.host_root, ignore_xids=cfg.health_ignore_xids,
+            recovery_s=cfg.health_recovery_s, list_containers=_container_lister(cfg))
+        await self.observe.start()
+        self._cleanups.append(self.observe.close)
+        self.metrics = Metrics(self.observe, hostname=node_name(os.environ),
+                               mounts=lambda: self.store.mounts.counts())
+
         log.info("Provisioning volumes at %s", cfg.volumes_dir)
         self.driver = DriverState(cfg.driver_root, self._nvml_driver_version)
         await self.driver.refresh()
@@ -91,13 +102,16 @@ class Daemon:
             log.warning("Driver volume unavailable: %s", self.driver.error)
         self._cleanups.append(self.driver.close)
         self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest,
-                                 keep_old=cfg.keep_old_volumes)
+                                 keep_old=cfg.keep_old_volumes,
+                                 on_build=self._record_build)
         await self.store.start()
         self._cleanups.append(self.store.close)
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
 
-        plugin_runner = web.AppRunner(make_plugin_app(self.store), access_log=None,
+        plugin_app = make_plugin_app(self.store, middlewares=[
+            self.metrics.middleware(self.metrics.plugin_seconds, with_method=False)])
+        plugin_runner = web.AppRunner(plugin_app, access_log=None,
                                       shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await plugin_runner.setup()
         self._cleanups.append(plugin_runner.cleanup)
@@ -105,12 +119,16 @@ class Daemon:
         self._cleanups.append(self.plugin_site.close)
         log.info("Serving plugin API at %s", cfg.socket_dir)
 
+        await self._serve_metrics_alone()
         address = cfg.listen_host_port
         if address is None:
             log.info("Remote API disabled (empty listen address)")
             await self.plugin_site.publish_spec(cfg)
             return
-        rest_app = make_rest_app(self.gpus, self.driver.manifest, cfg)
+        rest_app = make_rest_app(
+            self.gpus, self.driver.manifest, cfg, observe=self.observe,
+            metrics=self.metrics.handle,
+            middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
         await self._mount_page(rest_app)
         rest_runner = web.AppRunner(rest_app, access_log=None,
                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
@@ -145,6 +163,29 @@ class Daemon:
         feed = LiveFeed(self.gpus, panels)
         self._cleanups.append(feed.close)  # after the REST runner's cleanup has ended streams
         page_routes.mount(app, feed, await asyncio.to_thread(page_routes.load_assets))
+
+    def _record_build(self, report: BuildReport) -> None:
+        self.metrics.record_build(report.seconds, report.size, report.ok)
+
+    async def _serve_metrics_alone(self) -> None:
+        """`--metrics-listen`: /metrics alone, for a Prometheus that must not see the API."""
+        cfg = self.config
+        address = cfg.metrics_host_port
+        if address is None:
+            return
+        runner = web.AppRunner(make_metrics_app(self.metrics), access_log=None,
+                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        self._cleanups.append(runner.cleanup)
+        host, port = address
+        try:
+            await web.TCPSite(runner, _loopback_v4(host), port).start()
+        except OSError as err:
+            raise NvpluginError(
+                f"cannot serve metrics at {cfg.metrics_listen}: {err.strerror or err}; choose "
+                "another address with --metrics-listen, or '' to serve them only with the API"
+            ) from err
+        log.info("Serving metrics at %s", cfg.metrics_listen)
 
     async def _nvml_driver_version(self) -> str | None:
         if not self.gpus.available:
@@ -190,6 +231,14 @@ class Daemon:
             except Exception:  # shutdown must run every step, whatever one of them does
                 log.exception("Error during shutdown")
         self._cleanups.clear()
+
+
+def _container_lister(cfg: Config) -> ContainerLister | None:
+    try:
+        return docker_lister(cfg.host_root, os.environ)
+    except DockerError as err:  # a broken docker context: attribution still gives IDs
+        log.warning("Container names unavailable: %s", err)
+        return None
 
 
 def _loopback_v4(host: str) -> str:

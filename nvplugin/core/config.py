@@ -21,6 +21,13 @@ DEFAULT_DRIVER_ROOT = "/"
 DEFAULT_HOST_ROOT = "/"
 SPEC_DIR = "/etc/docker/plugins"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Xids a CUDA program causes in its own context (a bad kernel, a page fault, a watchdog): the GPU
+# is fine for the next program, so they do not make it unhealthy. The Kubernetes device plugin
+# ignores the same set.
+DEFAULT_HEALTH_IGNORE_XIDS = "13,31,43,45,68,109"
+DEFAULT_HEALTH_RECOVERY = "5m"
+DEFAULT_HEALTH_RECOVERY_S = 300.0
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +49,11 @@ class Config:
     # After a driver upgrade, volumes of older versions go once no container mounts them;
     # True keeps them until `docker volume rm` or `gc`.
     keep_old_volumes: bool = False
+    # `/metrics` alone on its own address ('' : only on the REST listener)
+    metrics_listen: str = ""
+    health_ignore_xids: frozenset[int] = frozenset(
+        int(xid) for xid in DEFAULT_HEALTH_IGNORE_XIDS.split(","))
+    health_recovery_s: float = DEFAULT_HEALTH_RECOVERY_S  # DEFAULT_HEALTH_RECOVERY, parsed
 
     @property
     def socket_path(self) -> Path:
@@ -63,15 +75,21 @@ class Config:
         """The REST API's address, or None when `-l ''` disabled it."""
         return parse_listen(self.listen)
 
+    @property
+    def metrics_host_port(self) -> tuple[str, int] | None:
+        """`--metrics-listen`'s address, or None when it is off."""
+        return parse_listen(self.metrics_listen, flag="--metrics-listen")
 
-def parse_listen(value: str) -> tuple[str, int] | None:
+
+def parse_listen(value: str, flag: str = "") -> tuple[str, int] | None:
     """`host:port`, `:port` (all interfaces, as 1.0's wiki documents) or '' (disabled)."""
     if value == "":
         return None
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(
-            f"invalid listen address {value!r}: expected HOST:PORT, :PORT or '' to disable"
+            f"invalid {flag + ' ' if flag else ''}listen address {value!r}: expected HOST:PORT, "
+            ":PORT or '' to disable"
         )
     host = host.strip("[]")
     return (host or "0.0.0.0", int(port))
@@ -93,7 +111,18 @@ _FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
      "where the Docker host's / is mounted for this daemon (/host in the image); device paths "
      "are given to Docker as that host sees them, so --dev-root must lie under it"),
     (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
+    (None, "--metrics-listen", "NVP_METRICS_LISTEN", "",
+     "also serve /metrics alone at HOST:PORT (or :PORT), for a Prometheus elsewhere; /metrics "
+     "is always on the REST listener"),
+    (None, "--health-ignore-xids", "NVP_HEALTH_IGNORE_XIDS", DEFAULT_HEALTH_IGNORE_XIDS,
+     "Xids that do not make a GPU unhealthy (application errors), separated by commas; '' for "
+     "none"),
+    (None, "--health-recovery", "NVP_HEALTH_RECOVERY", DEFAULT_HEALTH_RECOVERY,
+     "an unhealthy GPU is healthy again after this long without critical events while NVML "
+     "reads it fine (seconds, or with s, m or h)"),
 )
+# How a default is shown in --help when the value itself would say nothing.
+_SHOWN_DEFAULTS = {"--dev-root": "driver root", "--metrics-listen": "off"}
 
 # Switches: (long, env var, help). The variable takes 1/true/yes/on or 0/false/no/off.
 _SWITCHES: tuple[tuple[str, str, str], ...] = (
@@ -130,7 +159,8 @@ def _add_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str], *, t
         names = [n for n in (short, long) if n]
         if top:
             parser.add_argument(*names, default=environ.get(env, default),
-                                help=f"{help_text} [{env}] (default: {default or 'driver root'!s})")
+                                help=f"{help_text} [{env}] (default: "
+                                f"{_SHOWN_DEFAULTS.get(long, default)!s})")
         else:  # after the subcommand too; SUPPRESS keeps a value given before it
             parser.add_argument(*names, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for long, env, help_text in _SWITCHES:
@@ -181,6 +211,7 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
     if level not in LOG_LEVELS:
         raise ConfigError(f"invalid log level {ns.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     parse_listen(ns.listen)
+    parse_listen(ns.metrics_listen, flag="--metrics-listen")
     for flag in ("socket_dir", "volumes_dir", "driver_root", "host_root"):
         if not getattr(ns, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
@@ -195,6 +226,9 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
         host_root=check_host_root(ns.host_root, dev_root),
         log_level=level,
         keep_old_volumes=_switch(ns.keep_old_volumes, ENVIRONMENT["--keep-old-volumes"]),
+        metrics_listen=ns.metrics_listen,
+        health_ignore_xids=parse_xids(ns.health_ignore_xids),
+        health_recovery_s=parse_duration(ns.health_recovery, "--health-recovery"),
     )
 
 
@@ -207,6 +241,31 @@ def _switch(value: bool | str, env: str) -> bool:
     if value.strip().lower() in _FALSE:
         return False
     raise ConfigError(f"invalid {env}={value!r}: use 1, true, yes or on (or 0, false, no, off)")
+
+
+def parse_xids(value: str) -> frozenset[int]:
+    """`--health-ignore-xids`: Xid numbers separated by commas or spaces; '' ignores none."""
+    found: set[int] = set()
+    for item in value.replace(",", " ").split():
+        if not item.isdigit() or len(item) > 6:
+            raise ConfigError(f"invalid --health-ignore-xids item {item[:32]!r}: expected Xid "
+                              "numbers separated by commas, e.g. 13,31,43")
+        found.add(int(item))
+    return frozenset(found)
+
+
+def parse_duration(value: str, flag: str) -> float:
+    """Seconds, or a number with s, m or h (`300`, `90s`, `5m`, `1h`); more than zero."""
+    text = value.strip().lower()
+    number, unit = text.rstrip("smh"), text[len(text.rstrip("smh")):]
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except (ValueError, KeyError):
+        seconds = -1.0
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ConfigError(f"invalid {flag} {value[:32]!r}: expected a duration such as 300, "
+                          "90s, 5m or 1h")
+    return seconds
 
 
 def check_host_root(value: str, dev_root: Path) -> Path:

@@ -16,7 +16,7 @@ import functools
 import importlib.metadata
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,7 +34,20 @@ from nvplugin.gpu.facts import (
     pcie_bandwidth,
     sysfs_bus_id,
 )
-from nvplugin.gpu.records import DriverVersions, Gpu, GpuStatus, MigDevice, P2PLink, Process
+from nvplugin.gpu.records import (
+    EVENT_DOUBLE_BIT_ECC,
+    EVENT_LOST,
+    EVENT_XID,
+    DriverVersions,
+    Gpu,
+    GpuEvent,
+    GpuStatus,
+    GpuTelemetry,
+    MigDevice,
+    P2PLink,
+    Process,
+    RemappedRows,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,7 +61,10 @@ _SMALL_FILE = 4096  # sysfs and /proc/<pid> values read under the driver root
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_NO_PERMISSION = 4
 NVML_ERROR_DRIVER_NOT_LOADED = 9
+NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_ERROR_RESET_REQUIRED = 16
 NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 NVML_FEATURE_ENABLED = 1
 NVML_DEVICE_MIG_ENABLE = 1
@@ -58,8 +74,19 @@ NVML_TEMPERATURE_GPU = 0
 NVML_P2P_STATUS_OK = 0
 NVML_PCIE_UTIL_TX_BYTES = 0
 NVML_PCIE_UTIL_RX_BYTES = 1
+NVML_MEMORY_ERROR_TYPE_CORRECTED = 0
 NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 1
 NVML_VOLATILE_ECC = 0
+NVML_AGGREGATE_ECC = 1
+NVML_FI_DEV_MEMORY_TEMP = 82
+NVML_SUCCESS = 0
+# nvmlValueType_t -> the c_nvmlValue_t member holding it
+NVML_VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal",
+                      6: "usVal"}
+# Event types (nvmlEventType*): the critical ones the health tracker watches.
+NVML_EVENT_DOUBLE_BIT_ECC = 0x2
+NVML_EVENT_XID = 0x8
+CRITICAL_EVENTS = {NVML_EVENT_XID: EVENT_XID, NVML_EVENT_DOUBLE_BIT_ECC: EVENT_DOUBLE_BIT_ECC}
 NVML_MEMORY_LOCATION_L1_CACHE = 0
 NVML_MEMORY_LOCATION_L2_CACHE = 1
 NVML_MEMORY_LOCATION_DEVICE_MEMORY = 2
@@ -71,6 +98,9 @@ NVML_NVLINK_MAX_LINKS = 36
 _NODE_DIR = re.compile(r"node([0-9]+)")
 
 _ABSENT_CODES = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
+# NVML answers these when the GPU itself is gone or broken, whatever was asked: besides the
+# field's warning, they mark the read as faulty (the health tracker's "NVML cannot read it").
+_FAULT_CODES = frozenset({NVML_ERROR_GPU_IS_LOST, NVML_ERROR_RESET_REQUIRED})
 
 
 def _absent(err: pynvml.NVMLError) -> bool:
@@ -198,6 +228,7 @@ class NvmlSession:
         self.dev_root = dev_root
         self._handles: list[Any] = []
         self._warned: set[str] = set()
+        self._fault: str | None = None  # the last fault code a field read met (see _field)
 
     @classmethod
     def open(cls, library: str | None, *, driver_root: Path, dev_root: Path) -> NvmlSession:
@@ -242,6 +273,8 @@ class NvmlSession:
         except pynvml.NVMLError as err:
             if _absent(err):
                 return None
+            if getattr(err, "value", None) in _FAULT_CODES:
+                self._fault = f"NVML: {err}"
             if name not in self._warned:
                 self._warned.add(name)
                 log.warning("NVML cannot read %s: %s; reporting it as N/A", name, err)
@@ -454,19 +487,106 @@ class NvmlSession:
             bar1_used_mib=None if bar1 is None else bar1.bar1Used // MIB,
             pcie_rx_mbs=None,
             pcie_tx_mbs=None,
-            processes=self._processes(h),
+            processes=self._processes(h, "compute"),
             sampled_at=sampled_at,
         )
 
-    def _processes(self, h: Any) -> tuple[Process, ...]:
-        procs = self._field("compute processes", _w("nvmlDeviceGetComputeRunningProcesses_v3"), h)
-        if procs is None:  # drivers before r510 lack _v3
-            procs = self._field("compute processes",
-                                _w("nvmlDeviceGetComputeRunningProcesses_v2"), h)
+    def _processes(self, h: Any, kind: str) -> tuple[Process, ...]:
+        """NVML's `kind` ("compute" or "graphics") processes on the GPU. Drivers before r510
+        lack the _v3 calls. (Each wrapper is named whole, for tests/gpu_layer's scan.)"""
+        f = self._field
+        if kind == "graphics":
+            procs = f("graphics processes", _w("nvmlDeviceGetGraphicsRunningProcesses_v3"), h)
+            if procs is None:
+                procs = f("graphics processes", _w("nvmlDeviceGetGraphicsRunningProcesses_v2"), h)
+        else:
+            procs = f("compute processes", _w("nvmlDeviceGetComputeRunningProcesses_v3"), h)
+            if procs is None:
+                procs = f("compute processes", _w("nvmlDeviceGetComputeRunningProcesses_v2"), h)
         return tuple(Process(pid=p.pid, name=self._process_name(p.pid),
                              memory_used_mib=None if p.usedGpuMemory is None
                              else p.usedGpuMemory // MIB)
                      for p in procs or ())
+
+    # -- what /metrics adds, and health
+
+    def read_telemetry(self, now: Callable[[], float]) -> tuple[GpuTelemetry, ...]:
+        """dcgm-exporter's readings of every GPU beyond gpu/status's, and whether NVML still
+        reads each GPU (`fault`)."""
+        return tuple(self._telemetry(i, h, now()) for i, h in enumerate(self._handles))
+
+    def _telemetry(self, index: int, h: Any, sampled_at: float) -> GpuTelemetry:
+        f = self._field
+        self._fault = None
+        power = f("power usage", _w("nvmlDeviceGetPowerUsage"), h)
+        used = free = reserved = None
+        memory = f("memory usage", _memory_info_v2, h)
+        if memory is not None:
+            used, free, reserved = memory.used, memory.free, memory.reserved
+        else:  # v1 counts the driver's reservation as used and cannot tell it apart
+            memory = f("memory usage", _w("nvmlDeviceGetMemoryInfo"), h)
+            if memory is not None:
+                used, free = memory.used, memory.free
+        rows = f("remapped rows", _w("nvmlDeviceGetRemappedRows"), h)
+        ecc = {(kind, counter): f(f"ECC errors ({kind}, {counter})",
+                                  _w("nvmlDeviceGetTotalEccErrors"), h, kind, counter)
+               for kind in (NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_MEMORY_ERROR_TYPE_UNCORRECTED)
+               for counter in (NVML_VOLATILE_ECC, NVML_AGGREGATE_ECC)}
+        graphics = self._processes(h, "graphics")
+        memory_temperature = self._field_value(h, NVML_FI_DEV_MEMORY_TEMP, "memory temperature")
+        return GpuTelemetry(
+            index=index,
+            power_mw=power,
+            energy_mj=f("total energy", _w("nvmlDeviceGetTotalEnergyConsumption"), h),
+            memory_used_mib=None if used is None else used // MIB,
+            memory_free_mib=None if free is None else free // MIB,
+            memory_reserved_mib=None if reserved is None else reserved // MIB,
+            memory_temperature_c=None if memory_temperature is None else int(memory_temperature),
+            pcie_replays=f("PCIe replay counter", _w("nvmlDeviceGetPcieReplayCounter"), h),
+            remapped_rows=None if rows is None else RemappedRows(
+                correctable=rows[0], uncorrectable=rows[1], pending=bool(rows[2]),
+                failed=bool(rows[3])),
+            ecc_sbe_volatile=ecc[NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_VOLATILE_ECC],
+            ecc_dbe_volatile=ecc[NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_VOLATILE_ECC],
+            ecc_sbe_aggregate=ecc[NVML_MEMORY_ERROR_TYPE_CORRECTED, NVML_AGGREGATE_ECC],
+            ecc_dbe_aggregate=ecc[NVML_MEMORY_ERROR_TYPE_UNCORRECTED, NVML_AGGREGATE_ECC],
+            graphics_processes=graphics,
+            fault=self._fault,
+            sampled_at=sampled_at,
+        )
+
+    def _field_value(self, h: Any, field_id: int, name: str) -> float | None:
+        """One NVML field value (nvmlDeviceGetFieldValues): its own status answers per field."""
+        values = self._field(name, _w("nvmlDeviceGetFieldValues"), h, [field_id])
+        if not values:
+            return None
+        value = values[0]
+        if value.nvmlReturn != NVML_SUCCESS:
+            if value.nvmlReturn in _FAULT_CODES:
+                self._fault = f"NVML: {pynvml.NVMLError(value.nvmlReturn)}"
+            elif value.nvmlReturn not in _ABSENT_CODES and name not in self._warned:
+                self._warned.add(name)
+                log.warning("NVML cannot read %s: %s; reporting it as N/A", name,
+                            pynvml.NVMLError(value.nvmlReturn))
+            return None
+        member = NVML_VALUE_MEMBERS.get(value.valueType)
+        return None if member is None else float(getattr(value.value, member))
+
+    def probe(self, indices: Sequence[int]) -> dict[int, str | None]:
+        """Whether NVML still reads each GPU: None when it does, else NVML's fault."""
+        found: dict[int, str | None] = {}
+        for index in indices:
+            if not 0 <= index < len(self._handles):
+                continue
+            self._fault = None
+            self._field("temperature", _w("nvmlDeviceGetTemperature"), self._handles[index],
+                        NVML_TEMPERATURE_GPU)
+            found[index] = self._fault
+        return found
+
+    def open_events(self, uuids: Sequence[str]) -> NvmlEvents:
+        """An event set with every GPU registered for the critical events it supports."""
+        return NvmlEvents(self, uuids)
 
     def _process_name(self, pid: int) -> str:
         """NVML's name as 1.0 showed it; the host's /proc comm when NVML cannot tell."""
@@ -481,3 +601,79 @@ class NvmlSession:
         except (OSError, NvpluginError):
             return ""
         return comm.decode(errors="replace").strip()
+
+
+class EventsUnavailable(NvmlError):
+    """NVML (or nvidia-ml-py) cannot deliver events at all: waiting again will not help."""
+
+
+class NvmlEvents:
+    """One NVML event set over a session's GPUs: critical Xids and double-bit ECC errors.
+
+    `wait` blocks for up to its timeout, so one dedicated thread calls it (GpuService's event
+    thread); NVML is thread-safe, and its other calls go on meanwhile on the NVML thread. GPUs
+    that support none of the events are in `unwatched` with the reason, and are left to reads.
+    """
+
+    def __init__(self, session: NvmlSession, uuids: Sequence[str]) -> None:
+        self._session = session
+        self._uuids = list(uuids)
+        self.unwatched: list[tuple[int, str]] = []
+        try:
+            self._set = _w("nvmlEventSetCreate")()
+        except MissingWrapper as err:
+            _report_missing(err)
+            raise EventsUnavailable("NVML events are unavailable (nvidia-ml-py)") from err
+        except pynvml.NVMLError as err:
+            raise EventsUnavailable(f"NVML events are unavailable: {err}") from err
+        self._addresses: dict[int | None, int] = {}
+        for index, h in enumerate(session._handles):
+            self._addresses[ctypes.cast(h, ctypes.c_void_p).value] = index
+            try:
+                supported = _w("nvmlDeviceGetSupportedEventTypes")(h)
+                wanted = supported & (NVML_EVENT_XID | NVML_EVENT_DOUBLE_BIT_ECC)
+                if wanted:
+                    _w("nvmlDeviceRegisterEvents")(h, wanted, self._set)
+                else:
+                    self.unwatched.append((index, "supports neither Xid nor ECC events"))
+            except MissingWrapper as err:
+                _report_missing(err)
+                self.unwatched.append((index, "this nvidia-ml-py cannot register events"))
+            except pynvml.NVMLError as err:
+                self.unwatched.append((index, str(err)))
+
+    def _uuid(self, index: int) -> str:
+        return self._uuids[index] if index < len(self._uuids) else ""
+
+    def wait(self, timeout_ms: int, now: Callable[[], float]) -> list[GpuEvent]:
+        """The next event (empty on a timeout). A lost GPU wakes the wait with GPU_IS_LOST and
+        no device, so every GPU is probed: those NVML no longer reads are the lost ones."""
+        try:
+            data = _w("nvmlEventSetWait_v2")(self._set, timeout_ms)
+        except MissingWrapper as err:
+            _report_missing(err)
+            raise EventsUnavailable("NVML events are unavailable (nvidia-ml-py)") from err
+        except pynvml.NVMLError as err:
+            code = getattr(err, "value", None)
+            if code == NVML_ERROR_TIMEOUT:
+                return []
+            if code != NVML_ERROR_GPU_IS_LOST:
+                raise NvmlError(f"waiting for NVML events failed: {err}") from err
+            at = now()
+            faults = self._session.probe(range(len(self._session._handles)))
+            lost = [i for i, fault in faults.items() if fault] or list(faults)
+            return [GpuEvent(index=i, uuid=self._uuid(i), kind=EVENT_LOST, at=at) for i in lost]
+        index = self._addresses.get(ctypes.cast(data.device, ctypes.c_void_p).value)
+        kind = CRITICAL_EVENTS.get(data.eventType)
+        if index is None or kind is None:
+            return []
+        return [GpuEvent(index=index, uuid=self._uuid(index), kind=kind,
+                         data=int(data.eventData), at=now())]
+
+    def close(self) -> None:
+        try:
+            _w("nvmlEventSetFree")(self._set)
+        except MissingWrapper as err:
+            _report_missing(err)
+        except pynvml.NVMLError as err:
+            log.warning("nvmlEventSetFree failed: %s", err)

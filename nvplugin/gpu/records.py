@@ -120,6 +120,59 @@ class GpuStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class RemappedRows:
+    """nvmlDeviceGetRemappedRows: rows remapped for each error kind, and the remapper's state."""
+
+    correctable: int
+    uncorrectable: int
+    pending: bool  # a remap waits for the next GPU reset
+    failed: bool  # a remap failed: the GPU cannot hide this memory fault
+
+
+@dataclass(frozen=True, slots=True)
+class GpuTelemetry:
+    """The readings `/metrics` adds to gpu/status's (dcgm-exporter's fields), read on demand.
+
+    Units are final; `None` is a field the GPU or driver does not support. `fault` is set when
+    NVML answered that the GPU itself is gone or broken (GPU_IS_LOST, RESET_REQUIRED, ...): the
+    health tracker's "NVML reads it fine" is `fault is None`.
+    """
+
+    index: int
+    power_mw: int | None = None  # gpu/status shows whole watts; dcgm-exporter gives W with mW
+    energy_mj: int | None = None  # since the driver loaded
+    memory_used_mib: int | None = None  # as nvidia-smi: the driver's reservation apart
+    memory_free_mib: int | None = None
+    memory_reserved_mib: int | None = None
+    memory_temperature_c: int | None = None
+    pcie_replays: int | None = None
+    remapped_rows: RemappedRows | None = None
+    ecc_sbe_volatile: int | None = None  # corrected (single-bit) errors since the driver loaded
+    ecc_dbe_volatile: int | None = None  # uncorrected (double-bit)
+    ecc_sbe_aggregate: int | None = None  # over the GPU's lifetime
+    ecc_dbe_aggregate: int | None = None
+    graphics_processes: tuple[Process, ...] = ()  # compute ones are in GpuStatus.processes
+    fault: str | None = None
+    sampled_at: float = 0.0
+
+
+EVENT_XID = "xid"
+EVENT_DOUBLE_BIT_ECC = "double-bit-ecc"
+EVENT_LOST = "gpu-lost"
+
+
+@dataclass(frozen=True, slots=True)
+class GpuEvent:
+    """A critical NVML event on a GPU, as the event thread saw it."""
+
+    index: int
+    uuid: str
+    kind: str  # EVENT_XID, EVENT_DOUBLE_BIT_ECC or EVENT_LOST
+    data: int = 0  # the Xid for EVENT_XID
+    at: float = 0.0  # UNIX time it was received
+
+
+@dataclass(frozen=True, slots=True)
 class DriverVersions:
     driver: str  # e.g. 580.159.04
     cuda: str | None  # e.g. 13.0, from nvmlSystemGetCudaDriverVersion_v2

@@ -58,10 +58,17 @@ def _by_prefix(candidates: Sequence[tuple[str, object]], item: str) -> object:
     return matches[0]
 
 
+def means_all(spec: str | None) -> bool:
+    """Whether `spec` asks for every GPU (absent, empty, `all` or `*` among its items) rather
+    than naming GPUs."""
+    items = split(spec)
+    return not items or any(item.lower() in ("all", "*") for item in items)
+
+
 def select(gpus: Sequence[Gpu], spec: str | None) -> Selection:
     """Parse `spec` against `gpus`; raises `SelectionError("invalid device: <item>")`."""
     items = split(spec)
-    if not items or any(item.lower() in ("all", "*") for item in items):
+    if means_all(spec):
         if any(item.lower() not in ("all", "*") for item in items):
             _resolve_all(gpus, items)  # still reject junk next to "all"
         return Selection(gpus=tuple(sorted(gpus, key=lambda g: g.index)))

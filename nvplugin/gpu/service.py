@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -23,14 +24,26 @@ from nvplugin.core.errors import NvmlError
 from nvplugin.core.single_flight import Recent
 from nvplugin.gpu import devnodes, selection
 from nvplugin.gpu.cuda import CudaProperties, CudaReport, with_memory
-from nvplugin.gpu.nvml import NvmlSession
-from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.nvml import EventsUnavailable, NvmlSession
+from nvplugin.gpu.records import (
+    EVENT_LOST,
+    DeviceNode,
+    Gpu,
+    GpuEvent,
+    GpuInventory,
+    GpuStatus,
+    GpuTelemetry,
+)
 from nvplugin.gpu.status_cache import StatusCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may be
+# How long one event wait blocks: the most a refresh or shutdown waits for the event thread.
+EVENT_WAIT_MS = 500
+
+EventListener = Callable[[GpuEvent], None]
 
 
 class GpuService:
@@ -50,6 +63,9 @@ class GpuService:
         self._lock = asyncio.Lock()
         self._inventory = Recent(self._read_inventory, RECENT_MAX_AGE_S, clock)
         self._control_nodes = Recent(self._read_control_nodes, RECENT_MAX_AGE_S, clock)
+        self._listeners: list[EventListener] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: tuple[threading.Thread, threading.Event] | None = None
 
     @classmethod
     async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
@@ -99,6 +115,8 @@ class GpuService:
                 functools.partial(self._call, session.read_status, time.time),
                 functools.partial(self._call, session.read_pcie, executor=self._sampler_thread),
             )
+            if self._listeners:
+                self._start_events(session)
 
     def _open(self) -> tuple[NvmlSession, tuple[Gpu, ...]]:
         session = NvmlSession.open(self.nvml_library, driver_root=self.driver_root,
@@ -112,6 +130,7 @@ class GpuService:
 
     async def _stop(self) -> None:
         self._inventory.forget()
+        await self._stop_events()  # before nvmlShutdown, which the wait must not outlive
         if self._cache is not None:
             await self._cache.close()
             self._cache = None
@@ -143,11 +162,98 @@ class GpuService:
         session = self._require()
         return (await self._call(session.versions)).driver
 
-    async def status(self) -> tuple[GpuStatus, ...]:
+    async def status(self, *, with_pcie: bool = True) -> tuple[GpuStatus, ...]:
+        """Live readings; `with_pcie=False` never waits for the slow PCIe sampler (/metrics)."""
         self._require()
         if self._cache is None:
             raise NvmlError(self.reason or "NVML is not available")
-        return await self._cache.get()
+        return await self._cache.get(with_pcie=with_pcie)
+
+    async def telemetry(self) -> tuple[GpuTelemetry, ...]:
+        """The readings /metrics adds to status's, and whether NVML still reads each GPU."""
+        session = self._require()
+        return await self._call(session.read_telemetry, time.time)
+
+    async def probe(self, indices: Sequence[int]) -> dict[int, str | None]:
+        """Whether NVML still reads each of these GPUs (None) or what it answers instead."""
+        session = self._require()
+        return await self._call(session.probe, tuple(indices))
+
+    @property
+    def gpus(self) -> tuple[Gpu, ...]:
+        """The GPUs read at the last refresh (none while NVML is unavailable)."""
+        return self._gpus if self._session is not None else ()
+
+    # -- critical events (health)
+
+    def add_event_listener(self, listener: EventListener) -> None:
+        """Call `listener` on this event loop for every critical NVML event (Xid, double-bit ECC,
+        GPU lost), from now on and across refreshes. The events are waited for in a thread of
+        their own, so a wait never delays a status read."""
+        self._loop = asyncio.get_running_loop()
+        self._listeners.append(listener)
+        if self._session is not None and self._events is None:
+            self._start_events(self._session)
+
+    def _start_events(self, session: NvmlSession) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=self._watch_events, args=(session, self._gpus, stop),
+                                  name="nvml-events", daemon=True)
+        self._events = (thread, stop)
+        thread.start()
+
+    async def _stop_events(self) -> None:
+        if self._events is not None:
+            thread, stop = self._events
+            self._events = None
+            stop.set()
+            await asyncio.to_thread(thread.join)
+
+    def _watch_events(self, session: NvmlSession, gpus: tuple[Gpu, ...],
+                      stop: threading.Event) -> None:
+        try:
+            events = session.open_events([gpu.uuid for gpu in gpus])
+        except NvmlError as err:
+            log.warning("%s; GPU health follows NVML reads only", err)
+            return
+        for index, why in events.unwatched:
+            log.warning("GPU %d reports no NVML events (%s); its health follows NVML reads only",
+                        index, why)
+        failing = False
+        try:
+            while not stop.is_set():
+                try:
+                    found = events.wait(EVENT_WAIT_MS, time.time)
+                except EventsUnavailable as err:
+                    log.warning("%s; GPU health follows NVML reads only", err)
+                    return
+                except NvmlError as err:
+                    if not failing:  # one line, not one a second
+                        log.warning("%s; retrying every second", err)
+                    failing = True
+                    stop.wait(1.0)
+                    continue
+                failing = False
+                for event in found:
+                    self._deliver(event)
+                if any(event.kind == EVENT_LOST for event in found):
+                    # A lost GPU may wake every following wait at once: do not spin.
+                    stop.wait(EVENT_WAIT_MS / 1000)
+        finally:
+            events.close()
+
+    def _deliver(self, event: GpuEvent) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._notify, event)
+
+    def _notify(self, event: GpuEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one listener's bug must not silence the others
+                log.exception("Error: a GPU event listener failed on %s", event)
 
     def select(self, spec: str | None) -> selection.Selection:
         """The GPUs and MIG devices `spec` names (NV_GPU / dev= grammar, see selection.py);

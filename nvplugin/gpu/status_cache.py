@@ -66,7 +66,16 @@ class StatusCache:
     def sampling(self) -> bool:
         return self._sampler is not None and not self._sampler.done()
 
-    async def get(self) -> tuple[GpuStatus, ...]:
+    async def get(self, *, with_pcie: bool = True) -> tuple[GpuStatus, ...]:
+        """Fresh fast fields. With `with_pcie`, PCIe throughput at most `max_age` old (waiting
+        for a sample when there is none that fresh); without, whatever fresh sample there is
+        (else None), never waiting and never starting the sampler: what /metrics reads."""
+        if not with_pcie:
+            fast = await self._fast.get()
+            sample = self._sample
+            if sample is not None and self._clock() - sample.taken <= self.max_age:
+                return tuple(_merge(status, sample) for status in fast)
+            return fast
         self._last_asked = self._clock()
         if not self.sampling:
             self._sampler = asyncio.create_task(self._run_sampler(), name="gpu-status-sampler")

@@ -39,6 +39,10 @@ class MountTable:
         return sum(self._counts.get(name, {}).values())
 
     # -- changing (in memory; call persist() before answering) -------------------------------
+    def counts(self) -> dict[str, int]:
+        """Mounts held per volume name (/metrics)."""
+        return {name: sum(ids.values()) for name, ids in self._counts.items()}
+
     def add(self, name: str, mount_id: str) -> int:
         ids = self._counts.setdefault(name, {})
         ids[mount_id] = ids.get(mount_id, 0) + 1

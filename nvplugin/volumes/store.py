@@ -53,6 +53,19 @@ _LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
 ManifestProvider = Callable[[], Manifest]
 
 
+@dataclass(frozen=True, slots=True)
+class BuildReport:
+    """One build attempt, for /metrics: how long it took and the bytes of files it placed."""
+
+    name: str
+    seconds: float
+    size: int  # bytes of the driver files in the volume (0 when the build failed)
+    ok: bool
+
+
+BuildListener = Callable[[BuildReport], None]
+
+
 @dataclass(slots=True)
 class _VersionLock:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -73,7 +86,8 @@ class VolumeStore:
     """Every operation the plugin protocol needs, keyed by volume name."""
 
     def __init__(self, volumes_dir: Path, manifest_provider: ManifestProvider,
-                 cloner: Cloner | None = None, *, keep_old: bool = False) -> None:
+                 cloner: Cloner | None = None, *, keep_old: bool = False,
+                 on_build: BuildListener | None = None) -> None:
         self.volumes_dir = Path(volumes_dir)
         self.kind_dir = self.volumes_dir / KIND
         self._provider = manifest_provider
@@ -81,7 +95,8 @@ class VolumeStore:
         self.keep_old = keep_old
         self.mounts = MountTable(self.volumes_dir / STATE_FILE)
         self._locks: dict[str, _VersionLock] = {}  # only versions held or awaited now
-        self.builds = 0  # completed builds, for tests and /metrics
+        self.builds = 0  # completed builds, for tests
+        self._on_build = on_build
         self._directory_lock: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -276,10 +291,29 @@ class VolumeStore:
                         f"{manifest.version}: use {KIND}_{manifest.version})")
                 raise VolumeNotFound(f"no such volume: {name}")
             started = time.monotonic()
-            await asyncio.to_thread(build_volume, manifest, self.kind_dir, name, self.cloner)
+            try:
+                size = await asyncio.to_thread(self._build, manifest, name)
+            except Exception:
+                self._report(name, time.monotonic() - started, 0, ok=False)
+                raise
             self.builds += 1
+            took = time.monotonic() - started
+            self._report(name, took, size, ok=True)
             log.info("Built volume %s from %d files in %.0f ms", name, len(manifest.entries),
-                     (time.monotonic() - started) * 1000)
+                     took * 1000)
+
+    def _build(self, manifest: Manifest, name: str) -> int:
+        """Build (blocking); the bytes of the files placed, measured in the same thread."""
+        path = build_volume(manifest, self.kind_dir, name, self.cloner)
+        size = 0
+        for entry in manifest.entries:
+            with contextlib.suppress(OSError):
+                size += (path / entry.dest).stat().st_size
+        return size
+
+    def _report(self, name: str, seconds: float, size: int, *, ok: bool) -> None:
+        if self._on_build is not None:
+            self._on_build(BuildReport(name=name, seconds=seconds, size=size, ok=ok))
 
     async def _current_manifest(self) -> Manifest:
         try:

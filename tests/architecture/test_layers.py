@@ -20,10 +20,11 @@ ALLOWED: dict[str, set[str]] = {
     "gpu": {"core", "driver"},
     "engine": {"core"},
     "volumes": {"core", "driver"},
-    "api": {"core", "driver", "gpu", "volumes"},
+    "observe": {"core", "driver", "gpu", "engine"},
+    "api": {"core", "driver", "gpu", "volumes", "observe"},
     "wrapper": {"core", "engine"},
     "web": {"core", "driver", "gpu", "volumes", "observe"},
-    "cli": {"core", "driver", "gpu", "volumes", "engine", "api", "web"},
+    "cli": {"core", "driver", "gpu", "volumes", "engine", "observe", "api", "web"},
 }
 def _part(module: str) -> str | None:
     parts = module.split(".")

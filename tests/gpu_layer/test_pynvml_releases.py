@@ -9,8 +9,10 @@ over the fake NVML.
 from __future__ import annotations
 
 import ast
+import asyncio
 import dataclasses
 import logging
+import time
 from pathlib import Path
 
 import pynvml
@@ -25,8 +27,11 @@ SOURCE = Path(nvml.__file__).read_text()
 HARD = {"nvmlInitWithFlags", "nvmlDeviceGetCount", "nvmlDeviceGetHandleByIndex",
         "nvmlSystemGetDriverVersion", "nvmlDeviceGetUUID", "nvmlDeviceGetMinorNumber",
         "nvmlDeviceGetPciInfo"}
-# Read at shut-down only.
-SHUTDOWN = {"nvmlShutdown"}
+# Read at shut-down only (of NVML, and of the event set a refresh or shutdown frees).
+SHUTDOWN = {"nvmlShutdown", "nvmlEventSetFree"}
+# The event thread's calls: reached once an event set is open.
+EVENTS = {"nvmlEventSetCreate", "nvmlDeviceGetSupportedEventTypes", "nvmlDeviceRegisterEvents",
+          "nvmlEventSetWait_v2"}
 # The only names nvml.py may read from pynvml directly: every release has them.
 DIRECT_OK = {"NVMLError", "nvmlLib"}
 
@@ -66,6 +71,7 @@ def test_nvml_constants_match_pynvml_where_it_has_them():
 FALLBACK_FOR = {
     "nvmlSystemGetCudaDriverVersion": "nvmlSystemGetCudaDriverVersion_v2",
     "nvmlDeviceGetComputeRunningProcesses_v2": "nvmlDeviceGetComputeRunningProcesses_v3",
+    "nvmlDeviceGetGraphicsRunningProcesses_v2": "nvmlDeviceGetGraphicsRunningProcesses_v3",
 }
 
 
@@ -80,8 +86,9 @@ def _full_config(fake_nvml, *, old_driver: bool = False):
         nvlinks=[second["bus_id"], second["bus_id"]] + [None] * 16,
         mig_devices=[{"uuid": "MIG-aaaa1111-0000-0000-0000-000000000000",
                       "gpu_instance_id": 1, "compute_instance_id": 0}],
-        processes=[{"pid": 4242, "used_memory": 300 << 20}])
-    config["process_names"] = {"4242": "python3"}
+        processes=[{"pid": 4242, "used_memory": 300 << 20}],
+        graphics_processes=[{"pid": 4343, "used_memory": 20 << 20}])
+    config["process_names"] = {"4242": "python3", "4343": "Xorg"}
     return config
 
 
@@ -95,13 +102,29 @@ def _values(records) -> list[object]:
     return out
 
 
-async def _read_everything(service: GpuService) -> list[object]:
+async def _exercise_events(service: GpuService, fake_nvml) -> None:
+    """Run the event thread until an injected Xid arrives, or until it reported an event
+    wrapper missing (then nothing arrives): every event call it makes has been made."""
+    delivered: list[object] = []
+    service.add_event_listener(delivered.append)
+    deadline = time.monotonic() + 30
+    while not delivered and not (EVENTS & nvml._reported_missing):
+        assert time.monotonic() < deadline, "no event delivered and no wrapper reported"
+        fake_nvml.inject_event(0, "xid", 79)  # again: the set may not be registered yet
+        await asyncio.sleep(0.05)
+
+
+async def _read_everything(service: GpuService, fake_nvml) -> list[object]:
     inventory = await service.inventory()
     statuses = await service.status()
     service.status_cache.max_age = -1.0  # a second status waits for a PCIe sample
     statuses = await service.status()
+    telemetry = await service.telemetry()
+    probed = await service.probe([0, 1])
+    await _exercise_events(service, fake_nvml)
     return [inventory.versions.driver, inventory.versions.cuda,
-            *_values(inventory.gpus), *_values(statuses)]
+            *_values(inventory.gpus), *_values(statuses), *_values(telemetry),
+            *probed.values()]
 
 
 async def test_the_full_config_reaches_every_wrapper(fake_nvml, start_service, monkeypatch):
@@ -116,12 +139,13 @@ async def test_the_full_config_reaches_every_wrapper(fake_nvml, start_service, m
 
     monkeypatch.setattr(nvml, "_w", spy)
     service = await start_service()
-    values = await _read_everything(service)
+    values = await _read_everything(service, fake_nvml)
     assert values[1] == "13.0" and "python3" in values and "MIG-aaaa1111" in str(values)
+    assert "Xorg" in values
     assert called == set(WRAPPERS) - set(FALLBACK_FOR) - SHUTDOWN
     fake_nvml.write(_full_config(fake_nvml, old_driver=True))
-    await service.refresh()  # shuts the first session down
-    await _read_everything(service)
+    await service.refresh()  # shuts the first session and its event set down
+    await _read_everything(service, fake_nvml)
     assert called == set(WRAPPERS)
 
 
@@ -135,8 +159,9 @@ async def test_a_missing_optional_wrapper_costs_its_fields_only(
     with caplog.at_level(logging.WARNING, logger="nvplugin.gpu.nvml"):
         service = await start_service()
         assert service.available, service.reason
-        values = await _read_everything(service)
-        await _read_everything(service)
+        values = await _read_everything(service, fake_nvml)
+        await service.refresh()  # frees the event set and opens another
+        await _read_everything(service, fake_nvml)
     assert values[0] == "580.159.04"
     assert all(v is None or isinstance(v, (int, float, str, bool, tuple)) for v in values)
     said = [r.getMessage() for r in caplog.records if f"pynvml.{name}" in r.getMessage()]

@@ -1,0 +1,205 @@
+"""`GET /metrics`: dcgm-exporter's GPU families (dcgm.py) and nvplugin's own, over HTTP.
+
+nvplugin's own metrics are prometheus_client's, on a registry of the daemon's own (no global):
+
+    nvplugin_gpu_healthy{gpu,UUID,reason}            1 healthy, 0 unhealthy (reason says why)
+    nvplugin_gpu_health_since_timestamp_seconds      when each GPU became what it is
+    nvplugin_container_gpu_memory_used_bytes{container_id,container_name,runtime,gpu,UUID}
+    nvplugin_container_gpu_processes{...}            processes of a container on a GPU
+    nvplugin_gpu_observation_timestamp_seconds       when this scrape's GPU readings were taken
+    nvplugin_volume_builds_total{result}, nvplugin_volume_build_duration_seconds (histogram),
+    nvplugin_volume_build_bytes_total, nvplugin_volume_mounts{volume}
+    nvplugin_rest_request_duration_seconds{route,method,code},
+    nvplugin_plugin_request_duration_seconds{route,code}   (histograms)
+    nvplugin_cdi_spec_age_seconds                    when a CDI spec source is wired in
+    process_*, python_*                              prometheus_client's process collectors
+
+A scrape renders the GPU families once per observation (an 8-GPU page is ~25 kB; re-rendering
+it per scrape would cost more than the rest of the answer) and nvplugin's own every time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.registry import Collector
+
+from nvplugin.observe import dcgm
+from nvplugin.observe.records import Observation
+from nvplugin.observe.service import ObserveService
+
+log = logging.getLogger(__name__)
+
+MIB = 1 << 20
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0)
+BUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def node_name(environ: Mapping[str, str]) -> str:
+    """The Hostname label, as dcgm-exporter chooses it: NODE_NAME, else the host's name."""
+    return environ.get("NODE_NAME") or socket.gethostname()
+
+
+class Metrics:
+    """The daemon's registry and the `/metrics` handler (on the REST listener and, with
+    `--metrics-listen`, alone on its own)."""
+
+    def __init__(self, service: ObserveService, *, hostname: str,
+                 mounts: Callable[[], Mapping[str, int]] | None = None,
+                 cdi_spec_age: Callable[[], float | None] | None = None) -> None:
+        self.service = service
+        self.hostname = hostname
+        self.mounts = mounts
+        self.cdi_spec_age = cdi_spec_age
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.rest_seconds = Histogram(
+            "nvplugin_rest_request_duration_seconds", "REST API requests by route, method and "
+            "status code.", ["route", "method", "code"], buckets=LATENCY_BUCKETS,
+            registry=self.registry)
+        self.plugin_seconds = Histogram(
+            "nvplugin_plugin_request_duration_seconds", "Docker volume-plugin requests by route "
+            "and status code.", ["route", "code"], buckets=LATENCY_BUCKETS,
+            registry=self.registry)
+        self.builds = Counter("nvplugin_volume_builds", "Driver volume builds by result.",
+                              ["result"], registry=self.registry)
+        self.build_seconds = Histogram("nvplugin_volume_build_duration_seconds",
+                                       "Time to build a driver volume.", buckets=BUILD_BUCKETS,
+                                       registry=self.registry)
+        self.build_bytes = Counter("nvplugin_volume_build_bytes",
+                                   "Bytes of driver files placed in built volumes.",
+                                   registry=self.registry)
+        self.registry.register(_StateCollector(self))
+        self._observation: Observation | None = None  # the one the current scrape shows
+        self._rendered: tuple[Observation, bytes] | None = None
+
+    def record_build(self, seconds: float, size: int, ok: bool) -> None:
+        self.builds.labels("ok" if ok else "error").inc()
+        if ok:
+            self.build_seconds.observe(seconds)
+            self.build_bytes.inc(size)
+
+    def _gpu_page(self, observation: Observation | None) -> bytes:
+        if observation is None:
+            return b""
+        if self._rendered is None or self._rendered[0] is not observation:
+            self._rendered = (observation, dcgm.render(observation, self.hostname))
+        return self._rendered[1]
+
+    async def page(self) -> bytes:
+        observation = await self.service.observation()
+        self._observation = observation
+        return self._gpu_page(observation) + generate_latest(self.registry)
+
+    async def handle(self, _request: web.Request) -> web.Response:
+        return web.Response(body=await self.page(),
+                            headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+
+    def middleware(self, histogram: Histogram, *, with_method: bool) -> Middleware:
+        """Times every request of an app into `histogram` by route pattern (bounded labels)."""
+
+        @web.middleware
+        async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+            started = time.perf_counter()
+            code = 500
+            try:
+                response = await handler(request)
+                code = response.status
+                return response
+            except web.HTTPException as exc:
+                code = exc.status
+                raise
+            finally:
+                resource = request.match_info.route.resource
+                route = resource.canonical if resource is not None else "unmatched"
+                labels = [route]
+                if with_method:
+                    labels.append(request.method if request.method in METHODS else "other")
+                histogram.labels(*labels, str(code)).observe(time.perf_counter() - started)
+
+        return timed
+
+
+class _StateCollector(Collector):
+    """nvplugin's GPU, container and volume gauges, read when a scrape renders."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        healthy = GaugeMetricFamily("nvplugin_gpu_healthy", "1 while the GPU is healthy, 0 while "
+                                    "unhealthy; reason says why.", labels=["gpu", "UUID",
+                                                                           "reason"])
+        since = GaugeMetricFamily("nvplugin_gpu_health_since_timestamp_seconds",
+                                  "When the GPU became healthy or unhealthy (UNIX time).",
+                                  labels=["gpu", "UUID"])
+        for h in m.service.health():
+            healthy.add_metric([str(h.index), h.uuid, h.reason or ""], 1 if h.healthy else 0)
+            since.add_metric([str(h.index), h.uuid], h.since)
+        yield healthy
+        yield since
+        observation = m._observation
+        if observation is not None:
+            yield from _containers(observation)
+            taken = GaugeMetricFamily("nvplugin_gpu_observation_timestamp_seconds",
+                                      "When the GPU readings of this scrape were taken.")
+            taken.add_metric([], observation.taken_at)
+            yield taken
+        if m.mounts is not None:
+            mounts = GaugeMetricFamily("nvplugin_volume_mounts",
+                                       "Containers holding each driver volume mounted.",
+                                       labels=["volume"])
+            for volume, count in sorted(m.mounts().items()):
+                mounts.add_metric([volume], count)
+            yield mounts
+        if m.cdi_spec_age is not None:
+            age = m.cdi_spec_age()
+            if age is not None:
+                yield GaugeMetricFamily("nvplugin_cdi_spec_age_seconds",
+                                        "Seconds since the CDI spec was last written.", age)
+
+
+def _containers(observation: Observation) -> Iterator[Metric]:
+    labels = ["container_id", "container_name", "runtime", "gpu", "UUID"]
+    memory = GaugeMetricFamily("nvplugin_container_gpu_memory_used_bytes",
+                               "GPU memory used by a container's processes.", labels=labels)
+    processes = GaugeMetricFamily("nvplugin_container_gpu_processes",
+                                  "Processes of a container on a GPU.", labels=labels)
+    for use in observation.containers:
+        values = [use.container.id, use.container.name or "", use.container.runtime,
+                  str(use.gpu_index), use.gpu_uuid]
+        processes.add_metric(values, use.processes)
+        if use.memory_used_mib is not None:
+            memory.add_metric(values, use.memory_used_mib * MIB)
+    yield memory
+    yield processes
+
+
+def make_metrics_app(metrics: Metrics) -> web.Application:
+    """`--metrics-listen`: `/metrics` alone, so the rest of the API need not be exposed."""
+    app = web.Application()
+    app.router.add_get("/metrics", metrics.handle)
+    return app
