@@ -3,10 +3,11 @@ watches, the history it fills, and the server-sent-events stream all pages share
 
 Each tick reads status through the GPU service's status cache (the same reads `gpu/status`
 shares), records it, encodes one `sample` event, and hands those same bytes to every client's
-queue; the slow panels (volumes, doctor, driver) are re-read each tick too and sent only when
-they changed. So 50 open pages cost one NVML read and 50 socket writes a second, never a read
-per page or per chart. "Watching" is a connected page, or a request for the page, its state, the
-status routes or metrics within the last `WATCH_WINDOW_S`; with nobody watching no task runs.
+queue; the slow panels (volumes, doctor, driver) are re-read every `PANELS_EVERY` ticks and
+sent only when they changed. So 50 open pages cost one NVML read and 50 socket writes a second,
+never a read per page or per chart. "Watching" is a connected page, or a request for the page,
+its state, the status routes or metrics within the last `WATCH_WINDOW_S`; with nobody watching
+no task runs.
 
 A client that falls `CLIENT_QUEUE` messages behind (a stalled tab) is dropped; its EventSource
 reconnects by itself and gets a fresh `hello` with the whole history.
@@ -36,6 +37,9 @@ WATCH_WINDOW_S = 60.0
 MAX_CLIENTS = 256
 CLIENT_QUEUE = 30  # messages; about half a minute of samples
 RETRY_MS = 2000  # how soon a page's EventSource reconnects after losing the stream
+# Volumes, doctor and the inventory change rarely: read every few ticks, not every second, so a
+# tick is one status read, one encoding and a write per page.
+PANELS_EVERY = 5
 
 
 class TooManyPages(NvpluginError):
@@ -173,6 +177,8 @@ class LiveFeed:
         self._sample = await self._read_sample()
         self.ticks += 1
         self._broadcast(documents.event("sample", self._sample))
+        if self.ticks % PANELS_EVERY != 1:
+            return
         self._panels = await self._read_panels()
         panels_event = documents.event("panels", self._panels)
         if panels_event != self._panels_event:

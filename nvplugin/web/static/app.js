@@ -150,6 +150,7 @@
   // -- events ------------------------------------------------------------------------------
 
   function onHello(state) {
+    performance.mark("nvp-hello"); // bench/bench_page.py reads these marks
     meta = { interval_s: state.interval_s, length: state.length, series: state.series };
     $("version").textContent = `nvidia-docker-plugin ${state.version}`;
     uuids = "";
@@ -157,6 +158,7 @@
     if (state.sample) lastT = Math.max(lastT, state.sample.t);
     onPanels(state, state.history);
     onSample(state.sample);
+    performance.mark("nvp-drawn");
   }
 
   function rebuildGpus(state, history) {
