@@ -28,6 +28,7 @@ from nvplugin.observe.records import ContainerRef, GpuHealth
 log = logging.getLogger(__name__)
 
 API_VERSION = "v1.0"
+METRICS_PATH = "/metrics"  # unversioned only: where Prometheus scrapes by default
 TEXT = "text/plain"
 JSON = "application/json"
 MAX_ERROR_LINE = 512  # characters; quoted items are at most 64 (plus escapes)
@@ -265,5 +266,5 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
         for path, handler in ROUTES:
             app.router.add_get(prefix + path, handler)
     if metrics is not None:
-        app.router.add_get("/metrics", metrics)
+        app.router.add_get(METRICS_PATH, metrics)
     return app

@@ -32,6 +32,7 @@ from nvplugin.cli.doctor_checks import (
     VolumeFacts,
     compare_versions,
     exit_status,
+    health_check,
     nodes_check,
     render_json,
     render_text,
@@ -60,6 +61,7 @@ class Facts:
     docker: Engine | None = None
     socket_answers: bool = False
     daemon_pid: int | None = None  # the process behind the plugin socket (SO_PEERCRED)
+    rest_host: tuple[str, int] | None = None  # where the REST API answered
 
     @property
     def current_version(self) -> str | None:
@@ -358,15 +360,34 @@ def probe_rest(cfg: Config, facts: Facts) -> Check:
         return Check(Name.REST, FAIL, f"nothing answers on {cfg.listen} ({err})",
                      "start the daemon, or point doctor at its address with -l")
     if status == 200:
+        facts.rest_host = (host, address[1])
         return Check(Name.REST, PASS, f"GET {route} on {cfg.listen}: 200")
     return Check(Name.REST, WARN, f"GET {route} on {cfg.listen}: {status}",
                  "fix the driver checks above, then systemctl reload-or-restart nvidia-docker")
 
 
+def probe_health(cfg: Config, facts: Facts) -> Check:
+    """GPU health as the running daemon tracks it (it watches NVML's events; doctor cannot)."""
+    if facts.rest_host is None:
+        return Check(Name.HEALTH, SKIP, "needs the daemon's REST API (see rest-api)")
+    route = "/v1.0/gpu/status/json"
+    try:
+        status, body = _request(http.client.HTTPConnection(*facts.rest_host,
+                                                           timeout=PROBE_TIMEOUT_S), "GET", route)
+        devices = (json.loads(body).get("Devices") or []) if status == 200 else None
+    except (OSError, ValueError, AttributeError, http.client.HTTPException) as err:
+        return Check(Name.HEALTH, FAIL, f"GET {route} on {cfg.listen} failed: {err}",
+                     "journalctl -u nvidia-docker, then systemctl restart nvidia-docker")
+    if devices is None:
+        return Check(Name.HEALTH, WARN, f"GET {route} on {cfg.listen}: {status}",
+                     "fix the driver checks above, then systemctl reload-or-restart nvidia-docker")
+    return health_check([d for d in devices if isinstance(d, dict)])
+
+
 Probe = Callable[[Config, Facts], "Check | list[Check]"]
 PROBES: tuple[Probe, ...] = (
     probe_driver, probe_libraries, probe_nvml, probe_nodes, probe_docker, probe_socket,
-    probe_docker_driver, probe_volumes_dir, probe_stale, probe_rest,
+    probe_docker_driver, probe_volumes_dir, probe_stale, probe_rest, probe_health,
 )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from nvplugin.core.names import DAEMON_PROGRAM as PROGRAM
 from nvplugin.core.names import DRIVER_VOLUME_KIND as KIND
@@ -33,6 +34,7 @@ class Name(StrEnum):
     VOLUMES_DIR = "volumes-dir"
     STALE = "stale-volumes"
     REST = "rest-api"
+    HEALTH = "gpu-health"
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,24 @@ def stale_check(volumes: Iterable[VolumeFacts], current: str | None, kind_dir: P
 def _held(volume: VolumeFacts) -> str:
     size = volume.usage.describe() if volume.usage is not None else "size unknown"
     return f"{size}; mounted by {volume.mounts} container(s)" if volume.mounts else size
+
+
+def health_check(devices: Sequence[dict[str, Any]]) -> Check:
+    """The daemon's view of each GPU's health (gpu/status/json's `Health`). An unhealthy GPU is
+    a warning: the daemon works, and leaves the GPU out of `docker/cli`'s every-GPU answer until
+    it recovers on its own."""
+    sick = []
+    for device in devices:
+        health = device.get("Health")
+        if isinstance(health, dict) and health.get("Status") == "unhealthy":
+            sick.append(f"GPU {device.get('Index')} unhealthy since {health.get('Since')}: "
+                        f"{health.get('Reason')}")
+    if not sick:
+        return Check(Name.HEALTH, PASS, f"all {len(devices)} GPU(s) healthy")
+    return Check(Name.HEALTH, WARN, "; ".join(sick),
+                 "look for Xid lines in the kernel log (dmesg); the GPU is healthy again after "
+                 "--health-recovery without critical events; a GPU that fell off the bus needs "
+                 "a reset (nvidia-smi -r) or a reboot")
 
 
 def exit_status(checks: Sequence[Check]) -> int:

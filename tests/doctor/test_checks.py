@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 from nvplugin.cli import doctor_checks
-from nvplugin.cli.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name
+from nvplugin.cli.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name, health_check
 from nvplugin.volumes.usage import DiskUsage
 
 
@@ -99,3 +99,15 @@ def test_a_missing_uvm_node_says_what_fails():
     missing = doctor_checks.uvm_check(uvm, None, False)
     assert missing.status == FAIL and "CUDA programs fail" in missing.detail
     assert doctor_checks.uvm_check(uvm, stat.S_IFREG, True).detail.endswith("character device")
+
+
+def test_health_passes_when_every_gpu_is_healthy_and_warns_with_each_reason():
+    ok = {"Status": "healthy", "Reason": None, "Since": "2026-01-01T00:00:00.000Z"}
+    assert health_check([{"Index": 0, "Health": ok}, {"Index": 1, "Health": ok}]) == Check(
+        Name.HEALTH, PASS, "all 2 GPU(s) healthy")
+    sick = {"Status": "unhealthy", "Reason": "double-bit ECC error",
+            "Since": "2026-01-01T00:00:01.000Z"}
+    check = health_check([{"Index": 0, "Health": ok}, {"Index": 1, "Health": sick}])
+    assert (check.status, check.detail) == (
+        WARN, "GPU 1 unhealthy since 2026-01-01T00:00:01.000Z: double-bit ECC error")
+    assert "--health-recovery" in check.fix

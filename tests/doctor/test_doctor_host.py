@@ -11,13 +11,15 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nvplugin.cli import doctor
-from tests.dockerenv import PluginDaemon, free_port
+from tests.dockerenv import PluginDaemon, free_port, wait_for
+from tests.fakenvml.build import append_event, write_config
 from tests.requirements import need_tool
 
 REPO = Path(__file__).resolve().parents[2]
@@ -270,3 +272,28 @@ def test_rest_api_disabled_is_skipped(daemon):
     rc, checks = doctor_for(daemon, listen="")
     assert checks["rest-api"]["status"] == "SKIP"
     assert rc == 0
+
+
+def test_an_unhealthy_gpu_is_a_warning_with_its_reason(daemon):
+    """The daemon watches NVML's events; doctor reports what it saw, from gpu/status/json."""
+    events = daemon.host.nvml_config.with_name("doctor-events.jsonl")
+    config = json.loads(daemon.host.nvml_config.read_text())
+    write_config(daemon.host.nvml_config, {**config, "events_file": str(events)})
+
+    def unhealthy() -> bool:
+        append_event(events, {"gpu": 0, "type": "xid", "data": 79})  # until the set has it
+        with urllib.request.urlopen(daemon.url + "/v1.0/gpu/status/json", timeout=10) as answer:
+            return json.loads(answer.read())["Devices"][0]["Health"]["Status"] == "unhealthy"
+
+    assert wait_for(unhealthy, timeout=30)
+    rc, checks = doctor_for(daemon)
+    health = checks["gpu-health"]
+    assert health["status"] == "WARN" and rc == 0
+    assert health["detail"].startswith("GPU 0 unhealthy since ")
+    assert health["detail"].endswith(": Xid 79: GPU has fallen off the bus")
+    assert "nvidia-smi -r" in health["fix"]
+
+
+def test_gpu_health_needs_the_rest_api(daemon):
+    rc, checks = doctor_for(daemon, listen="")
+    assert checks["gpu-health"]["status"] == "SKIP" and rc == 0

@@ -21,6 +21,8 @@ from nvplugin.core.errors import NvpluginError
 from nvplugin.driver import discovery
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu.service import GpuService
+from nvplugin.observe.exposition import Metrics
+from nvplugin.observe.service import ObserveService
 
 T = TypeVar("T")
 
@@ -33,6 +35,9 @@ class LiveRest:
     port: int = 0
     host_root: Path = Path("/")  # where the Docker host's / appears, as --host-root
     gpus: GpuService | None = None
+    observe: ObserveService | None = None
+    metrics: Metrics | None = None
+    hostname: str = "gpu-host-1"  # the Hostname label of /metrics
     manifest: Manifest | None = None
     manifest_error: NvpluginError | None = None
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
@@ -69,7 +74,15 @@ class LiveRest:
             self.manifest_error = err
         config = Config(driver_root=self.driver_root, dev_root=self.dev_root,
                         host_root=self.host_root, listen=f"127.0.0.1:{self.port}")
-        app = rest_app.make_app(self.gpus, self.provide_manifest, config)
+        self.observe = ObserveService(self.gpus, host_root=self.host_root,
+                                      ignore_xids=config.health_ignore_xids,
+                                      recovery_s=config.health_recovery_s)
+        await self.observe.start()
+        self.metrics = Metrics(self.observe, hostname=self.hostname)
+        app = rest_app.make_app(
+            self.gpus, self.provide_manifest, config, observe=self.observe,
+            metrics=self.metrics.handle,
+            middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -79,6 +92,8 @@ class LiveRest:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.observe is not None:
+            await self.observe.close()
         if self.gpus is not None:
             await self.gpus.close()
 

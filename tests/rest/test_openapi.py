@@ -44,12 +44,14 @@ def test_spec_is_valid_openapi() -> None:
 
 def test_every_route_is_described_under_both_prefixes() -> None:
     expected = {p + path for p in (f"/{rest_app.API_VERSION}", "") for path, _ in rest_app.ROUTES}
-    assert set(SPEC["paths"]) == expected
-    for item in SPEC["paths"].values():
+    assert set(SPEC["paths"]) == expected | {rest_app.METRICS_PATH}
+    for path, item in SPEC["paths"].items():
         # Only GET is an operation: schemathesis (rightly) reads a listed method as served.
         assert set(item) == {"get"}
         responses = item["get"]["responses"]
-        assert {"200", "404", "405", "503"} <= set(responses)
+        # /metrics answers without NVML too (nvplugin's own metrics): never a 503
+        assert {"200", "404", "405"} | ({"503"} if path != rest_app.METRICS_PATH else set()) \
+            <= set(responses)
         assert responses["404"] == {"$ref": "#/components/responses/NotFound"}
         assert responses["405"] == {"$ref": "#/components/responses/MethodNotAllowed"}
 
@@ -119,6 +121,14 @@ def test_image_example_is_what_the_image_answers(live_rest: LiveRest) -> None:
     finally:
         server.stop()
     assert response.text == SPEC["components"]["examples"]["DockerCliTextImage"]["value"]
+
+
+def test_metrics_example_is_what_the_fake_host_answers(live_rest: LiveRest) -> None:
+    response = requests.get(live_rest.url + "/metrics", timeout=10)
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+    lines = set(response.text.splitlines())
+    example = SPEC["components"]["examples"]["Metrics"]["value"].splitlines()
+    assert [line for line in example if line not in lines] == []
 
 
 def test_method_not_allowed_example_is_what_the_fake_host_answers(live_rest: LiveRest) -> None:
