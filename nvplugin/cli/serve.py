@@ -119,9 +119,12 @@ class Daemon:
         self._cleanups.append(self.plugin_site.close)
         log.info("Serving plugin API at %s", cfg.socket_dir)
 
-        await self._serve_metrics_alone()
         address = cfg.listen_host_port
-        if address is None:
+        # The GPU page lives on the REST listener; a scrape of the metrics-only one counts as
+        # watching it too.
+        page = self._page_feed() if address is not None else None
+        await self._serve_metrics_alone(page)
+        if address is None or page is None:
             log.info("Remote API disabled (empty listen address)")
             await self.plugin_site.publish_spec(cfg)
             return
@@ -129,7 +132,7 @@ class Daemon:
             self.gpus, self.driver.manifest, cfg, observe=self.observe,
             metrics=self.metrics.handle,
             middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
-        await self._mount_page(rest_app)
+        page_routes.mount(rest_app, page, await asyncio.to_thread(page_routes.load_assets))
         rest_runner = web.AppRunner(rest_app, access_log=None,
                                     shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await rest_runner.setup()
@@ -150,8 +153,8 @@ class Daemon:
         log.info("Serving remote API at %s", cfg.listen)
         await self.plugin_site.publish_spec(cfg)
 
-    async def _mount_page(self, app: web.Application) -> None:
-        """The live GPU page at `/` of the REST listener, with doctor's findings handed in."""
+    def _page_feed(self) -> LiveFeed:
+        """The live GPU page's feed, with doctor's findings handed in."""
         cfg = self.config
 
         async def findings() -> list[Check]:
@@ -160,20 +163,23 @@ class Daemon:
             return await asyncio.to_thread(doctor.collect, cfg)
 
         panels = Panels(self.store, lambda: self.driver.version, findings)
-        feed = LiveFeed(self.gpus, panels)
-        self._cleanups.append(feed.close)  # after the REST runner's cleanup has ended streams
-        page_routes.mount(app, feed, await asyncio.to_thread(page_routes.load_assets))
+        feed = LiveFeed(self.gpus, panels, self.observe, host_root=cfg.host_root)
+        self._cleanups.append(feed.close)  # after the REST runner's cleanup ended its streams
+        return feed
 
     def _record_build(self, report: BuildReport) -> None:
         self.metrics.record_build(report.seconds, report.size, report.ok)
 
-    async def _serve_metrics_alone(self) -> None:
+    async def _serve_metrics_alone(self, page: LiveFeed | None) -> None:
         """`--metrics-listen`: /metrics alone, for a Prometheus that must not see the API."""
         cfg = self.config
         address = cfg.metrics_host_port
         if address is None:
             return
-        runner = web.AppRunner(make_metrics_app(self.metrics), access_log=None,
+        app = make_metrics_app(self.metrics)
+        if page is not None:
+            app.middlewares.append(page_routes.watching(page))
+        runner = web.AppRunner(app, access_log=None,
                                shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         self._cleanups.append(runner.cleanup)

@@ -9,11 +9,16 @@ ever sets it as text, never as markup.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from nvplugin.core.text import escape_controls
 from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
+from nvplugin.observe.records import ContainerRef, GpuHealth
 from nvplugin.web.history import SERIES, row_of
+
+Containers = Mapping[int, ContainerRef | None]  # PID -> its container, from attribution
+Starts = Mapping[int, float]  # PID -> when it started (UNIX time)
 
 
 def event(name: str, data: Any) -> bytes:
@@ -41,7 +46,7 @@ def inventory(inv: GpuInventory) -> dict[str, Any]:
             "gpus": [card(gpu) for gpu in inv.gpus]}
 
 
-def reading(status: GpuStatus) -> dict[str, Any]:
+def reading(status: GpuStatus, containers: Containers, starts: Starts) -> dict[str, Any]:
     """One GPU's readings of one tick: the history's series plus what only the latest shows."""
     values = dict(zip(SERIES, row_of(status), strict=True))
     values.pop("t")
@@ -52,17 +57,34 @@ def reading(status: GpuStatus) -> dict[str, Any]:
         "ecc_l1": status.ecc_l1, "ecc_l2": status.ecc_l2, "ecc_global": status.ecc_global,
         "pcie_sampled_at": status.pcie_sampled_at,
         "processes": [{"pid": p.pid, "name": escape_controls(p.name),
-                       "memory_used_mib": p.memory_used_mib} for p in status.processes],
+                       "memory_used_mib": p.memory_used_mib, "since": starts.get(p.pid),
+                       "container": container(containers.get(p.pid))}
+                      for p in status.processes],
     }
 
 
-def sample(wall: float, statuses: tuple[GpuStatus, ...] | None, error: str | None,
-           ) -> dict[str, Any]:
-    """The `sample` event: every GPU's readings, or why there are none."""
+def container(ref: ContainerRef | None) -> dict[str, Any] | None:
+    if ref is None:
+        return None
+    return {"id": ref.id, "name": _text(ref.name), "runtime": ref.runtime}
+
+
+def health(states: Sequence[GpuHealth]) -> list[dict[str, Any]]:
+    return [{"index": h.index, "uuid": h.uuid, "state": h.status, "reason": _text(h.reason),
+             "since": h.since, "last_xid": h.last_xid} for h in states]
+
+
+def sample(wall: float, statuses: tuple[GpuStatus, ...] | None, error: str | None, *,
+           containers: Containers | None = None, starts: Starts | None = None,
+           states: Sequence[GpuHealth] | None = None) -> dict[str, Any]:
+    """The `sample` event: every GPU's readings (processes with their containers where
+    attribution runs) and health (None without the health watcher), or why there are none."""
+    shown_health = None if states is None else health(states)
     if statuses is None:
-        return {"t": wall, "error": error, "gpus": []}
+        return {"t": wall, "error": error, "gpus": [], "health": shown_health}
     t = max((s.sampled_at for s in statuses), default=wall)
-    return {"t": t, "error": None, "gpus": [reading(s) for s in statuses]}
+    return {"t": t, "error": None, "health": shown_health,
+            "gpus": [reading(s, containers or {}, starts or {}) for s in statuses]}
 
 
 def _text(value: str | None) -> str | None:

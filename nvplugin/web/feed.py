@@ -21,15 +21,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nvplugin import __version__
 from nvplugin.core.errors import NvpluginError
 from nvplugin.gpu.records import GpuStatus
 from nvplugin.gpu.service import GpuService
+from nvplugin.observe.service import ObserveService
 from nvplugin.web import documents
 from nvplugin.web.history import INTERVAL_S, SERIES, History
 from nvplugin.web.panels import Panels
+from nvplugin.web.processes import start_times
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +62,8 @@ class Client:
 
 
 class LiveFeed:
-    def __init__(self, gpus: GpuService, panels: Panels, *,
+    def __init__(self, gpus: GpuService, panels: Panels, observe: ObserveService | None = None,
+                 *, host_root: Path = Path("/"),
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -67,6 +71,9 @@ class LiveFeed:
                  max_clients: int = MAX_CLIENTS) -> None:
         self._gpus = gpus
         self.panels = panels
+        self._observe = observe  # health and containers, as gpu/status/json shows them
+        self._host_root = host_root
+        self._starts: dict[int, float] = {}  # PID -> start time, for the processes shown
         self._clock = clock
         self._wall = wall
         self._sleep = sleep
@@ -140,10 +147,24 @@ class LiveFeed:
                 statuses = await self._gpus.status()
             except NvpluginError as err:
                 error = err.message
-        if statuses is not None:
-            self.history.record(statuses)
-            self.history.keep_only(s.index for s in statuses)
-        return documents.sample(self._wall(), statuses, error)
+        if statuses is None:
+            return documents.sample(self._wall(), None, error, states=self._health())
+        self.history.record(statuses)
+        self.history.keep_only(s.index for s in statuses)
+        pids = {p.pid for s in statuses for p in s.processes}
+        containers = {} if self._observe is None else await self._observe.containers_of(pids)
+        return documents.sample(self._wall(), statuses, None, containers=containers,
+                                starts=await self._start_times(pids), states=self._health())
+
+    def _health(self) -> Any:
+        return None if self._observe is None else self._observe.health()
+
+    async def _start_times(self, pids: set[int]) -> dict[int, float]:
+        new = pids - self._starts.keys()
+        if new:
+            self._starts.update(await asyncio.to_thread(start_times, self._host_root, new))
+        self._starts = {pid: t for pid, t in self._starts.items() if pid in pids}
+        return self._starts
 
     async def _read_panels(self) -> dict[str, Any]:
         gpus: dict[str, Any] | None = None
@@ -159,7 +180,7 @@ class LiveFeed:
             volumes = {"error": str(err)}
         return {"available": gpus is not None, "reason": reason, "inventory": gpus,
                 "volumes": volumes, "doctor": self.panels.doctor(),
-                "health": None, "containers": None}
+                "attribution": self._observe is not None}
 
     # -- the sampler
 

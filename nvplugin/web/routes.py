@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from nvplugin.web import documents
 from nvplugin.web.feed import RETRY_MS, LiveFeed
@@ -116,12 +117,17 @@ async def events(request: web.Request) -> web.StreamResponse:
         feed.unsubscribe(client)
 
 
-@web.middleware
-async def watch_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A status request or a scrape also counts as watching: the history keeps up with it."""
-    if request.path in WATCHED_PATHS:
-        request.app[FEED].touch()
-    return await handler(request)
+def watching(feed: LiveFeed) -> Middleware:
+    """A status request or a scrape also counts as watching: the history keeps up with it.
+    Also for the metrics-only listener (`--metrics-listen`)."""
+
+    @web.middleware
+    async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in WATCHED_PATHS:
+            feed.touch()
+        return await handler(request)
+
+    return watch
 
 
 ROUTES: tuple[tuple[str, Handler], ...] = (
@@ -137,7 +143,7 @@ def mount(app: web.Application, feed: LiveFeed, assets: dict[str, Asset]) -> Non
     so the daemon's graceful stop never waits on an open page."""
     app[FEED] = feed
     app[ASSETS] = assets
-    app.middlewares.append(watch_middleware)
+    app.middlewares.append(watching(feed))
     for path, handler in ROUTES:
         # HEAD of a stream would hold a client slot open for an answer with no body.
         app.router.add_get(path, handler, allow_head=handler is not events)

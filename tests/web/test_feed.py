@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from nvplugin.volumes.store import VolumeStore
-from nvplugin.web.feed import CLIENT_QUEUE, LiveFeed, TooManyPages
+from nvplugin.web.feed import CLIENT_QUEUE, Client, LiveFeed, TooManyPages
 from tests.web.conftest import DRIVER, Finding
 
 MakeFeed = Callable[..., Awaitable[LiveFeed]]
@@ -21,6 +21,15 @@ MakeFeed = Callable[..., Awaitable[LiveFeed]]
 def decode(message: bytes) -> tuple[str, dict[str, Any]]:
     head, data = message.decode().rstrip("\n").split("\n")
     return head.removeprefix("event: "), json.loads(data.removeprefix("data: "))
+
+
+async def next_sample(client: Client) -> dict[str, Any]:
+    while True:
+        message = await asyncio.wait_for(client.queue.get(), 10)
+        assert message is not None, "the stream ended"
+        name, data = decode(message)
+        if name == "sample":
+            return data
 
 
 class Clock:
@@ -177,3 +186,56 @@ async def test_closing_ends_every_stream(make_feed: MakeFeed, tmp_path: Path):
     await feed.close()
     assert [c.queue.get_nowait() for c in clients] == [None, None, None]
     assert not feed.sampling and feed.clients == 0
+
+
+CONTAINER_ID = "c0ffee" + "0" * 58
+
+
+@pytest.fixture
+def fake_proc(tmp_path: Path) -> Path:
+    """A host root whose /proc shows PID 4242 in a Docker container, started 123.45 s after
+    boot (field 22 is 12345 ticks; the name holds a space and parentheses)."""
+    root = tmp_path / "hostroot"
+    (root / "proc/4242").mkdir(parents=True)
+    (root / "proc/4242/cgroup").write_text(f"0::/system.slice/docker-{CONTAINER_ID}.scope\n")
+    (root / "proc/4242/stat").write_text(
+        "4242 (vec add (x)) S 1 4242 4242 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 12345 0 0\n")
+    (root / "proc/stat").write_text("cpu  1 2 3\nbtime 1700000000\n")
+    return root
+
+
+async def test_health_containers_and_since_come_from_observe(
+        start_service, store: VolumeStore, fake_nvml, fake_proc: Path):
+    from nvplugin.observe.service import ObserveService
+    from nvplugin.web.panels import Panels
+
+    config = fake_nvml.make_config(2, process_names={"4242": "vecadd"})
+    config["gpus"][0]["processes"] = [{"pid": 4242, "used_memory": 512 << 20}]
+    fake_nvml.write(config)
+    service = await start_service()
+    observe = ObserveService(service, host_root=fake_proc, ignore_xids=(), recovery_s=300,
+                             list_containers=lambda: [{"Id": CONTAINER_ID,
+                                                       "Names": ["/trainer"]}])
+    await observe.start()
+    feed = LiveFeed(service, Panels(store, lambda: DRIVER, None), observe, host_root=fake_proc,
+                    interval=0.01)
+    client = feed.subscribe()
+    try:
+        data = await next_sample(client)
+        while data["gpus"][0]["processes"][0]["container"]["name"] is None:  # named off-path
+            data = await next_sample(client)
+        process = data["gpus"][0]["processes"][0]
+        assert process == {"pid": 4242, "name": "vecadd", "memory_used_mib": 512,
+                           "since": 1700000000 + 12345 / 100,
+                           "container": {"id": CONTAINER_ID, "name": "trainer",
+                                         "runtime": "docker"}}
+        assert [h["state"] for h in data["health"]] == ["healthy", "healthy"]
+
+        fake_nvml.inject_event(1, "xid", 79)  # fell off the bus: critical
+        while data["health"][1]["state"] == "healthy":
+            data = await next_sample(client)
+        assert "79" in data["health"][1]["reason"] and data["health"][1]["last_xid"] == 79
+        assert (await feed.hello())["attribution"] is True
+    finally:
+        await feed.close()
+        await observe.close()

@@ -127,3 +127,41 @@ def test_page_at_phone_width_and_by_keyboard(running_plugin, browser: Browser, t
     assert_png(shot, 390)
     keep(shot)
     assert browser.log.outside() == [] and browser.log.refused == []
+
+
+def test_a_container_using_a_gpu_appears_by_name(running_plugin, browser: Browser, make_image,
+                                                 docker_engine, tmp_path: Path):
+    """A real container whose PID the fake NVML reports on GPU 1: the page names it."""
+    daemon: PluginDaemon = running_plugin(n_gpus=2)
+    assert daemon.host is not None
+    name = f"nvp-page-trainer-{daemon.port}"
+    container = docker_engine.client.containers.run(
+        make_image(), ["sleep", "300"], name=name, detach=True, network_mode="none")
+    try:
+        container.reload()
+        pid = int(container.attrs["State"]["Pid"])
+        config = json.loads(daemon.host.nvml_config.read_text())
+        config["gpus"][1]["processes"] = [{"pid": pid, "used_memory": 1536 << 20}]
+        config["process_names"] = {str(pid): "sleep"}
+        tmp = daemon.host.nvml_config.with_suffix(".tmp")
+        tmp.write_text(json.dumps(config))
+        tmp.replace(daemon.host.nvml_config)
+
+        page = browser.page(viewport={"width": 1280, "height": 900})
+        page.goto(daemon.url + "/")
+        row = page.locator(f'#containers-rows tr[data-pid="{pid}"]')
+        row.locator(f'td.container:text-matches("^{name} ")').wait_for(timeout=WAIT_MS)
+        cells = row.locator("td").all_inner_texts()
+        assert cells[0] == "GPU 1" and cells[1] == f"{name} ({container.id[:12]})"
+        assert cells[2:5] == [str(pid), "sleep", "1536 MiB"] and cells[5] != "N/A"
+        # The same attribution gpu/status/json shows.
+        device = status_json(daemon)[1]
+        assert device["Processes"][0]["Container"]["Name"] == name
+        assert "healthy" in page.inner_text('[data-gpu="1"] .health')
+
+        shot = tmp_path / "gpu-page-container.png"
+        page.locator("#containers").screenshot(path=str(shot))
+        keep(shot)
+    finally:
+        container.remove(force=True)
+    assert browser.log.outside() == [] and browser.log.refused == []

@@ -189,19 +189,19 @@
     const problem = $("unavailable");
     problem.hidden = state.available;
     problem.textContent = state.available ? "" : `No GPUs: ${state.reason || "NVML is unavailable"}`;
-    $("containers-note").textContent = state.containers === null
-      ? "Processes as NVML reports them; this daemon does not map them to containers." : "";
-    showHealth(state.health);
+    $("containers-note").textContent = state.attribution ? ""
+      : "Processes as NVML reports them; this daemon does not map them to containers.";
     showVolumes(state.volumes);
     showDoctor(state.doctor);
   }
 
   function showHealth(health) {
+    const byUuid = new Map((health || []).map((h) => [h.uuid, h]));
     for (const entry of cards.values()) {
       const cell = entry.section.querySelector(".health");
-      const h = health && health[entry.card.uuid];
+      const h = byUuid.get(entry.card.uuid);
       cell.textContent = h ? `${h.state}${h.reason ? `: ${h.reason}` : ""} (since ${when(h.since)})`
-        : "not reported";
+        : "not watched by this daemon";
       cell.dataset.state = h ? h.state : "unknown";
     }
   }
@@ -231,6 +231,7 @@
       }
       refreshCharts(entry);
     }
+    showHealth(sample.health);
     showProcesses(sample);
   }
 
@@ -241,10 +242,10 @@
         const c = p.container;
         rows.push(el("tr", { dataset: { gpu: reading.index, pid: p.pid } },
           el("td", { text: `GPU ${reading.index}` }),
-          el("td", { class: "container", text: c ? `${c.name || "?"} (${c.id.slice(0, 12)})` : "—" }),
+          el("td", { class: "container", text: c ? `${c.name || c.runtime} (${c.id.slice(0, 12)})` : "host" }),
           el("td", { text: String(p.pid) }), el("td", { text: p.name || "?" }),
           el("td", { text: fmt(p.memory_used_mib, "MiB") }),
-          el("td", { text: c && c.since ? when(c.since) : "—" })));
+          el("td", { text: when(p.since) })));
       }
     }
     if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "6", text: "No processes on any GPU." })));
