@@ -18,7 +18,6 @@ from nvplugin.api.rest_app import make_app as make_rest_app
 from nvplugin.cli.doctor_checks import Check
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DockerError, NvpluginError
-from nvplugin.driver import discovery
 from nvplugin.driver.state import DriverState
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.cuda import CudaProperties
@@ -71,11 +70,9 @@ class Daemon:
         log.info("Loading NVIDIA unified memory")
         await asyncio.to_thread(devnodes.control_nodes, cfg.dev_root, cfg.driver_root)
         log.info("Loading NVIDIA management library")
-        nvml_library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
-        self.gpus = await GpuService.start(
-            driver_root=cfg.driver_root, dev_root=cfg.dev_root, nvml_library=nvml_library,
-            cuda=CudaProperties(cfg.driver_root),
-        )
+        # NVML is found under the driver root again on each reload (SIGHUP, driver upgrade).
+        self.gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
+                                           cuda=CudaProperties(cfg.driver_root))
         self._cleanups.append(self.gpus.close)
         log.info("Discovering GPU devices")
         if self.gpus.available:

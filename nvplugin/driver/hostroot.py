@@ -187,12 +187,21 @@ class HostRoot:
         UnsafeFileError for another kind of file, or for a file whose (device, inode) is not
         `expect`; OSError (ENOENT, EACCES, ELOOP, ...) and RootEscapeError as the lookup fails.
         """
+        opened = self.open_fd(inner, expect=expect)
+        try:
+            yield opened
+        finally:
+            os.close(opened.fd)
+
+    def open_fd(self, inner: str, *, expect: tuple[int, int] | None = None) -> OpenFile:
+        """As `open_file`, for a caller that keeps the file open (it closes `fd`)."""
         host = self.host(inner)
         fd = self._open(inner, READ_FLAGS)
         try:
-            yield OpenFile(fd, check_regular(fd, host, expect), host)
-        finally:
+            return OpenFile(fd, check_regular(fd, host, expect), host)
+        except BaseException:
             os.close(fd)
+            raise
 
     def read_bytes(self, inner: str, limit: int = MAX_READ) -> bytes:
         """A regular file's content, at most `limit` bytes (UnsafeFileError beyond)."""

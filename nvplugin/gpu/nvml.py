@@ -11,18 +11,22 @@ device's handle, UUID, minor number and bus id are hard errors (`NvmlError`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.metadata
 import logging
+import os
 import re
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pynvml
 
-from nvplugin.core.errors import NvmlError, NvpluginError
+from nvplugin.core.errors import NvmlError, NvpluginError, RootEscapeError
 from nvplugin.driver import driver_version
 from nvplugin.driver.hostroot import HostRoot
 from nvplugin.gpu.facts import (
@@ -170,21 +174,89 @@ def _mapped_nvml() -> str | None:
     return paths[-1] if paths else None
 
 
-def _load(library: str | None) -> str:
-    """Make pynvml use `library` (None: the loader's search); returns the file's path."""
-    where = library or SONAME
-    try:
-        lib = ctypes.CDLL(where)
-    except OSError as err:
-        reason = str(err).removeprefix(f"{where}: ")  # dlerror repeats the path
-        raise NvmlError(f"NVML could not be loaded from {where}: {reason}") from err
-    # nvidia-ml-py dlopens "libnvidia-ml.so.1" by soname into a module global and caches symbols.
-    # Loading by absolute path first already makes glibc answer the soname with this file;
-    # setting the global too keeps that true when an earlier session used another file.
-    if hasattr(pynvml, "nvmlLib"):
-        pynvml.nvmlLib = lib
+@dataclass(slots=True)
+class LoadedNvml:
+    """The libnvidia-ml a session uses, and how to let go of it.
+
+    A file found under the driver root is opened inside it (hostroot: never through a link out
+    of it) and loaded from that open file (`/proc/self/fd/<n>`), so what is loaded is what was
+    vetted; the file stays open while it is loaded. Unloading drops pynvml's handle and its
+    function-pointer cache and dlcloses the library (as NVIDIA's Go bindings do at shutdown),
+    so after a driver upgrade the next session loads the new file instead of keeping the old
+    one mapped; a library that stays loaded (marked NODELETE, or held elsewhere) keeps its file
+    open, so no later library can be given its `/proc/self/fd` name.
+    """
+
+    lib: ctypes.CDLL
+    path: str  # the file, for messages
+    pinned: int | None = None  # the open file it was loaded from; None: the loader searched
+    name: str = SONAME  # the name it was dlopened by
+
+    def release(self) -> None:
+        """After nvmlShutdown: unload, unless another session of this process still uses it."""
+        if getattr(pynvml, "_nvmlLib_refcount", 0) > 0 or getattr(pynvml, "nvmlLib", None) \
+                is not self.lib:
+            return
+        pynvml.nvmlLib = None
         getattr(pynvml, "_nvmlGetFunctionPointer_cache", {}).clear()
-    return library or _mapped_nvml() or SONAME
+        _dlclose(self.lib._handle)
+        if self.pinned is None:
+            return
+        try:  # RTLD_NOLOAD: is anything still loaded under our name or from our file?
+            still = ctypes.CDLL(self.name, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        except OSError:
+            os.close(self.pinned)  # unloaded: the name and the file are free
+        else:
+            _dlclose(still._handle)
+            log.debug("%s stays loaded after nvmlShutdown; keeping it open", self.path)
+        self.pinned = None
+
+
+def _dlclose(handle: int) -> None:
+    import _ctypes  # CPython's own; ctypes has no public dlclose
+
+    _ctypes.dlclose(handle)  # type: ignore[attr-defined]
+
+
+def _load(library: str | None, driver_root: Path) -> LoadedNvml:
+    """Make pynvml use `library` (None: the loader's search), opened inside the driver root
+    when it lies there (the daemon's case) and as given otherwise (tools, tests)."""
+    if library is None:
+        try:
+            lib = ctypes.CDLL(SONAME)
+        except OSError as err:
+            reason = str(err).removeprefix(f"{SONAME}: ")  # dlerror repeats the name
+            raise NvmlError(f"NVML could not be loaded from {SONAME}: {reason}") from err
+        loaded = LoadedNvml(lib, _mapped_nvml() or SONAME)
+    else:
+        loaded = _load_file(library, driver_root)
+    # nvidia-ml-py dlopens "libnvidia-ml.so.1" into a module global and caches symbols: both
+    # are set here, so every pynvml call of this session reaches this library.
+    if hasattr(pynvml, "nvmlLib"):
+        pynvml.nvmlLib = loaded.lib
+        getattr(pynvml, "_nvmlGetFunctionPointer_cache", {}).clear()
+    return loaded
+
+
+def _load_file(library: str, driver_root: Path) -> LoadedNvml:
+    root = HostRoot(driver_root)
+    try:
+        inner = root.inner(os.path.realpath(library))
+    except RootEscapeError:
+        root, inner = HostRoot("/"), library
+    try:
+        opened = root.open_fd(inner)
+    except (OSError, NvpluginError) as err:
+        why = getattr(err, "strerror", None) or str(err)
+        raise NvmlError(f"NVML could not be loaded from {library}: {why}") from err
+    name = f"/proc/self/fd/{opened.fd}"
+    try:
+        lib = ctypes.CDLL(name)
+    except OSError as err:
+        os.close(opened.fd)
+        reason = str(err).removeprefix(f"{name}: ")
+        raise NvmlError(f"NVML could not be loaded from {library}: {reason}") from err
+    return LoadedNvml(lib, library, opened.fd, name)
 
 
 def _init_failure(err: pynvml.NVMLError, path: str, driver_root: Path) -> NvmlError:
@@ -222,24 +294,30 @@ def _only_numa_node(driver_root: Path) -> int | None:
 class NvmlSession:
     """One initialised NVML: static GPU facts, fast live readings and the slow PCIe counters."""
 
-    def __init__(self, path: str, driver_root: Path, dev_root: Path) -> None:
-        self.path = path
+    def __init__(self, loaded: LoadedNvml, driver_root: Path, dev_root: Path) -> None:
+        self.loaded = loaded
+        self.path = loaded.path
         self.driver_root = driver_root
         self.dev_root = dev_root
+        self.closed = False
+        self._users = 0  # calls running now, on any thread
+        self._idle = threading.Condition()
         self._handles: list[Any] = []
         self._warned: set[str] = set()
         self._fault: str | None = None  # the last fault code a field read met (see _field)
 
     @classmethod
     def open(cls, library: str | None, *, driver_root: Path, dev_root: Path) -> NvmlSession:
-        path = _load(library)
+        loaded = _load(library, driver_root)
         try:
             _w("nvmlInitWithFlags")(0)
         except pynvml.NVMLError as err:
-            raise _init_failure(err, path, driver_root) from err
+            loaded.release()
+            raise _init_failure(err, loaded.path, driver_root) from err
         except MissingWrapper as err:
+            loaded.release()
             raise NvmlError(f"NVML could not be initialised: {err}; upgrade nvidia-ml-py") from err
-        session = cls(path, driver_root, dev_root)
+        session = cls(loaded, driver_root, dev_root)
         try:
             count = session._hard("nvmlDeviceGetCount", _w("nvmlDeviceGetCount"))
             session._handles = [session._hard(f"GPU {i}: nvmlDeviceGetHandleByIndex",
@@ -251,10 +329,35 @@ class NvmlSession:
         return session
 
     def close(self) -> None:
+        """Wait for the calls running on other threads (the PCIe sampler's), refuse new ones,
+        then nvmlShutdown and unload the library. Blocking: GpuService runs it off the loop."""
+        with self._idle:
+            if self.closed:
+                return
+            self.closed = True
+            while self._users:
+                self._idle.wait()
         try:
             _w("nvmlShutdown")()
         except (pynvml.NVMLError, MissingWrapper) as err:
             log.warning("nvmlShutdown failed: %s", err)
+        finally:
+            self.loaded.release()
+
+    @contextlib.contextmanager
+    def _use(self) -> Iterator[None]:
+        """One reading: never after (or during) the shutdown, which waits for it to end.
+        Readings on different threads still run at the same time."""
+        with self._idle:
+            if self.closed:
+                raise NvmlError("NVML was shut down")
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._users -= 1
+                self._idle.notify_all()
 
     # -- error policy
 
@@ -283,10 +386,11 @@ class NvmlSession:
     # -- versions
 
     def versions(self) -> DriverVersions:
-        driver = self._hard("nvmlSystemGetDriverVersion", _w("nvmlSystemGetDriverVersion"))
-        cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion_v2"))
-        if cuda is None:
-            cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion"))
+        with self._use():
+            driver = self._hard("nvmlSystemGetDriverVersion", _w("nvmlSystemGetDriverVersion"))
+            cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion_v2"))
+            if cuda is None:
+                cuda = self._field("CUDA version", _w("nvmlSystemGetCudaDriverVersion"))
         return DriverVersions(driver=driver, cuda=cuda_version(cuda) if cuda else None)
 
     # -- static facts
@@ -294,10 +398,11 @@ class NvmlSession:
     def read_gpus(self) -> tuple[Gpu, ...]:
         """Static facts of every GPU; MIG devices without their access nodes (devnodes adds
         them: they are files under the driver and device roots, not NVML's)."""
-        bus_ids = [self._required(i, h, "PCI bus id",
-                                  lambda h: _w("nvmlDeviceGetPciInfo")(h).busId)
-                   for i, h in enumerate(self._handles)]
-        return tuple(self._gpu(i, h, bus_ids) for i, h in enumerate(self._handles))
+        with self._use():
+            bus_ids = [self._required(i, h, "PCI bus id",
+                                      lambda h: _w("nvmlDeviceGetPciInfo")(h).busId)
+                       for i, h in enumerate(self._handles)]
+            return tuple(self._gpu(i, h, bus_ids) for i, h in enumerate(self._handles))
 
     def _gpu(self, index: int, h: Any, bus_ids: list[str]) -> Gpu:
         f = self._field
@@ -440,15 +545,16 @@ class NvmlSession:
 
     def read_status(self, now: Callable[[], float]) -> tuple[GpuStatus, ...]:
         """The fast fields of every GPU; PCIe throughput is left to `read_pcie`."""
-        return tuple(self._status(i, h, now()) for i, h in enumerate(self._handles))
+        with self._use():
+            return tuple(self._status(i, h, now()) for i, h in enumerate(self._handles))
 
     def read_pcie(self) -> dict[int, tuple[int | None, int | None]]:
         """PCIe RX/TX in MB/s per GPU index. Slow: each call samples the bus (~20 ms)."""
-        return {i: (self._kb_to_mb(self._field("PCIe RX", _w("nvmlDeviceGetPcieThroughput"),
-                                                h, NVML_PCIE_UTIL_RX_BYTES)),
-                    self._kb_to_mb(self._field("PCIe TX", _w("nvmlDeviceGetPcieThroughput"),
-                                               h, NVML_PCIE_UTIL_TX_BYTES)))
-                for i, h in enumerate(self._handles)}
+        with self._use():
+            read = _w("nvmlDeviceGetPcieThroughput")
+            return {i: (self._kb_to_mb(self._field("PCIe RX", read, h, NVML_PCIE_UTIL_RX_BYTES)),
+                        self._kb_to_mb(self._field("PCIe TX", read, h, NVML_PCIE_UTIL_TX_BYTES)))
+                    for i, h in enumerate(self._handles)}
 
     @staticmethod
     def _kb_to_mb(value: int | None) -> int | None:
@@ -513,7 +619,8 @@ class NvmlSession:
     def read_telemetry(self, now: Callable[[], float]) -> tuple[GpuTelemetry, ...]:
         """dcgm-exporter's readings of every GPU beyond gpu/status's, and whether NVML still
         reads each GPU (`fault`)."""
-        return tuple(self._telemetry(i, h, now()) for i, h in enumerate(self._handles))
+        with self._use():
+            return tuple(self._telemetry(i, h, now()) for i, h in enumerate(self._handles))
 
     def _telemetry(self, index: int, h: Any, sampled_at: float) -> GpuTelemetry:
         f = self._field
@@ -575,13 +682,14 @@ class NvmlSession:
     def probe(self, indices: Sequence[int]) -> dict[int, str | None]:
         """Whether NVML still reads each GPU: None when it does, else NVML's fault."""
         found: dict[int, str | None] = {}
-        for index in indices:
-            if not 0 <= index < len(self._handles):
-                continue
-            self._fault = None
-            self._field("temperature", _w("nvmlDeviceGetTemperature"), self._handles[index],
-                        NVML_TEMPERATURE_GPU)
-            found[index] = self._fault
+        with self._use():
+            for index in indices:
+                if not 0 <= index < len(self._handles):
+                    continue
+                self._fault = None
+                self._field("temperature", _w("nvmlDeviceGetTemperature"),
+                            self._handles[index], NVML_TEMPERATURE_GPU)
+                found[index] = self._fault
         return found
 
     def open_events(self, uuids: Sequence[str]) -> NvmlEvents:

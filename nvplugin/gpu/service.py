@@ -6,6 +6,10 @@ the calls ordered), except the slow PCIe throughput sampling, which has its own 
 control nodes change only when a driver (un)loads, yet reading them takes a thread hop (NVML, stat
 calls) that would be most of a docker/cli or gpu/info request's cost: they are served up to
 `RECENT_MAX_AGE_S` old, and a refresh forgets them.
+
+`nvml_library=None` (the daemon's case) finds libnvidia-ml under the driver root on every
+(re)load, so a refresh after a driver upgrade shuts the old NVML down, unloads it and loads the
+new file (nvml.LoadedNvml); a path pins that file (tools, tests).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TypeVar
 
 from nvplugin.core.errors import NvmlError
 from nvplugin.core.single_flight import Recent
+from nvplugin.driver import discovery
 from nvplugin.gpu import devnodes, selection
 from nvplugin.gpu.cuda import CudaProperties, CudaReport, with_memory
 from nvplugin.gpu.nvml import EventsUnavailable, NvmlSession
@@ -47,7 +52,7 @@ EventListener = Callable[[GpuEvent], None]
 
 
 class GpuService:
-    def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+    def __init__(self, *, driver_root: Path, dev_root: Path, nvml_library: str | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  cuda: CudaProperties | None = None) -> None:
         self.driver_root = driver_root
@@ -68,7 +73,7 @@ class GpuService:
         self._events: tuple[threading.Thread, threading.Event] | None = None
 
     @classmethod
-    async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None,
+    async def start(cls, *, driver_root: Path, dev_root: Path, nvml_library: str | None = None,
                     clock: Callable[[], float] = time.monotonic,
                     cuda: CudaProperties | None = None) -> GpuService:
         """Never raises for a missing or broken driver: `available` is False, `reason` says why."""
@@ -119,8 +124,11 @@ class GpuService:
                 self._start_events(session)
 
     def _open(self) -> tuple[NvmlSession, tuple[Gpu, ...]]:
-        session = NvmlSession.open(self.nvml_library, driver_root=self.driver_root,
-                                   dev_root=self.dev_root)
+        # Found again on every (re)load: after a driver upgrade the file named at start-up is
+        # gone, and loading it (or keeping it) is 1.0's "nvidia_driver_<old> missing".
+        library = self.nvml_library or discovery.find_nvml_library(self.driver_root)
+        session = NvmlSession.open(library, driver_root=self.driver_root, dev_root=self.dev_root)
+        log.debug("NVML loaded from %s", session.path)
         try:
             gpus = session.read_gpus()
         except NvmlError:
@@ -129,21 +137,26 @@ class GpuService:
         return session, devnodes.with_mig_access(gpus, self.driver_root, self.dev_root)
 
     async def _stop(self) -> None:
+        """Stop every NVML user, then shut NVML down: the sampler task first, then the session,
+        whose close waits for a reading still running on the sampler's thread (cancelling the
+        task does not stop the thread) and refuses readings queued behind it."""
         self._inventory.forget()
         await self._stop_events()  # before nvmlShutdown, which the wait must not outlive
-        if self._cache is not None:
-            await self._cache.close()
-            self._cache = None
-        if self._session is not None:
-            session, self._session = self._session, None
+        cache, self._cache = self._cache, None
+        session, self._session = self._session, None
+        if session is not None:
             self.reason = "NVML was shut down"
+        if cache is not None:
+            await cache.close()
+        if session is not None:
             await self._call(session.close)
 
     async def close(self) -> None:
         async with self._lock:
             await self._stop()
-        self._sampler_thread.shutdown(wait=True)
-        self._nvml_thread.shutdown(wait=True)
+        # Both threads are idle now; joining them still must not block the event loop.
+        for executor in (self._sampler_thread, self._nvml_thread):
+            await asyncio.to_thread(executor.shutdown, True)
 
     # -- queries
 

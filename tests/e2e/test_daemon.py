@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 
 from nvplugin import __version__
 from tests.dockerenv import PluginDaemon, _unix_post, free_port, wait_for
+from tests.fakehost.build import write_ld_cache
 from tests.requirements import need_root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,28 +203,63 @@ def test_fifos_where_driver_files_belong_neither_block_nor_kill_the_daemon(
     assert daemon.log().rstrip().endswith("Successfully terminated")
 
 
-def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_factory):
+def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_factory, make_image,
+                                                  docker_engine):
+    """A package-manager upgrade and a module reload: new files, the old ones deleted, ldconfig,
+    a new kernel module version. NVML must come from the new library (1.0's most reported
+    failure was `nvidia_driver_<old>` missing after one), while a container keeps the old
+    volume until it stops."""
     daemon = running_plugin()
-    assert daemon.host is not None
-    old = daemon.host.version
-    assert http_get(daemon.url + "/v1.0/docker/cli")[1].count(f"nvidia_driver_{old}") == 1
-    # Install a newer driver over the old one: new files, new cache, new kernel module version.
-    fake_host_factory(root=daemon.driver_root, version="590.10.01")
-    config = json.loads(daemon.host.nvml_config.read_text())
-    config["driver_version"] = "590.10.01"
-    # The new libcuda answers other sizes: it must be asked again.
-    config["gpus"][0]["cuda_attributes"]["l2_cache_size"] = 40 << 20
-    daemon.host.nvml_config.write_text(json.dumps(config))
+    host = daemon.host
+    assert host is not None and daemon.proc is not None
+    root, old, new = daemon.driver_root, host.version, "590.10.01"
+    # The fake NVML reports the version of the library file it was loaded from, as NVIDIA's
+    # does: no override in its config.
+    config = json.loads(host.nvml_config.read_text())
+    del config["driver_version"]
+    host.nvml_config.write_text(json.dumps(config))
+    assert f"Driver version:          {old}\n" in http_get(daemon.url + "/v1.0/gpu/info")[1]
+    holder = docker_engine.client.containers.run(
+        make_image(), ["sleep", "600"], detach=True, network_mode="none",
+        volume_driver="nvidia-docker", volumes={f"nvidia_driver_{old}": {
+            "bind": "/usr/local/nvidia", "mode": "ro"}})
+    try:
+        fake_host_factory(root=root, version=new)  # new files, links, ldconfig, module version
+        for path in sorted(root.rglob(f"*{old}*"), key=lambda p: -len(p.parts)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        write_ld_cache(root, (root / "etc/ld.so.conf").read_text().split())  # ldconfig again
+        # The new libcuda answers other sizes: it must be asked again.
+        config["gpus"][0]["cuda_attributes"]["l2_cache_size"] = 40 << 20
+        host.nvml_config.write_text(json.dumps(config))
 
-    def new_volume_served() -> bool:
-        answer = _plugin_call(daemon.socket_path, "/VolumeDriver.Get",
-                              {"Name": "nvidia_driver_590.10.01"})
-        return "590.10.01" in ((answer.get("Volume") or {}).get("Mountpoint") or "")
+        def new_volume_served() -> bool:
+            answer = _plugin_call(daemon.socket_path, "/VolumeDriver.Get",
+                                  {"Name": f"nvidia_driver_{new}"})
+            return new in ((answer.get("Volume") or {}).get("Mountpoint") or "")
 
-    assert wait_for(new_volume_served, timeout=20), daemon.log()[-3000:]
-    assert "NVIDIA driver changed from 580.159.04 to 590.10.01" in daemon.log()
-    assert "    L2 Cache:   40960 KiB\n" in http_get(daemon.url + "/v1.0/gpu/info")[1]
-    assert daemon.log().count("Read CUDA memory sizes of 1 GPU(s) from ") == 2
+        assert wait_for(new_volume_served, timeout=30), daemon.log()[-3000:]
+        log = daemon.log()
+        assert f"NVIDIA driver changed from {old} to {new}" in log
+        assert "Driver volume unavailable" not in log
+        info = http_get(daemon.url + "/v1.0/gpu/info")[1]
+        assert f"Driver version:          {new}\n" in info  # what NVML reports now
+        assert "    L2 Cache:   40960 KiB\n" in info
+        assert log.count("Read CUDA memory sizes of 1 GPU(s) from ") == 2
+        cli = http_get(daemon.url + "/v1.0/docker/cli")[1]
+        assert f"nvidia_driver_{new}:" in cli and old not in cli
+        maps = Path(f"/proc/{daemon.proc.pid}/maps").read_text()
+        assert f"libnvidia-ml.so.{new}" in maps and f"libnvidia-ml.so.{old}" not in maps
+        # The running container keeps the old driver's files, and its volume stays while held.
+        listing = holder.exec_run(["ls", "/usr/local/nvidia/lib64"]).output.decode().split()
+        assert f"libcuda.so.{old}" in listing and f"libcuda.so.{new}" not in listing
+        removed = _plugin_call(daemon.socket_path, "/VolumeDriver.Remove",
+                               {"Name": f"nvidia_driver_{old}"})
+        assert removed["Err"] == f"volume nvidia_driver_{old} is in use by 1 container(s)"
+    finally:
+        holder.remove(force=True)
 
 
 def _plugin_call(path: Path, route: str, body: dict) -> dict:

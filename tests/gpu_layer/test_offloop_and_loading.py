@@ -87,7 +87,10 @@ async def test_the_chosen_library_file_is_the_one_used(fake_nvml, start_service,
         service = await start_service(str(chosen))
         assert service.available
         pynvml.nvmlLib.fakeNvmlLibraryPath.restype = ctypes.c_char_p
-        assert pynvml.nvmlLib.fakeNvmlLibraryPath().decode() == str(chosen)
+        # Loaded from the file held open (/proc/self/fd/<n>), which is the chosen one.
+        loaded_as = pynvml.nvmlLib.fakeNvmlLibraryPath().decode()
+        assert loaded_as.startswith("/proc/self/fd/")
+        assert os.path.realpath(loaded_as) == str(chosen)
         await service.close()
 
 
@@ -113,3 +116,26 @@ def test_no_path_means_the_loaders_search(fake_nvml, tmp_path):
                          check=True, cwd=Path(__file__).parents[2]).stdout.splitlines()
     assert out[0] == "True None 580.159.04"
     assert Path(out[1]).resolve() == fake_nvml.library.resolve()
+
+
+async def test_shutdown_waits_for_the_pcie_sampler_and_never_blocks_the_loop(
+        fake_nvml, host_root, caplog):
+    """Seen on the H200 at stop: `NVML cannot read PCIe TX: Uninitialized`, the sampler's thread
+    still reading after nvmlShutdown (cancelling its task does not stop the thread)."""
+    fake_nvml.write(fake_nvml.make_config(2, pcie_delay_ms=250))  # one sample: 4 calls, 1 s
+    service = await GpuService.start(driver_root=host_root, dev_root=host_root,
+                                     nvml_library=str(fake_nvml.library))
+    await service.status()
+    cache = service.status_cache
+    assert cache is not None
+    before = fake_nvml.pcie_calls()
+    cache.max_age = -1.0  # the next status waits for a fresh sample
+    request = asyncio.create_task(service.status())
+    while fake_nvml.pcie_calls() == before:  # the sampler's thread is reading now
+        await asyncio.sleep(0.01)
+    fake_nvml.watch_thread(threading.get_native_id())
+    await service.close()
+    assert fake_nvml.pcie_calls() - before in (4, 8)  # whole samples: none cut by the shutdown
+    assert "Uninitialized" not in caplog.text and "NVML cannot read" not in caplog.text
+    assert fake_nvml.watched_thread_calls() == 0  # nothing of the shutdown ran on the loop
+    await asyncio.gather(request, return_exceptions=True)  # answered or refused, never hung
