@@ -39,6 +39,7 @@ from tests.gpu.report import (
     compare_fields,
     compare_identity,
     compare_info,
+    compare_page,
     compare_placement,
     compare_topology,
     compare_visible,
@@ -48,8 +49,10 @@ from tests.gpu.report import (
     ldd_paths,
     median_ms,
     missing_files,
+    page_assets,
     parse_compute_apps,
     parse_cuda_props,
+    parse_events,
     parse_smi_csv,
     parse_topo_matrix,
     percentile,
@@ -89,6 +92,12 @@ CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit
 AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
 OLD_VOLUMES = "an old driver's volume: doctor shows its space, gc (through the daemon) removes it"
 OLD_VERSION = "1.0.0"  # no driver has it: a volume left by an "older" driver, made by hand
+PAGE = "GPU page at /: every GPU, live numbers, the vecadd container by name, nothing external"
+PAGE_SHOT = "GPU page screenshot in headless Chromium"
+PAGE_BUDGET = 200 * 1024  # the page and everything it loads
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                  "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--hide-scrollbars")
 # The same figure on the one-GPU H200 (docs/gpu-proof.md), to set the multi-GPU one against.
 ONE_GPU_STATUS_P50 = "1.36 ms"
 
@@ -630,12 +639,74 @@ class Proof:
             shutil.copy(self.work / "daemon.log", self.args.keep_log)
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def page_live(self) -> None:
+        """The page while vecadd holds GPU 0: its files, what its stream sends (saved to
+        --page-dir), checked against gpu/status/json and nvidia-smi; a screenshot where a
+        chromium is at hand (none on the GPU host: there the saved stream is the record)."""
+        out = Path(self.args.page_dir) if self.args.page_dir else self.work / "page"
+        out.mkdir(parents=True, exist_ok=True)
+        name = "nvplugin-proof-page"
+        sh("docker", "rm", "-f", name)
+        held = sh(*run_argv(str(self.venv / "bin/nvidia-docker"), "-d", "--name", name,
+                            "--net=none", "-e", "VECADD_HOLD_SECONDS=15", IMAGE, "vecadd"),
+                  env={**os.environ, "NV_GPU": "0"})
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and name not in get("/v1.0/gpu/status/json")[1]:
+                time.sleep(0.25)  # the context is made and the container named
+            html, headers, weight = _fetch_page(out)
+            stream = _capture(API + "/page/events", seconds=5)
+            (out / "events.txt").write_text(stream)
+            status = json.loads(get("/v1.0/gpu/status/json")[1])
+            (out / "gpu-status.json").write_text(json.dumps(status, indent=1))
+            (out / "state.json").write_text(get("/page/state.json")[1])
+            shot = self._page_screenshot(out / "gpu-page.png")
+        finally:
+            sh("docker", "rm", "-f", name)
+        events = parse_events(stream)
+        hello = next((data for kind, data in events if kind == "hello"), {})
+        samples = [data for kind, data in events if kind == "sample"]
+        rows = self._gpu_rows()
+        problems = compare_page(hello, samples, status, [r["uuid"] for r in rows], self.version,
+                                name)
+        if held.returncode != 0:
+            problems.insert(0, f"vecadd did not start: {held.stderr.strip()}")
+        if "default-src 'none'" not in headers.get("Content-Security-Policy", ""):
+            problems.append(f"no Content-Security-Policy on /: {headers}")
+        if weight >= PAGE_BUDGET:
+            problems.append(f"the page and its assets weigh {weight} bytes (budget {PAGE_BUDGET})")
+        external = [u for u in page_assets(html) if "//" in u]
+        problems += [f"the page loads {u} from elsewhere" for u in external]
+        self.report.add(PAGE, not problems, "\n".join(
+            [f"{len(hello.get('inventory', {}).get('gpus', []))} GPU(s) in hello, "
+             f"{len(samples)} samples in 5 s, page + assets {weight} bytes; saved in {out}",
+             *problems]))
+        if shot is None:
+            self.report.skip(PAGE_SHOT, "no chromium on this host (set NVP_CHROMIUM); the page's "
+                             "HTML, state.json and events.txt are saved instead")
+        else:
+            self.report.add(PAGE_SHOT, shot.returncode == 0 and (out / "gpu-page.png").is_file(),
+                            f"{out / 'gpu-page.png'}: {shot.stderr.strip()[-300:]}")
+
+    def _page_screenshot(self, path: Path) -> subprocess.CompletedProcess[str] | None:
+        chromium = os.environ.get("NVP_CHROMIUM") or shutil.which("chromium") \
+            or shutil.which("chromium-browser")
+        if chromium is None:
+            return None
+        profile = tempfile.mkdtemp(prefix="nvplugin-proof-chromium-")
+        try:
+            return sh(chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                      "--window-size=1280,2400", "--timeout=4000",
+                      f"--screenshot={path}", API + "/", timeout=120)
+        finally:
+            shutil.rmtree(profile, ignore_errors=True)
+
     def steps(self) -> tuple[Callable[[], Any], ...]:
         return (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
                 self.check_cuda_sizes, self.check_affinity, self.check_identity,
                 self.check_topology, self.check_list,
                 self.create_volume, self.build_image, self.run_ways,
-                self.selection_and_refusal, self.isolation, self.concurrent,
+                self.page_live, self.selection_and_refusal, self.isolation, self.concurrent,
                 self.old_volumes, self.restart_while_running, self.timings,
                 self.status_all_gpus)
 
@@ -667,6 +738,31 @@ def run_steps(report: Report, steps: Sequence[Callable[[], Any]], gpu_count: int
             report.add(step.__name__, False, f"{type(err).__name__}: {err}")
 
 
+def _fetch_page(out: Path) -> tuple[str, dict[str, str], int]:
+    """GET / and every asset it loads, saved under `out`; (HTML, its headers, total bytes)."""
+    with urllib.request.urlopen(API + "/", timeout=10) as response:
+        body, headers = response.read(), dict(response.headers)
+    (out / "page.html").write_bytes(body)
+    html, weight = body.decode(), len(body)
+    for name in page_assets(html):
+        with urllib.request.urlopen(f"{API}/page/assets/{name}", timeout=10) as response:
+            weight += len(response.read())
+    return html, headers, weight
+
+
+def _capture(url: str, seconds: float) -> str:
+    """What an event stream sends in `seconds` (the stream itself never ends)."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + seconds
+    with urllib.request.urlopen(url, timeout=seconds + 5) as response:
+        while time.monotonic() < deadline:
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -689,6 +785,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wheels", help="install dependencies offline from this wheel directory")
     parser.add_argument("--report", help="also write the summary to this file")
     parser.add_argument("--keep-log", help="copy the daemon's log to this file")
+    parser.add_argument("--page-dir", help="save the GPU page's HTML, state and stream here")
     return parser.parse_args(argv)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -539,3 +540,59 @@ def vm_rss_kib(status: str) -> int | None:
     """VmRSS of a /proc/<pid>/status text, in KiB."""
     match = re.search(r"^VmRSS:\s*(\d+) kB$", status, re.MULTILINE)
     return int(match.group(1)) if match else None
+
+
+# ---------------------------------------------------------------- the GPU page
+
+
+def parse_events(text: str) -> list[tuple[str, Any]]:
+    """Server-sent events as (event name, JSON data), in order; a cut-off last one is dropped."""
+    events = []
+    for block in text.split("\n\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in block.split("\n") if ": " in line)
+        if "event" in fields and "data" in fields:
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+def page_assets(html: str) -> list[str]:
+    """The assets the page loads (`page/assets/<name>`), in order."""
+    return re.findall(r'(?:src|href)="page/assets/([^"]+)"', html)
+
+
+def compare_page(hello: Mapping[str, Any], samples: Sequence[Mapping[str, Any]],
+                 status: Mapping[str, Any], smi_uuids: Sequence[str], driver: str,
+                 container: str) -> list[str]:
+    """What the page's stream showed against gpu/status/json and nvidia-smi: every GPU by UUID
+    and the driver in `hello`, samples a second apart with readings close to gpu/status/json's,
+    every GPU healthy, and the container `container` on a GPU with memory."""
+    problems = []
+    inventory = hello.get("inventory") or {}
+    uuids = [g.get("uuid") for g in inventory.get("gpus", [])]
+    if uuids != list(smi_uuids):
+        problems.append(f"page GPUs {uuids}, nvidia-smi {list(smi_uuids)}")
+    if inventory.get("driver") != driver:
+        problems.append(f"page driver {inventory.get('driver')}, nvidia-smi {driver}")
+    times = [s.get("t") for s in samples]
+    if len(samples) < 2 or times != sorted(set(times)):
+        problems.append(f"expected 2+ samples, each later than the last; got times {times}")
+    if not samples:
+        return problems
+    last = {g["index"]: g for g in samples[-1].get("gpus", [])}
+    for device in status.get("Devices", []):
+        page = last.get(device["Index"], {})
+        for key, ours, limit in (("temperature_c", device["Temperature"], 3),
+                                 ("memory_used_mib", device["Memory"]["GlobalUsed"], 256)):
+            if ours is None or page.get(key) is None or abs(page[key] - ours) > limit:
+                problems.append(f"GPU {device['Index']} {key}: page {page.get(key)}, "
+                                f"gpu/status/json {ours} (allowed difference {limit})")
+    unhealthy = [h for h in samples[-1].get("health") or [] if h.get("state") != "healthy"]
+    if samples[-1].get("health") is None or unhealthy:
+        problems.append(f"health: {samples[-1].get('health')}")
+    seen = [(g["index"], p) for s in samples for g in s.get("gpus", [])
+            for p in g.get("processes", []) if (p.get("container") or {}).get("name") == container]
+    if not seen:
+        problems.append(f"no process of container {container} in {len(samples)} samples")
+    elif not any((p.get("memory_used_mib") or 0) > 0 for _index, p in seen):
+        problems.append(f"{container}'s processes show no GPU memory: {seen[-1]}")
+    return problems
