@@ -56,6 +56,7 @@ def serve_hello(port: int) -> None:
 
 def serve_rest(port: int, root: Path) -> None:
     from nvplugin.api import rest_app
+    from nvplugin.cdi.writer import SpecKeeper
     from nvplugin.core.config import Config
     from nvplugin.driver import discovery
     from nvplugin.gpu.service import GpuService
@@ -65,7 +66,11 @@ def serve_rest(port: int, root: Path) -> None:
                                       nvml_library=discovery.find_nvml_library(root))
         manifest = await asyncio.to_thread(discovery.discover, root,
                                            await gpus.driver_version())
-        return rest_app.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
+        config = Config(driver_root=root, dev_root=root)
+        cdi = SpecKeeper(path=None, kind=config.cdi_kind, host_root=config.host_root, gpus=gpus,
+                         manifest=lambda: manifest)
+        await cdi.refresh("start-up")
+        return rest_app.make_app(gpus, lambda: manifest, config, cdi)
 
     web.run_app(make(), host="127.0.0.1", port=port, access_log=None, print=None)
 

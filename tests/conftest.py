@@ -1,4 +1,4 @@
-"""Shared fixtures: the fake driver host, the fake NVML and the real Docker Engine."""
+"""Shared fixtures: the fake driver host, the fake NVML, the real Docker Engine and Podman."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ _HERE = Path(__file__).parent
 pytest_plugins = [
     module
     for module in ("tests.fakehost.fixtures", "tests.fakenvml.fixtures", "tests.dockerenv",
-                   "tests.web.browser")
+                   "tests.web.browser", "tests.podmanenv")
     if (_HERE.parent / (module.replace(".", "/") + ".py")).exists()
 ]

@@ -95,7 +95,7 @@ def docker_engine() -> Iterator[DockerEngine]:
         proc.wait(timeout=30)
 
 
-def _busybox() -> Path:
+def busybox() -> Path:
     for candidate in BUSYBOX_CANDIDATES:
         if Path(candidate).is_file():
             return Path(candidate)
@@ -103,7 +103,8 @@ def _busybox() -> Path:
     raise AssertionError("unreachable")
 
 
-def _rootfs_tar(busybox: Path, extra_files: Mapping[str, bytes]) -> bytes:
+def rootfs_tar(busybox: Path, extra_files: Mapping[str, bytes]) -> bytes:
+    """A busybox root filesystem (the applets above) with `extra_files`, as a tarball."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for directory in ("bin", "dev", "etc", "proc", "sys", "tmp", "usr", "usr/local"):
@@ -141,7 +142,7 @@ class ImageFactory:
         changes = [f"ENV {name}={value}" for name, value in env.items()]
         changes += [f"LABEL {name}={value}" for name, value in labels.items()]
         changes.append('CMD ["/bin/sh"]')
-        data = _rootfs_tar(_busybox(), extra_files)
+        data = rootfs_tar(busybox(), extra_files)
         repository, _, version = tag.partition(":")
         self.engine.api.import_image_from_data(data, repository=repository, tag=version,
                                                changes=changes)
@@ -186,6 +187,8 @@ class PluginDaemon:
     host: GpuHost | None = None
     # argv put before the daemon's own (e.g. `unshare ... exec "$@"`): it must exec, keeping the pid
     prefix: tuple[str, ...] = ()
+    # Never the host's /var/run/cdi, where engines would read a spec of a test's fake host.
+    cdi_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -195,12 +198,17 @@ class PluginDaemon:
     def socket_path(self) -> Path:
         return self.socket_dir / "nvidia-docker.sock"
 
+    @property
+    def cdi_path(self) -> Path:
+        return (self.cdi_dir or self.volumes_dir.parent / "cdi") / "nvidia-docker.json"
+
     def argv(self) -> list[str]:
         return [
             *self.prefix, sys.executable, "-m", "nvplugin",
             "--driver-root", str(self.driver_root), "--dev-root", str(self.dev_root),
             "-s", str(self.socket_dir), "-d", str(self.volumes_dir),
-            "-l", f"127.0.0.1:{self.port}", "--log-level", "debug", *self.extra_args,
+            "-l", f"127.0.0.1:{self.port}", "--log-level", "debug",
+            "--cdi-dir", str(self.cdi_path.parent), *self.extra_args,
         ]
 
     def start(self, timeout: float = 30.0) -> None:
@@ -221,7 +229,7 @@ class PluginDaemon:
         raise RuntimeError(f"plugin daemon did not become ready:\n{self.log()}")
 
     def ready(self) -> bool:
-        return _unix_post(self.socket_path, "/Plugin.Activate") is not None and _tcp_ok(self.port)
+        return _unix_post(self.socket_path, "/Plugin.Activate") is not None and tcp_ok(self.port)
 
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -255,7 +263,7 @@ def _unix_post(path: Path, route: str) -> bytes | None:
         return None
 
 
-def _tcp_ok(port: int) -> bool:
+def tcp_ok(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True

@@ -172,3 +172,32 @@ def test_a_bad_switch_value_names_the_variable():
 def test_gc_is_a_command_with_json():
     invocation = config.parse(["gc", "--json"], environ={})
     assert (invocation.command, invocation.as_json) == ("gc", True)
+
+
+def test_cdi_defaults_environment_and_off():
+    cfg = config.load([], environ={})
+    assert cfg.cdi_dir == Path("/var/run/cdi") and cfg.cdi_kind == "nvidia.com/gpu"
+    assert cfg.cdi_path == Path("/var/run/cdi/nvidia-docker.json")
+    cfg = config.load([], environ={"NVP_CDI_DIR": "/etc/cdi", "NVP_CDI_KIND": "example.com/gpu"})
+    assert cfg.cdi_path == Path("/etc/cdi/nvidia-docker.json")
+    assert cfg.cdi_kind == "example.com/gpu"
+    off = config.load([], environ={"NVP_CDI_DIR": ""})
+    assert off.cdi_dir is None and off.cdi_path is None
+    assert config.load(["--cdi-dir", "/run/cdi"], environ={"NVP_CDI_DIR": ""}).cdi_dir == Path(
+        "/run/cdi")
+
+
+def test_relative_cdi_dir_is_refused():
+    with pytest.raises(ConfigError, match="--cdi-dir 'cdi' must be an absolute path"):
+        config.load(["--cdi-dir", "cdi"], environ={})
+
+
+def test_the_cdi_command_and_its_output_option():
+    invocation = config.parse(["cdi", "--output", "/etc/cdi/nvidia-docker.json"], environ={})
+    assert invocation.command == "cdi"
+    assert invocation.output == Path("/etc/cdi/nvidia-docker.json")
+    assert config.parse(["cdi"], environ={}).output is None
+    with pytest.raises(ConfigError, match="--output must not be empty"):
+        config.parse(["cdi", "--output", ""], environ={})
+    with pytest.raises(SystemExit):  # argparse's usage line: only `cdi` takes --output
+        config.parse(["list", "--output", "x"], environ={})

@@ -1,4 +1,4 @@
 """What the daemon serves: the Docker volume-plugin protocol and its socket, the REST app, 1.0's
-text and JSON pages, the tabwriter, and the docker/mesos argument answers. Imports `core`,
-`driver`, `gpu` and `volumes`.
+text and JSON pages, the tabwriter, and the docker/mesos/CDI argument answers. Imports `core`,
+`driver`, `gpu`, `volumes` and `cdi`.
 """

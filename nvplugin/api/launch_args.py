@@ -1,4 +1,5 @@
-"""1.0's command-line answers: docker/cli (and its JSON) and mesos/cli.
+"""The command-line answers: 1.0's docker/cli (and its JSON) and mesos/cli, and cdi/cli's
+`--device` values for engines that read CDI specs.
 
 Pure: the volumes per kind, control nodes and selected GPUs in, arguments out.
 """
@@ -84,6 +85,16 @@ def docker_cli_json(args: DockerArgs) -> str:
         {"VolumeDriver": args.volume_driver, "Volumes": list(args.volumes),
          "Devices": list(args.devices)}
     )
+
+
+def cdi_cli_text(devices: Iterable[str]) -> str:
+    """`--device=nvidia.com/gpu=<name> ...` on one line, for `podman run $(curl ...)` and any
+    engine that reads CDI specs."""
+    return " ".join(f"--device={device}" for device in devices)
+
+
+def cdi_cli_json(devices: Iterable[str]) -> str:
+    return go_json({"Devices": list(devices)})
 
 
 def mesos_cli_text(inventory: GpuInventory) -> str:

@@ -1,4 +1,5 @@
-"""The REST API on localhost:3476: nvidia-docker 1.0's routes, under `/v1.0` and unversioned.
+"""The REST API on localhost:3476: nvidia-docker 1.0's routes and the CDI ones (`cdi/spec`,
+`cdi/cli`), under `/v1.0` and unversioned.
 
 Handlers parse the query, make one service call and hand records to `text_pages`, `json_docs`
 or `launch_args`. One middleware maps failures to one-line `text/plain` answers: 400 for a bad
@@ -16,6 +17,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvplugin.api import json_docs, launch_args, text_pages
+from nvplugin.cdi.build import device_arguments
+from nvplugin.cdi.spec import Spec
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
 from nvplugin.core.text import escape_controls
@@ -57,6 +60,14 @@ class ObserveSource(Protocol):
     async def containers_of(self, pids: Iterable[int]) -> dict[int, ContainerRef | None]: ...
 
 
+class CdiSource(Protocol):
+    """What the REST API needs of `nvplugin.cdi.writer.SpecKeeper`."""
+
+    @property
+    def kind(self) -> str: ...
+    def current(self) -> Spec: ...
+
+
 ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -85,6 +96,7 @@ PAGES = web.AppKey("pages", LastPages)
 MANIFEST: web.AppKey[ManifestProvider] = web.AppKey("manifest_provider")
 CONFIG = web.AppKey("config", Config)
 OBSERVE: web.AppKey[ObserveSource | None] = web.AppKey("observe")
+CDI = web.AppKey("cdi", CdiSource)
 
 
 def _text(body: str, status: int = 200) -> web.Response:
@@ -190,6 +202,28 @@ async def mesos_cli(request: web.Request) -> web.Response:
     return _text(await _page(request, launch_args.mesos_cli_text))
 
 
+async def cdi_spec(request: web.Request) -> web.Response:
+    # The same bytes the daemon writes to <cdi-dir>/nvidia-docker.json (with or without one).
+    return web.Response(body=request.app[CDI].current().render(), content_type=JSON)
+
+
+async def _cdi_devices(request: web.Request) -> tuple[str, ...]:
+    dev = request.query.get("dev")
+    asked = _gpus(request).select(dev)  # docker/cli's grammar and 400s
+    chosen = _healthy_only(request, dev, asked)  # and its choice of every GPU
+    source = request.app[CDI]
+    source.current()  # no spec for engines to resolve the names in: 503, with the reason
+    return device_arguments(source.kind, chosen, means_all(dev) and chosen == asked)
+
+
+async def cdi_cli(request: web.Request) -> web.Response:
+    return _text(launch_args.cdi_cli_text(await _cdi_devices(request)))
+
+
+async def cdi_cli_json(request: web.Request) -> web.Response:
+    return _json(launch_args.cdi_cli_json(await _cdi_devices(request)))
+
+
 async def driver_files(request: web.Request) -> web.Response:
     manifest = request.app[MANIFEST]()  # the daemon's current manifest, already in memory
     return _json(json_docs.go_json(manifest.to_json()))
@@ -205,6 +239,9 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/docker/cli/json", docker_cli_json),
     ("/mesos/cli", mesos_cli),
     ("/driver/files", driver_files),
+    ("/cdi/spec", cdi_spec),
+    ("/cdi/cli", cdi_cli),
+    ("/cdi/cli/json", cdi_cli_json),
 )
 
 
@@ -251,17 +288,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
-             observe: ObserveSource | None = None, metrics: Handler | None = None,
-             middlewares: Sequence[Middleware] = ()) -> web.Application:
-    """The REST application; the daemon serves it on `config.listen`. With `observe`, GPU health
-    and containers join gpu/status/json and docker/cli's choice of GPUs; with `metrics`,
-    `GET /metrics` (unversioned: Prometheus' default path). `middlewares` run outermost."""
+             cdi: CdiSource, observe: ObserveSource | None = None,
+             metrics: Handler | None = None, middlewares: Sequence[Middleware] = (),
+             ) -> web.Application:
+    """The REST application; the daemon serves it on `config.listen`, with `cdi` the spec it
+    keeps. With `observe`, GPU health and containers join gpu/status/json and the choice of
+    every GPU (docker/cli, cdi/cli); with `metrics`, `GET /metrics` (unversioned: Prometheus'
+    default path). `middlewares` run outermost."""
     app = web.Application(middlewares=(*middlewares, error_middleware))
     app[GPUS] = gpus
     app[PAGES] = LastPages()
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
     app[OBSERVE] = observe
+    app[CDI] = cdi
     for prefix in (f"/{API_VERSION}", ""):
         for path, handler in ROUTES:
             app.router.add_get(prefix + path, handler)

@@ -1,7 +1,8 @@
 """`nvidia-docker-plugin doctor`: checks this host the way the daemon and Docker will use it.
 
 The probes here do the I/O: driver files and /proc under --driver-root, nodes under --dev-root,
-NVML through `GpuService`, Docker through its SDK, our socket and REST port through plain HTTP.
+NVML through `GpuService`, Docker through its SDK, our socket and REST port through plain HTTP,
+the CDI spec against the one the driver gives now and the engines' spec directories.
 Each yields `Check` records (doctor_checks.py, where the pure verdicts and the rendering live).
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from nvplugin.cdi.spec import ENGINE_SPEC_DIRS, Spec
 from nvplugin.cli.doctor_checks import (
     FAIL,
     PASS,
@@ -30,6 +32,8 @@ from nvplugin.cli.doctor_checks import (
     Check,
     Name,
     VolumeFacts,
+    cdi_conflicts_check,
+    cdi_spec_check,
     compare_versions,
     exit_status,
     health_check,
@@ -384,10 +388,83 @@ def probe_health(cfg: Config, facts: Facts) -> Check:
     return health_check([d for d in devices if isinstance(d, dict)])
 
 
+CDI_SUFFIXES = (".json", ".yaml")  # the spec files engines read
+
+
+def probe_cdi_spec(cfg: Config, facts: Facts) -> Check:
+    from nvplugin.cdi.writer import read_spec, spec_from_host
+    from nvplugin.core.errors import CdiError, NvpluginError
+
+    path = cfg.cdi_path
+    if path is None:
+        return cdi_spec_check(None, None, NvpluginError("disabled"), read_by_default=False)
+    written: Spec | NvpluginError | None
+    try:
+        written = read_spec(path)
+    except CdiError as err:
+        written = err
+    now: Spec | NvpluginError
+    try:
+        now = asyncio.run(spec_from_host(cfg))[0]
+    except NvpluginError as err:
+        now = err
+    return cdi_spec_check(path, written, now, read_by_default=any(
+        _same_dir(cfg.host_root / d.lstrip("/"), path.parent) for d in ENGINE_SPEC_DIRS))
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def probe_cdi_conflicts(cfg: Config, facts: Facts) -> Check:
+    """Other spec files that declare our kind, in the engines' directories (as the engine's host
+    has them, under --host-root) and in ours. One beside ours makes engines refuse both; one in
+    a directory read after ours wins; against a directory of the user's choosing only the
+    former is known."""
+    from nvplugin.cdi.spec import declared_kind
+
+    ours = cfg.cdi_path
+    dirs = [cfg.host_root / d.lstrip("/") for d in ENGINE_SPEC_DIRS]  # in the order read
+    ours_at = next((i for i, d in enumerate(dirs) if ours and _same_dir(d, ours.parent)), None)
+    custom = ours is not None and ours_at is None
+    if ours is not None and ours_at is None:
+        dirs.append(ours.parent)
+        ours_at = len(dirs) - 1
+    seen: set[tuple[int, int]] = set()
+    if ours is not None:
+        with contextlib.suppress(OSError):
+            st = os.stat(ours)
+            seen.add((st.st_dev, st.st_ino))
+    claims: list[tuple[Path, bool]] = []
+    for rank, directory in enumerate(dirs):
+        try:
+            files = sorted(p for p in directory.iterdir() if p.suffix in CDI_SUFFIXES)
+        except OSError:
+            continue
+        for path in files:
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) in seen or not stat.S_ISREG(st.st_mode):
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                kind = declared_kind(path.read_bytes(), path.suffix)
+            except OSError:
+                continue
+            if kind == cfg.cdi_kind:
+                wins = ours_at is not None and (rank == ours_at
+                                                or (not custom and rank > ours_at))
+                claims.append((path, wins))
+    return cdi_conflicts_check(cfg.cdi_kind, ours, claims)
+
+
 Probe = Callable[[Config, Facts], "Check | list[Check]"]
 PROBES: tuple[Probe, ...] = (
     probe_driver, probe_libraries, probe_nvml, probe_nodes, probe_docker, probe_socket,
-    probe_docker_driver, probe_volumes_dir, probe_stale, probe_rest, probe_health,
+    probe_docker_driver, probe_volumes_dir, probe_stale, probe_rest, probe_health, probe_cdi_spec,
+    probe_cdi_conflicts,
 )
 
 

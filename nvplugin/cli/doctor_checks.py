@@ -15,6 +15,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from nvplugin.cdi.spec import ENGINE_SPEC_DIRS, Spec, describe_change
+from nvplugin.core.errors import NvpluginError
 from nvplugin.core.names import DAEMON_PROGRAM as PROGRAM
 from nvplugin.core.names import DRIVER_VOLUME_KIND as KIND
 from nvplugin.volumes.usage import DiskUsage
@@ -35,6 +37,8 @@ class Name(StrEnum):
     STALE = "stale-volumes"
     REST = "rest-api"
     HEALTH = "gpu-health"
+    CDI_SPEC = "cdi-spec"
+    CDI_CONFLICTS = "cdi-conflicts"
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +162,62 @@ def health_check(devices: Sequence[dict[str, Any]]) -> Check:
                  "look for Xid lines in the kernel log (dmesg); the GPU is healthy again after "
                  "--health-recovery without critical events; a GPU that fell off the bus needs "
                  "a reset (nvidia-smi -r) or a reboot")
+
+
+RELOAD = "systemctl reload nvidia-docker (SIGHUP); if the spec stays stale, read the daemon's log"
+
+
+def cdi_spec_check(path: Path | None, written: Spec | NvpluginError | None,
+                   now: Spec | NvpluginError, *, read_by_default: bool) -> Check:
+    """The spec the daemon wrote against the one this host's driver and GPUs give now;
+    `read_by_default`: its directory is one engines read unless told otherwise."""
+    if path is None:
+        return Check(Name.CDI_SPEC, SKIP, "no CDI spec is written (--cdi-dir '')")
+    where = "" if read_by_default else (
+        f"; engines read {' and '.join(ENGINE_SPEC_DIRS)} unless told to read {path.parent} "
+        "(containerd and CRI-O cdi_spec_dirs, dockerd cdi-spec-dirs)")
+    if isinstance(written, NvpluginError):
+        return Check(Name.CDI_SPEC, FAIL, written.message,
+                     f"remove {path}; the daemon writes it again (systemctl reload "
+                     "nvidia-docker)")
+    if isinstance(now, NvpluginError):
+        if written is None:
+            return Check(Name.CDI_SPEC, FAIL, f"no {path}, and none can be made: {now.message}",
+                         "fix the checks above; the daemon writes it once a driver and GPUs "
+                         "answer")
+        return Check(Name.CDI_SPEC, FAIL, f"{path} is stale: no spec can be made now "
+                     f"({now.message}), yet engines still read it", RELOAD)
+    if written is None:
+        return Check(Name.CDI_SPEC, FAIL, f"no {path}: the daemon is not running, or cannot "
+                     "write there", "systemctl start nvidia-docker (or start "
+                     f"nvidia-docker-plugin); its log says why it cannot write {path}")
+    if written != now:
+        return Check(Name.CDI_SPEC, FAIL, f"{path} is stale, the driver now gives: "
+                     f"{describe_change(written, now)}", RELOAD)
+    return Check(Name.CDI_SPEC, PASS, f"{path} matches the driver and GPUs now: "
+                 f"{describe_change(now, now).removeprefix('unchanged: ')}{where}")
+
+
+def cdi_conflicts_check(kind: str, ours: Path | None, claims: Sequence[tuple[Path, bool]],
+                        ) -> Check:
+    """`claims`: other spec files declaring `kind`, each with whether engines prefer it to ours
+    or cannot choose (same directory, or a later one): those fail, the rest warn."""
+    if not claims:
+        return Check(Name.CDI_CONFLICTS, PASS, f"no other CDI spec claims {kind}")
+    winning = [str(p) for p, wins in claims if wins]
+    files = ", ".join(str(p) for p, _ in claims)
+    toolkit = any(p.name.startswith("nvidia.") for p, _ in claims)
+    fix = (f"remove {files}" + (" and stop NVIDIA's toolkit regenerating it (systemctl "
+                                "disable --now nvidia-cdi-refresh.path)" if toolkit else "")
+           + ", or give this daemon another kind: --cdi-kind")
+    mine = f" as {ours} does" if ours else ""
+    if winning:
+        return Check(Name.CDI_CONFLICTS, FAIL, f"{', '.join(winning)} also claim {kind}{mine}: "
+                     "engines refuse a name two specs of one directory define, and take the "
+                     "later directory's (/var/run/cdi over /etc/cdi)", fix)
+    return Check(Name.CDI_CONFLICTS, WARN, f"{files} also claim {kind}{mine}: ours wins for the "
+                 "names both define, theirs still answers the others (stale paths after a "
+                 "driver change)", fix)
 
 
 def exit_status(checks: Sequence[Check]) -> int:

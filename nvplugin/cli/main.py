@@ -1,5 +1,5 @@
-"""`nvidia-docker-plugin [COMMAND]`: one parser, then `serve` (the default), `list`, `doctor` or
-`gc`.
+"""`nvidia-docker-plugin [COMMAND]`: one parser, then `serve` (the default), `list`, `doctor`,
+`gc` or `cdi`.
 
 Only `serve`'s modules are imported up front; the others load when their command runs.
 """
@@ -10,6 +10,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from nvplugin.cdi.names import split_kind
 from nvplugin.core import config as configuration
 from nvplugin.core import logs
 from nvplugin.core.config import Config
@@ -21,6 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
         invocation = configuration.parse(args)
+        split_kind(invocation.config.cdi_kind)  # CDI's name rules: cdi/names.py
     except NvpluginError as err:
         print(f"{DAEMON_PROGRAM}: error: {err}", file=sys.stderr)
         return 2
@@ -42,6 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_gc(cfg, as_json=invocation.as_json, out=sys.stdout,
                       nvml_version=lambda: _nvml_version(cfg))
+    if invocation.command == "cdi":
+        from nvplugin.cli.cdi_spec import run_cdi
+
+        return run_cdi(cfg, output=invocation.output, out=sys.stdout)
     from nvplugin.cli.doctor import run_doctor
 
     return run_doctor(cfg, as_json=invocation.as_json, out=sys.stdout)

@@ -9,12 +9,14 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 from aiohttp import web
 
 from nvplugin.api.plugin import make_app as make_plugin_app
 from nvplugin.api.plugin_socket import start_plugin_site
 from nvplugin.api.rest_app import make_app as make_rest_app
+from nvplugin.cdi.writer import SpecKeeper
 from nvplugin.cli.doctor_checks import Check
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DockerError, NvpluginError
@@ -92,7 +94,9 @@ class Daemon:
                                mounts=lambda: self.store.mounts.counts())
 
         log.info("Provisioning volumes at %s", cfg.volumes_dir)
-        self.driver = DriverState(cfg.driver_root, self._nvml_driver_version)
+        self.driver = DriverState(cfg.driver_root, self._nvml_driver_version,
+                                  devices=partial(devnodes.gpu_set_fingerprint, cfg.driver_root,
+                                                  cfg.dev_root))
         await self.driver.refresh()
         if self.driver.error is not None and self.gpus.available:
             # Without a driver at all, the line above already said so.
@@ -104,6 +108,10 @@ class Daemon:
         await self.store.start()
         self._cleanups.append(self.store.close)
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
+        # Kept at a clean stop: see cdi/writer.py.
+        self.cdi = SpecKeeper(path=cfg.cdi_path, kind=cfg.cdi_kind, host_root=cfg.host_root,
+                              gpus=self.gpus, manifest=self.driver.manifest)
+        await self.cdi.refresh("start-up")
         self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
 
         plugin_app = make_plugin_app(self.store, middlewares=[
@@ -126,7 +134,7 @@ class Daemon:
             await self.plugin_site.publish_spec(cfg)
             return
         rest_app = make_rest_app(
-            self.gpus, self.driver.manifest, cfg, observe=self.observe,
+            self.gpus, self.driver.manifest, cfg, self.cdi, observe=self.observe,
             metrics=self.metrics.handle,
             middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
         page_routes.mount(rest_app, page, await asyncio.to_thread(page_routes.load_assets))
@@ -216,6 +224,7 @@ class Daemon:
             log.info("Driver files changed (version %s)", after)
         else:
             log.info("Driver unchanged (version %s)", after)
+        await self.cdi.refresh(reason)
 
     async def _collect_old_volumes(self) -> None:
         """Old drivers' volumes that no container mounts go (one line each), unless kept."""

@@ -12,13 +12,17 @@ from pathlib import Path
 from nvplugin import __version__
 from nvplugin.core.errors import ConfigError
 from nvplugin.core.hostpath import docker_host_path
-from nvplugin.core.names import DAEMON_PROGRAM, PLUGIN_NAME
+from nvplugin.core.names import CDI_SPEC_FILE, DAEMON_PROGRAM, PLUGIN_NAME
 
 DEFAULT_LISTEN = "localhost:3476"
 DEFAULT_SOCKET_DIR = "/run/docker/plugins"
 DEFAULT_VOLUMES_DIR = "/var/lib/nvidia-docker/volumes"
 DEFAULT_DRIVER_ROOT = "/"
 DEFAULT_HOST_ROOT = "/"
+# Where engines look for CDI specs: /etc/cdi (static) and /var/run/cdi (dynamic, read last, so
+# it wins a clash). A daemon keeps its spec fresh, so the dynamic one.
+DEFAULT_CDI_DIR = "/var/run/cdi"
+DEFAULT_CDI_KIND = "nvidia.com/gpu"
 SPEC_DIR = "/etc/docker/plugins"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # Xids a CUDA program causes in its own context (a bad kernel, a page fault, a watchdog): the GPU
@@ -54,6 +58,13 @@ class Config:
     health_ignore_xids: frozenset[int] = frozenset(
         int(xid) for xid in DEFAULT_HEALTH_IGNORE_XIDS.split(","))
     health_recovery_s: float = DEFAULT_HEALTH_RECOVERY_S  # DEFAULT_HEALTH_RECOVERY, parsed
+    # The CDI spec the daemon keeps true (None: `--cdi-dir ''`, not written) and its kind.
+    cdi_dir: Path | None = Path(DEFAULT_CDI_DIR)
+    cdi_kind: str = DEFAULT_CDI_KIND
+
+    @property
+    def cdi_path(self) -> Path | None:
+        return self.cdi_dir / CDI_SPEC_FILE if self.cdi_dir is not None else None
 
     @property
     def socket_path(self) -> Path:
@@ -110,6 +121,11 @@ _FLAGS: tuple[tuple[str | None, str, str, str, str], ...] = (
     (None, "--host-root", "NVP_HOST_ROOT", DEFAULT_HOST_ROOT,
      "where the Docker host's / is mounted for this daemon (/host in the image); device paths "
      "are given to Docker as that host sees them, so --dev-root must lie under it"),
+    (None, "--cdi-dir", "NVP_CDI_DIR", DEFAULT_CDI_DIR,
+     f"directory of the CDI spec {CDI_SPEC_FILE} the daemon keeps true for Podman, Docker >= 25, "
+     "containerd and CRI-O ('' to write none)"),
+    (None, "--cdi-kind", "NVP_CDI_KIND", DEFAULT_CDI_KIND,
+     "the CDI kind (vendor/class) of the spec's devices, as in --device nvidia.com/gpu=0"),
     (None, "--log-level", "NVP_LOG_LEVEL", "info", "one of " + ", ".join(LOG_LEVELS)),
     (None, "--metrics-listen", "NVP_METRICS_LISTEN", "",
      "also serve /metrics alone at HOST:PORT (or :PORT), for a Prometheus elsewhere; /metrics "
@@ -142,6 +158,13 @@ COMMANDS: dict[str, tuple[str, bool]] = {
     "doctor": ("check this host and explain each problem with a one-line fix", True),
     "gc": ("remove the volumes of older drivers that no container mounts (asks the running "
            "daemon when there is one)", True),
+    "cdi": ("print the CDI spec for this host's driver and GPUs (JSON), as the daemon writes it",
+            False),
+}
+# Options a subcommand takes besides --json: name -> ((flag, metavar, help), ...).
+COMMAND_OPTIONS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "cdi": (("--output", "FILE", "write the spec to FILE atomically (mode 0644) instead of "
+             "printing it"),),
 }
 
 
@@ -152,6 +175,7 @@ class Invocation:
     command: str
     config: Config
     as_json: bool = False
+    output: Path | None = None  # `cdi --output FILE`
 
 
 def _add_flags(parser: argparse.ArgumentParser, environ: Mapping[str, str], *, top: bool) -> None:
@@ -194,6 +218,8 @@ def build_parser(prog: str = DAEMON_PROGRAM, environ: Mapping[str, str] | None =
         _add_flags(sub, environ, top=False)
         if has_json:
             sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        for flag, metavar, option_help in COMMAND_OPTIONS.get(name, ()):
+            sub.add_argument(flag, metavar=metavar, help=option_help)
     return parser
 
 
@@ -202,8 +228,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
 
     argparse itself exits 2 with its usage line for an unknown flag or command."""
     ns = build_parser(environ=environ).parse_args(list(argv))
+    output = getattr(ns, "output", None)
+    if output == "":
+        raise ConfigError("--output must not be empty: name the file to write")
     return Invocation(command=ns.command or "serve", config=config_from_namespace(ns),
-                      as_json=bool(getattr(ns, "json", False)))
+                      as_json=bool(getattr(ns, "json", False)),
+                      output=Path(output) if output else None)
 
 
 def config_from_namespace(ns: argparse.Namespace) -> Config:
@@ -215,6 +245,9 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
     for flag in ("socket_dir", "volumes_dir", "driver_root", "host_root"):
         if not getattr(ns, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} must not be empty")
+    if ns.cdi_dir and not ns.cdi_dir.startswith("/"):
+        raise ConfigError(f"--cdi-dir {ns.cdi_dir!r} must be an absolute path (engines read "
+                          f"{DEFAULT_CDI_DIR} and /etc/cdi), or '' to write no CDI spec")
     driver_root = Path(ns.driver_root)
     dev_root = Path(ns.dev_root) if ns.dev_root else driver_root
     return Config(
@@ -229,6 +262,8 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
         metrics_listen=ns.metrics_listen,
         health_ignore_xids=parse_xids(ns.health_ignore_xids),
         health_recovery_s=parse_duration(ns.health_recovery, "--health-recovery"),
+        cdi_dir=Path(ns.cdi_dir) if ns.cdi_dir else None,
+        cdi_kind=ns.cdi_kind,
     )
 
 

@@ -13,6 +13,7 @@
     ├── NvmlError                 NVML could not be loaded or a call failed
     ├── SelectionError            `invalid device: <item>` (1.0's wording)
     ├── DeviceAccessError         a selected device's nodes are missing on this host
+    ├── CdiError                  a CDI spec that would be invalid, or name a missing host file
     ├── VolumeError               the volume plugin's protocol errors (1.0's wording)
     │   ├── VolumeNameError       `bad volume format: N`, `unsupported volume: N`
     │   ├── VolumeVersionError    `invalid volume version: N`
@@ -79,6 +80,10 @@ class SelectionError(NvpluginError):
 
 
 class DeviceAccessError(NvpluginError):
+    pass
+
+
+class CdiError(NvpluginError):
     pass
 
 

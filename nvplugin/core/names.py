@@ -11,3 +11,6 @@ PLUGIN_NAME = "nvidia-docker"
 # each is mounted in the container (1.0's images set PATH/LD_LIBRARY_PATH under it).
 DRIVER_VOLUME_KIND = "nvidia_driver"
 VOLUME_KINDS: dict[str, tuple[str, str]] = {DRIVER_VOLUME_KIND: ("/usr/local/nvidia", "ro")}
+# The CDI spec file the daemon keeps in its --cdi-dir (named after the plugin, so it never takes
+# the name of NVIDIA's toolkit's nvidia.yaml or another producer's file).
+CDI_SPEC_FILE = f"{PLUGIN_NAME}.json"

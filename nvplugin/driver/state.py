@@ -15,6 +15,7 @@ from nvplugin.driver.manifest import Manifest
 log = logging.getLogger(__name__)
 
 VersionSource = Callable[[], Awaitable[str | None]]
+Fingerprint = Callable[[], object]
 
 
 class DriverState:
@@ -22,17 +23,20 @@ class DriverState:
 
     Discovery reads dozens of files, so it runs in a worker thread. A watcher re-runs it when the
     driver's fingerprint (kernel module version, ld.so.cache) changes, so a driver upgrade needs no
-    restart of the daemon.
+    restart of the daemon; `devices` adds what else should wake it (the GPU set: a GPU, MIG
+    instance or node that appears or goes), read in the same thread.
     """
 
-    def __init__(self, driver_root: Path, version_source: VersionSource) -> None:
+    def __init__(self, driver_root: Path, version_source: VersionSource,
+                 devices: Fingerprint | None = None) -> None:
         self._root = driver_root
         self._version_source = version_source
+        self._devices = devices
         self._manifest: Manifest | None = None
         self._error: NvpluginError | None = DriverNotFound(
             f"NVIDIA driver not discovered yet under {driver_root}"
         )
-        self._fingerprint: discovery.Fingerprint | None = None
+        self._fingerprint: tuple[discovery.Fingerprint, object] | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._elf_memo = elfinfo.ElfMemo()  # a re-discovery re-reads only changed files
@@ -55,10 +59,11 @@ class DriverState:
         """Re-run discovery; returns whether the selected files changed."""
         async with self._lock:
             before = self._manifest
-            fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
-            if fingerprint.problem is not None and (
-                    self._fingerprint is None or self._fingerprint.problem != fingerprint.problem):
-                log.warning("Ignoring the kernel module's version file: %s", fingerprint.problem)
+            fingerprint = await asyncio.to_thread(self._read_fingerprint)
+            problem = fingerprint[0].problem
+            if problem is not None and (
+                    self._fingerprint is None or self._fingerprint[0].problem != problem):
+                log.warning("Ignoring the kernel module's version file: %s", problem)
             self._fingerprint = fingerprint
             try:
                 version = await self._version_source()
@@ -70,19 +75,29 @@ class DriverState:
             self._manifest, self._error = manifest, None
             return before is None or before.digest() != manifest.digest()
 
-    async def _changed_on_disk(self) -> bool:
-        fingerprint = await asyncio.to_thread(discovery.driver_fingerprint, self._root)
-        return fingerprint != self._fingerprint
+    def _read_fingerprint(self) -> tuple[discovery.Fingerprint, object]:
+        return (discovery.driver_fingerprint(self._root),
+                self._devices() if self._devices is not None else None)
+
+    async def _change(self) -> str | None:
+        """Why the driver or the devices changed on disk since the last refresh, or None."""
+        now = await asyncio.to_thread(self._read_fingerprint)
+        last = self._fingerprint
+        if last is None or now[0] != last[0]:
+            return f"driver files changed under {self._root}"
+        if now[1] != last[1]:
+            return "GPU devices changed (a GPU, MIG instance or device node came or went)"
+        return None
 
     def start_watching(self, interval: float,
                        on_change: Callable[[str], Awaitable[None]]) -> None:
-        """Call `on_change(reason)` whenever the driver's fingerprint changes on disk."""
+        """Call `on_change(reason)` whenever the driver's or the devices' fingerprint changes."""
         async def watch() -> None:
             while True:
                 await asyncio.sleep(interval)
                 try:
-                    if await self._changed_on_disk():
-                        await on_change(f"driver files changed under {self._root}")
+                    if (reason := await self._change()) is not None:
+                        await on_change(reason)
                 except NvpluginError as err:
                     log.warning("Driver re-discovery failed: %s", err)
 

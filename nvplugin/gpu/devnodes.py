@@ -8,6 +8,7 @@ missing, and its absence is no error when the nodes are there.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -138,3 +139,37 @@ def selection_nodes(chosen: Selection) -> tuple[DeviceNode, ...]:
                 seen.add(cap.host_path)
                 nodes.append(cap)
     return tuple(nodes)
+
+
+def _listing(directory: Path, depth: int, prefix: str = "") -> tuple[tuple[str, int], ...]:
+    """(relative name, st_rdev) of what is under `directory`, `depth` levels down; at the top
+    level only the names starting with `prefix`."""
+    found: list[tuple[str, int]] = []
+    try:
+        with os.scandir(directory) as scan:
+            entries = sorted((e for e in scan if e.name.startswith(prefix)),
+                             key=lambda e: e.name)
+    except OSError:
+        return ()
+    for entry in entries:
+        try:
+            rdev = entry.stat(follow_symlinks=False).st_rdev
+        except OSError:
+            continue
+        found.append((entry.name, rdev))
+        if depth > 1 and entry.is_dir(follow_symlinks=False):
+            found += [(f"{entry.name}/{name}", sub)
+                      for name, sub in _listing(Path(entry.path), depth - 1)]
+    return tuple(found)
+
+
+def gpu_set_fingerprint(driver_root: Path, dev_root: Path) -> tuple[object, ...]:
+    """Changes when the GPUs a container can be given do, without asking NVML: a GPU appears or
+    goes (`proc/driver/nvidia/gpus/<bus id>`), a MIG instance is made or destroyed (its
+    capability files under `proc/driver/nvidia/capabilities`), or a node appears, goes or changes
+    its major/minor after a module reload (`dev/nvidia*`, `dev/nvidia-caps/*`). Blocking: a few
+    directory listings, cheap enough for the driver watcher's interval."""
+    dev = dev_root / "dev"
+    return (_listing(dev, 1, "nvidia"), _listing(dev / "nvidia-caps", 1),
+            _listing(driver_root / "proc/driver/nvidia/gpus", 1),
+            _listing(driver_root / CAPABILITIES, 5))

@@ -21,10 +21,11 @@ ALLOWED: dict[str, set[str]] = {
     "engine": {"core"},
     "volumes": {"core", "driver"},
     "observe": {"core", "driver", "gpu", "engine"},
-    "api": {"core", "driver", "gpu", "volumes", "observe"},
+    "cdi": {"core", "driver", "gpu"},
+    "api": {"core", "driver", "gpu", "volumes", "observe", "cdi"},
     "wrapper": {"core", "engine"},
     "web": {"core", "driver", "gpu", "volumes", "observe"},
-    "cli": {"core", "driver", "gpu", "volumes", "engine", "observe", "api", "web"},
+    "cli": {"core", "driver", "gpu", "volumes", "engine", "observe", "cdi", "api", "web"},
 }
 def _part(module: str) -> str | None:
     parts = module.split(".")

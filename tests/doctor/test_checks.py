@@ -6,8 +6,10 @@ import json
 import stat
 from pathlib import Path
 
+from nvplugin.cdi.spec import Device, Edits, Node, Spec
 from nvplugin.cli import doctor_checks
 from nvplugin.cli.doctor_checks import FAIL, PASS, SKIP, WARN, Check, Name, health_check
+from nvplugin.core.errors import CdiError, DriverNotFound
 from nvplugin.volumes.usage import DiskUsage
 
 
@@ -111,3 +113,48 @@ def test_health_passes_when_every_gpu_is_healthy_and_warns_with_each_reason():
     assert (check.status, check.detail) == (
         WARN, "GPU 1 unhealthy since 2026-01-01T00:00:01.000Z: double-bit ECC error")
     assert "--health-recovery" in check.fix
+
+
+def _spec(*names: str) -> Spec:
+    node = Node("/dev/nvidia0", "/dev/nvidia0")
+    return Spec("nvidia.com/gpu", tuple(Device(n, Edits(nodes=(node,))) for n in names),
+                Edits(nodes=(Node("/dev/nvidiactl", "/dev/nvidiactl"),)))
+
+
+def test_cdi_spec_verdicts():
+    path = Path("/var/run/cdi/nvidia-docker.json")
+    now = _spec("0", "all")
+    check = doctor_checks.cdi_spec_check
+    assert check(None, None, now, read_by_default=True).status == SKIP
+    ok = check(path, now, now, read_by_default=True)
+    assert ok.status == PASS and "matches the driver and GPUs now: 2 devices" in ok.detail
+    assert "unless told" not in ok.detail
+    elsewhere = check(Path("/srv/cdi/nvidia-docker.json"), now, now, read_by_default=False)
+    assert elsewhere.status == PASS
+    assert "engines read /etc/cdi and /var/run/cdi unless told to read /srv/cdi" in \
+        elsewhere.detail
+    stale = check(path, _spec("0", "1", "all"), now, read_by_default=True)
+    assert stale.status == FAIL and f"{path} is stale" in stale.detail
+    assert "devices removed: 1" in stale.detail and "systemctl reload" in stale.fix
+    missing = check(path, None, now, read_by_default=True)
+    assert missing.status == FAIL and "the daemon is not running" in missing.detail
+    gone = check(path, now, DriverNotFound("no NVIDIA driver found under /"), read_by_default=True)
+    assert gone.status == FAIL and "no spec can be made now (no NVIDIA driver" in gone.detail
+    neither = check(path, None, DriverNotFound("no driver"), read_by_default=True)
+    assert neither.status == FAIL and "none can be made: no driver" in neither.detail
+    foreign = check(path, CdiError("not a CDI spec nvplugin writes: x"), now,
+                    read_by_default=True)
+    assert foreign.status == FAIL and foreign.fix.startswith(f"remove {path}")
+
+
+def test_cdi_conflict_verdicts():
+    check = doctor_checks.cdi_conflicts_check
+    ours = Path("/var/run/cdi/nvidia-docker.json")
+    assert check("nvidia.com/gpu", ours, []).status == PASS
+    toolkit = check("nvidia.com/gpu", ours, [(Path("/var/run/cdi/nvidia.yaml"), True)])
+    assert toolkit.status == FAIL and "/var/run/cdi/nvidia.yaml also claim nvidia.com/gpu" in \
+        toolkit.detail
+    assert "nvidia-cdi-refresh.path" in toolkit.fix and "--cdi-kind" in toolkit.fix
+    static = check("nvidia.com/gpu", ours, [(Path("/etc/cdi/old.json"), False)])
+    assert static.status == WARN and "ours wins for the names both define" in static.detail
+    assert "nvidia-cdi-refresh" not in static.fix

@@ -28,10 +28,13 @@ NOBODY = 65534
 
 def run_doctor(driver_root: Path, *, socket_dir: Path, volumes_dir: Path, listen: str,
                env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+               cdi_dir: Path | str | None = None, extra: tuple[str, ...] = (),
                ) -> tuple[int, dict[str, dict[str, Any]]]:
     argv = [*prefix, sys.executable, "-m", "nvplugin", "doctor", "--json",
             "--driver-root", str(driver_root), "--dev-root", str(driver_root),
-            "-s", str(socket_dir), "-d", str(volumes_dir), "-l", listen]
+            "-s", str(socket_dir), "-d", str(volumes_dir), "-l", listen,
+            "--cdi-dir", str(cdi_dir if cdi_dir is not None else volumes_dir.parent / "cdi"),
+            *extra]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
     assert "Traceback" not in done.stderr, done.stderr
@@ -43,7 +46,8 @@ def run_doctor(driver_root: Path, *, socket_dir: Path, volumes_dir: Path, listen
 def doctor_for(daemon: PluginDaemon, **overrides: Any) -> tuple[int, dict[str, dict[str, Any]]]:
     options: dict[str, Any] = {
         "socket_dir": daemon.socket_dir, "volumes_dir": daemon.volumes_dir,
-        "listen": f"127.0.0.1:{daemon.port}", "env": daemon.env}
+        "listen": f"127.0.0.1:{daemon.port}", "env": daemon.env,
+        "cdi_dir": daemon.cdi_path.parent}
     options.update(overrides)
     return run_doctor(daemon.driver_root, **options)
 
@@ -80,7 +84,7 @@ def test_a_healthy_host_passes_every_check(daemon, docker_engine):
 def test_text_output_is_one_line_per_check_with_a_summary(daemon):
     argv = [sys.executable, "-m", "nvplugin", "doctor", "--driver-root",
             str(daemon.driver_root), "-s", str(daemon.socket_dir), "-d", str(daemon.volumes_dir),
-            "-l", f"127.0.0.1:{daemon.port}"]
+            "-l", f"127.0.0.1:{daemon.port}", "--cdi-dir", str(daemon.cdi_path.parent)]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(REPO), **daemon.env})
     lines = done.stdout.splitlines()
@@ -297,3 +301,45 @@ def test_an_unhealthy_gpu_is_a_warning_with_its_reason(daemon):
 def test_gpu_health_needs_the_rest_api(daemon):
     rc, checks = doctor_for(daemon, listen="")
     assert checks["gpu-health"]["status"] == "SKIP" and rc == 0
+
+
+def test_the_daemons_cdi_spec_passes(daemon):
+    _rc, checks = doctor_for(daemon)
+    assert checks["cdi-spec"]["status"] == "PASS", checks["cdi-spec"]
+    assert f"{daemon.cdi_path} matches the driver and GPUs now: 3 devices" in \
+        checks["cdi-spec"]["detail"]
+    assert checks["cdi-conflicts"]["status"] == "PASS", checks["cdi-conflicts"]
+
+
+def test_a_stale_cdi_spec_fails(daemon):
+    body = json.loads(daemon.cdi_path.read_text())
+    body["devices"] = [d for d in body["devices"] if d["name"] != "0"]
+    daemon.cdi_path.write_text(json.dumps(body))
+    rc, checks = doctor_for(daemon)
+    spec = checks["cdi-spec"]
+    assert rc == 1 and spec["status"] == "FAIL"
+    assert f"{daemon.cdi_path} is stale, the driver now gives: devices added: 0" in spec["detail"]
+    assert "systemctl reload nvidia-docker" in spec["fix"]
+
+
+def test_a_missing_cdi_spec_fails_and_a_disabled_one_is_skipped(daemon, tmp_path):
+    rc, checks = doctor_for(daemon, cdi_dir=tmp_path / "empty-cdi")
+    assert rc == 1 and checks["cdi-spec"]["status"] == "FAIL"
+    assert "the daemon is not running, or cannot write there" in checks["cdi-spec"]["detail"]
+    rc, checks = doctor_for(daemon, cdi_dir="")
+    assert checks["cdi-spec"]["status"] == "SKIP"
+    assert rc == 0
+
+
+def test_another_spec_claiming_the_kind_is_a_conflict(daemon):
+    other = daemon.cdi_path.parent / "nvidia.yaml"
+    other.write_text("---\ncdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n")
+    (daemon.cdi_path.parent / "fpga.json").write_text('{"kind": "example.com/fpga"}')
+    rc, checks = doctor_for(daemon)
+    conflicts = checks["cdi-conflicts"]
+    assert rc == 1 and conflicts["status"] == "FAIL"
+    assert f"{other} also claim nvidia.com/gpu as {daemon.cdi_path} does" in conflicts["detail"]
+    assert "fpga" not in conflicts["detail"]
+    assert "nvidia-cdi-refresh.path" in conflicts["fix"]
+    rc, checks = doctor_for(daemon, extra=("--cdi-kind", "example.com/gpu"))
+    assert checks["cdi-conflicts"]["status"] == "PASS"

@@ -125,6 +125,20 @@ def test_the_cdi_spec_directory_is_created_and_writable():
     assert "RuntimeDirectory" not in service
 
 
+def test_the_daemons_cdi_spec_goes_where_the_unit_lets_it_and_the_user_drop_in_writes_none():
+    unit = parse(UNIT)
+    env = environment(unit)
+    (exec_start,) = unit["Service"]["ExecStart"]
+    cfg = config.load(command_argv(exec_start, env)[1:], environ=env)
+    assert str(cfg.cdi_dir) in ("/var/run/cdi", "/run/cdi")  # /var/run is /run
+    assert Path("/run/cdi") in writable_paths(unit)
+    # As its own user, the daemon may not replace files in /run/cdi, shared with other vendors.
+    user = parse(UNIT, DROP_IN_DIR / "user.conf.example")
+    env = environment(user)
+    (exec_start,) = user["Service"]["ExecStart"]
+    assert config.load(command_argv(exec_start, env)[1:], environ=env).cdi_dir is None
+
+
 def test_the_user_drop_in_never_hands_the_state_directory_over():
     # StateDirectory= with User= chowns the directory recursively, every volume file included.
     service = parse(UNIT, DROP_IN_DIR / "user.conf.example")["Service"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from nvplugin.cdi.spec import Spec
+from nvplugin.cdi.writer import DriverGone
 from nvplugin.core.errors import NvmlError
 from nvplugin.gpu import selection
 from nvplugin.gpu.records import GpuInventory, GpuStatus
@@ -59,3 +61,16 @@ class RecordGpus:
     async def driver_version(self) -> str:
         self._check("driver_version")
         return self.inventory_.versions.driver
+
+
+@dataclass
+class RecordCdi:
+    """A CdiSource over a fixed spec; without one it answers as a daemon with no driver does."""
+
+    spec: Spec | None = None
+    kind: str = "nvidia.com/gpu"
+
+    def current(self) -> Spec:
+        if self.spec is None:
+            raise DriverGone("NVML is unavailable: no CDI spec in this test")
+        return self.spec

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from nvplugin.api import rest_app
+from nvplugin.cdi.writer import SpecKeeper
 from nvplugin.core.config import Config
 from nvplugin.core.errors import NvpluginError
 from nvplugin.driver import discovery
@@ -40,6 +41,7 @@ class LiveRest:
     hostname: str = "gpu-host-1"  # the Hostname label of /metrics
     manifest: Manifest | None = None
     manifest_error: NvpluginError | None = None
+    cdi: SpecKeeper | None = None
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
@@ -79,8 +81,12 @@ class LiveRest:
                                       recovery_s=config.health_recovery_s)
         await self.observe.start()
         self.metrics = Metrics(self.observe, hostname=self.hostname)
+        # As the daemon keeps it, without a file (the writer has its own tests).
+        self.cdi = SpecKeeper(path=None, kind=config.cdi_kind, host_root=self.host_root,
+                              gpus=self.gpus, manifest=self.provide_manifest)
+        await self.cdi.refresh("start-up")
         app = rest_app.make_app(
-            self.gpus, self.provide_manifest, config, observe=self.observe,
+            self.gpus, self.provide_manifest, config, self.cdi, observe=self.observe,
             metrics=self.metrics.handle,
             middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
         self._runner = web.AppRunner(app, access_log=None)

@@ -18,7 +18,7 @@ from nvplugin.core.errors import DriverNotFound
 from nvplugin.driver.manifest import Entry, Link, Manifest
 from nvplugin.gpu.records import GpuInventory
 from tests.rest import records
-from tests.rest.fakes import Node, RecordGpus
+from tests.rest.fakes import Node, RecordCdi, RecordGpus
 
 MANIFEST = Manifest(
     version="375.26",
@@ -42,7 +42,7 @@ def gpus() -> RecordGpus:
 
 @pytest.fixture
 async def client(aiohttp_client: MakeClient, gpus: RecordGpus) -> TestClient:
-    return await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, Config()))
+    return await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, Config(), RecordCdi()))
 
 
 @pytest.mark.parametrize("prefix", PREFIXES, ids=["v1.0", "alias"])
@@ -165,7 +165,7 @@ async def test_nvml_failure_answers_503(client: TestClient, gpus: RecordGpus) ->
 
 async def test_missing_driver_files_answer_503(aiohttp_client: MakeClient, gpus: RecordGpus,
                                                ) -> None:
-    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config()))
+    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config(), RecordCdi()))
     response = await client.get("/driver/files")
     assert response.status == 503
     assert (await response.text()).startswith("no NVIDIA driver under /")
@@ -216,7 +216,7 @@ async def test_devices_under_another_dev_root_are_mapped(
     )
     gpus.inventory_ = type(inventory)(inventory.versions, moved)
     config = Config(dev_root=Path("/run/nvidia/driver"), driver_root=Path("/run/nvidia/driver"))
-    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config, RecordCdi()))
     response = await client.get("/docker/cli?dev=1")
     assert await response.text() == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
@@ -240,7 +240,7 @@ async def test_the_images_devices_are_given_as_the_docker_host_sees_them(
     # The README's container: the host's / at /host, --dev-root /host, --host-root /host.
     _nodes_under(gpus, "/host")
     config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
-    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config, RecordCdi()))
     response = await client.get(prefix + "/docker/cli?dev=1")
     assert await response.text() == (
         "--volume-driver=nvidia-docker --volume=nvidia_driver_375.26:/usr/local/nvidia:ro "
@@ -257,7 +257,7 @@ async def test_a_driver_container_seen_from_the_image_keeps_its_host_path(
     _nodes_under(gpus, "/host/run/nvidia/driver")
     root = Path("/host/run/nvidia/driver")
     config = Config(driver_root=root, dev_root=root, host_root=Path("/host"))
-    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config, RecordCdi()))
     document = await (await client.get("/docker/cli/json?dev=0")).json()
     assert document["Devices"] == [f"/run/nvidia/driver{p}:{p}"
                                    for p in ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia0")]
@@ -271,7 +271,7 @@ async def test_a_node_docker_cannot_see_is_refused_with_503_and_logged(
     _nodes_under(gpus, "/host")
     gpus.nodes = (Node("/dev/nvidiactl", "/dev/nvidiactl"),)
     config = Config(driver_root=Path("/host"), dev_root=Path("/host"), host_root=Path("/host"))
-    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config))
+    client = await aiohttp_client(rest_app.make_app(gpus, lambda: MANIFEST, config, RecordCdi()))
     with caplog.at_level(logging.ERROR, logger="nvplugin.api.rest_app"):
         for path in ("/docker/cli", "/docker/cli/json"):
             response = await client.get(path)
@@ -285,7 +285,8 @@ async def test_a_node_docker_cannot_see_is_refused_with_503_and_logged(
 
 
 def test_routes_are_registered_under_both_prefixes() -> None:
-    app = rest_app.make_app(RecordGpus(*records.one_gpu_host()), lambda: MANIFEST, Config())
+    app = rest_app.make_app(RecordGpus(*records.one_gpu_host()), lambda: MANIFEST, Config(),
+                            RecordCdi())
     paths = {r.canonical for r in app.router.resources()}
     assert paths == {p + path for p in PREFIXES for path, _ in rest_app.ROUTES}
     assert isinstance(app, web.Application)
@@ -293,7 +294,7 @@ def test_routes_are_registered_under_both_prefixes() -> None:
 
 async def test_docker_cli_without_driver_files_is_503(aiohttp_client: MakeClient,
                                                        gpus: RecordGpus) -> None:
-    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config()))
+    client = await aiohttp_client(rest_app.make_app(gpus, no_driver, Config(), RecordCdi()))
     response = await client.get("/docker/cli")
     assert response.status == 503
     assert (await response.text()).startswith("no NVIDIA driver under /")
@@ -319,7 +320,7 @@ async def test_each_app_keeps_its_own_pages(aiohttp_client: MakeClient) -> None:
     first, _ = records.one_gpu_host()
     second, statuses = records.v1_sample_host()
     apps = [await aiohttp_client(rest_app.make_app(RecordGpus(inventory, statuses),
-                                                   lambda: MANIFEST, Config()))
+                                                   lambda: MANIFEST, Config(), RecordCdi()))
             for inventory in (first, second)]
     for client, inventory in zip(apps * 2, (first, second) * 2, strict=True):
         response = await client.get("/gpu/info")

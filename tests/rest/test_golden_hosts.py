@@ -23,6 +23,7 @@ from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
 from tests.fakenvml.build import gpu, make_config
 from tests.fakenvml.cuda import install_fake_cuda
+from tests.rest.fakes import RecordCdi
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE = os.environ.get("NVP_UPDATE_GOLDENS") == "1"
@@ -138,7 +139,7 @@ async def _pages(fake_nvml, fake_cuda_lib: Path, host_root: Path, aiohttp_client
         # --host-root is the fake host's root, so its /dev/nvidia0 is the Docker host's.
         app = rest_app.make_app(service, lambda: manifest,
                                 Config(driver_root=host_root, dev_root=host_root,
-                                       host_root=host_root))
+                                       host_root=host_root), RecordCdi())
         client = await aiohttp_client(app)
         pages = {}
         for route in PAGES:

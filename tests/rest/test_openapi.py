@@ -102,7 +102,9 @@ def _media_schema(where: str, status: str, media: str) -> dict[str, Any]:
     [("/gpu/info", "GpuInfoText"), ("/gpu/info/json", "GpuInfoJson"),
      ("/gpu/status", "GpuStatusText"), ("/mesos/cli", "MesosCli"),
      ("/docker/cli?dev=7", "BadDevice"), ("/docker/cli?dev=%24(reboot)%0A", "BadDeviceHostile"),
-     ("/docker/cli?vol=nvidia_driver_580.159.04", "BadVolume"), ("/gpu", "NotFound")],
+     ("/docker/cli?vol=nvidia_driver_580.159.04", "BadVolume"), ("/gpu", "NotFound"),
+     ("/cdi/cli?dev=1", "CdiCliText"), ("/cdi/cli", "CdiCliAll"),
+     ("/cdi/cli/json?dev=0+1", "CdiCliJson"), ("/cdi/cli?dev=7", "BadDevice")],
 )
 def test_examples_are_what_the_fake_host_answers(live_rest: LiveRest, route: str,
                                                  example: str) -> None:
@@ -129,6 +131,21 @@ def test_metrics_example_is_what_the_fake_host_answers(live_rest: LiveRest) -> N
     lines = set(response.text.splitlines())
     example = SPEC["components"]["examples"]["Metrics"]["value"].splitlines()
     assert [line for line in example if line not in lines] == []
+
+
+def test_cdi_spec_example_is_part_of_what_the_fake_host_answers(live_rest: LiveRest) -> None:
+    """The abridged example, with the example's root replaced by the fake host's: each of its
+    devices and mounts is in the live spec as shown."""
+    live = requests.get(live_rest.url + "/v1.0/cdi/spec", timeout=10).json()
+    text = yaml.safe_dump(SPEC["components"]["examples"]["CdiSpec"]["value"])
+    example = yaml.safe_load(text.replace("/tmp/nvplugin-example/host", str(live_rest.dev_root)))
+    assert {k: v for k, v in example.items() if k not in ("devices", "containerEdits")} == {
+        k: v for k, v in live.items() if k not in ("devices", "containerEdits")}
+    for device in example["devices"]:
+        assert device in live["devices"]
+    assert example["containerEdits"]["deviceNodes"] == live["containerEdits"]["deviceNodes"]
+    for mount in example["containerEdits"]["mounts"]:
+        assert mount in live["containerEdits"]["mounts"]
 
 
 def test_method_not_allowed_example_is_what_the_fake_host_answers(live_rest: LiveRest) -> None:
