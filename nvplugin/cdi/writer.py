@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,6 +120,16 @@ def read_spec(path: Path) -> Spec | None:
     return Spec.from_json(body)
 
 
+def _read_with_mtime(path: Path) -> tuple[Spec | None, float | None]:
+    spec = read_spec(path)
+    if spec is None:
+        return None, None
+    try:
+        return spec, os.stat(path).st_mtime
+    except OSError:
+        return spec, None
+
+
 def write_spec(path: Path, spec: Spec) -> None:
     """Atomically, mode 0644 whatever the umask; the directory is made if missing. Blocking."""
     try:
@@ -146,6 +157,7 @@ class SpecKeeper:
         self._on_disk: Spec | None = None
         self._read_disk = True  # the first refresh learns what a previous daemon left
         self._first = True
+        self._written_at: float | None = None  # UNIX time of the file's content
         self._lock = asyncio.Lock()
 
     def current(self) -> Spec:
@@ -154,12 +166,18 @@ class SpecKeeper:
             raise self._error
         return self._spec
 
+    def age(self) -> float | None:
+        """Seconds since the file's content was written (by this daemon or, when it found it
+        up to date, a previous one); None while there is no file."""
+        return None if self._written_at is None else max(0.0, time.time() - self._written_at)
+
     async def refresh(self, reason: str) -> None:
         async with self._lock:
             if self._read_disk and self.path is not None:
                 self._read_disk = False
                 try:
-                    self._on_disk = await asyncio.to_thread(read_spec, self.path)
+                    self._on_disk, self._written_at = await asyncio.to_thread(
+                        _read_with_mtime, self.path)
                 except CdiError as err:
                     log.warning("Replacing %s: %s", self.path, err)
             try:
@@ -201,7 +219,7 @@ class SpecKeeper:
             return
         log.info("Wrote CDI spec %s (%s): %s%s", self.path, reason,
                  describe_change(self._on_disk, spec), notes)
-        self._on_disk, self._first = spec, False
+        self._on_disk, self._first, self._written_at = spec, False, time.time()
 
     async def _driver_gone(self, err: NvpluginError) -> None:
         self._spec, self._error = None, err
@@ -215,4 +233,4 @@ class SpecKeeper:
             return
         if removed:
             log.info("Removed CDI spec %s: %s", self.path, err)
-        self._on_disk = None
+        self._on_disk, self._written_at = None, None

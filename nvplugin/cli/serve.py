@@ -91,7 +91,8 @@ class Daemon:
         await self.observe.start()
         self._cleanups.append(self.observe.close)
         self.metrics = Metrics(self.observe, hostname=node_name(os.environ),
-                               mounts=lambda: self.store.mounts.counts())
+                               mounts=lambda: self.store.mounts.counts(),
+                               cdi_spec_age=lambda: self.cdi.age())
 
         log.info("Provisioning volumes at %s", cfg.volumes_dir)
         self.driver = DriverState(cfg.driver_root, self._nvml_driver_version,

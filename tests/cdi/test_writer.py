@@ -215,3 +215,25 @@ async def test_an_unwritable_directory_is_one_error_line_and_the_spec_is_still_s
     assert line.startswith(f"Error: cannot write the CDI spec {h.path}: Not a directory")
     assert "--cdi-dir" in line
     assert h.keeper.current().device("0") is not None
+
+
+async def test_the_age_metric_follows_the_files_content(harness):
+    h = await harness()
+    assert h.keeper.age() is None
+    await h.keeper.refresh("start-up")
+    age = h.keeper.age()
+    assert age is not None and 0 <= age < 5
+    old = os.stat(h.path).st_mtime - 3600
+    os.utime(h.path, (old, old))  # as a previous daemon left it an hour ago, up to date
+    successor = SpecKeeper(path=h.path, kind="nvidia.com/gpu", host_root=Path("/"),
+                           gpus=h.gpus, manifest=h.driver.manifest)
+    await successor.refresh("start-up")
+    age = successor.age()
+    assert age is not None and 3590 < age < 3700
+    successor._manifest = lambda: (_ for _ in ()).throw(DriverNotFound("gone"))
+    await successor.refresh("driver gone")
+    assert successor.age() is None
+    idle = SpecKeeper(path=None, kind="nvidia.com/gpu", host_root=Path("/"), gpus=h.gpus,
+                      manifest=h.driver.manifest)
+    await idle.refresh("start-up")
+    assert idle.age() is None

@@ -6,8 +6,9 @@ Installs nvplugin in a fresh virtual environment, starts the daemon with its def
 checks what users rely on, printing PASS/FAIL per step and a summary table. Steps that need
 several GPUs (identity and topology of every GPU, isolation between GPUs, two containers on two
 GPUs at once, status of all GPUs) print SKIP on a host with fewer; skips do not fail the proof.
-Needs root, `docker`, `nvidia-smi`, `nvcc` and `curl`. Leaves the host as it found it (daemon
-stopped, volume removed).
+Needs root, `docker`, `nvidia-smi`, `nvcc` and `curl`; the CDI steps need `podman` on PATH
+(`export PATH=$(gpu-bundle/start-podman gpu-bundle/podman-bin.tar.xz)`) and fail without it.
+Leaves the host as it found it (daemon stopped, volume removed, no CDI spec it did not find).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from tests.gpu.report import (
     SMI_LIVE,
     SMI_STATIC,
     Report,
+    check_bind_mounts,
+    check_cdi_spec,
     compare_affinity,
     compare_cuda_memory,
     compare_fields,
@@ -61,6 +64,8 @@ from tests.gpu.report import (
     skip_reason,
     topo_matrix_text,
     vm_rss_kib,
+    volume_leftovers,
+    within_filesystem,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,6 +96,17 @@ STATUS_ALL = "gpu/status/json answers for every GPU"
 CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit kept out"
 AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
 OLD_VOLUMES = "an old driver's volume: doctor shows its space, gc (through the daemon) removes it"
+CDI_SPEC = Path("/var/run/cdi/nvidia-docker.json")
+CDI_IMAGE = "localhost/nvplugin-proof/cuda:cdi"  # 1.0's PATH and LD_LIBRARY_PATH
+CDI_PLAIN_IMAGE = "localhost/nvplugin-proof/cuda:cdi-plain"  # neither
+CDI_STEPS = (
+    "CDI spec written at start-up: cdiVersion 0.5.0, devices 0, GPU-<uuid> and all, mode 0644",
+    "podman --device nvidia.com/gpu=0: nvidia-smi -L and vecadd (1.0's PATH/LD_LIBRARY_PATH)",
+    "podman --device nvidia.com/gpu=0: nvidia-smi -L and vecadd (no PATH/LD_LIBRARY_PATH)",
+    "podman --device nvidia.com/gpu=all: nvidia-smi -L lists every GPU, vecadd runs",
+    "CDI is zero copy: libcuda and nvidia-smi are ro,nosuid,nodev mounts of the host's files; "
+    "a fresh volumes directory stays empty",
+)
 OLD_VERSION = "1.0.0"  # no driver has it: a volume left by an "older" driver, made by hand
 PAGE = "GPU page at /: every GPU, live numbers, the vecadd container by name, nothing external"
 PAGE_SHOT = "GPU page screenshot in headless Chromium"
@@ -145,6 +161,8 @@ class Proof:
         self.gpus = 0
         self.smi_rows: list[dict[str, str]] = []  # index, uuid, pci.bus_id per GPU
         self.status_answers: tuple[int, int] = (0, 0)  # (answers, answers listing every GPU)
+        self.image_data = b""  # the minimal CUDA image's root filesystem, for Podman too
+        self.cdi_spec_existed = CDI_SPEC.exists()  # a spec the proof did not write stays
 
     # -- set-up -------------------------------------------------------------------------------
     def install(self) -> None:
@@ -168,10 +186,10 @@ class Proof:
         self.report.add("install in a fresh venv", result.returncode == 0 and "plugin" in version,
                         version or result.stderr, time.monotonic() - start)
 
-    def start_daemon(self, label: str = "daemon start to ready") -> float:
+    def start_daemon(self, label: str = "daemon start to ready", *flags: str) -> float:
         log = open(self.work / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
         start = time.monotonic()
-        self.daemon = subprocess.Popen([str(self.venv / "bin/nvidia-docker-plugin")],
+        self.daemon = subprocess.Popen([str(self.venv / "bin/nvidia-docker-plugin"), *flags],
                                        stdout=log, stderr=log)
         while time.monotonic() - start < 60 and self.daemon.poll() is None:
             try:
@@ -366,6 +384,7 @@ class Proof:
             imported = subprocess.run(["docker", "import", *args, "-", tag],
                                       input=data.getvalue(), capture_output=True)
             ok = ok and imported.returncode == 0
+        self.image_data = data.getvalue()
         size = sh("docker", "image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip()
         self.report.add("build the minimal CUDA image", ok,
                         f"{len(libs)} host libraries + vecadd (cudart static); {size} bytes")
@@ -576,6 +595,109 @@ class Proof:
             [f"doctor: {stale.get('status')} {stale.get('detail')}", f"gc: {gc.stdout.strip()}",
              *problems]))
 
+    def cdi_podman(self) -> None:
+        """The daemon's CDI spec through Podman, from a daemon whose volumes directory starts
+        empty and must stay so: every driver file reaches the containers as a bind mount."""
+        podman = shutil.which("podman")
+        if podman is None or not self.image_data:
+            why = ("podman is not on PATH: export PATH=$(gpu-bundle/start-podman "
+                   "gpu-bundle/podman-bin.tar.xz)" if podman is None else
+                   "the minimal CUDA image was not built")
+            for name in CDI_STEPS:
+                self.report.add(name, False, why)
+            return
+        for tag, changes in ((CDI_IMAGE, ["ENV PATH=/usr/local/nvidia/bin:/bin",
+                                          "ENV LD_LIBRARY_PATH=/usr/local/nvidia/lib:"
+                                          "/usr/local/nvidia/lib64"]),
+                             (CDI_PLAIN_IMAGE, [])):
+            args = [a for change in [*changes, 'CMD ["/bin/sh"]'] for a in ("--change", change)]
+            subprocess.run([podman, "import", *args, "-", tag], input=self.image_data,
+                           capture_output=True, check=True)
+        volumes = self.work / "cdi-volumes"
+        volumes.mkdir()
+        self.stop_daemon()
+        started = time.monotonic()
+        self.start_daemon("daemon start to ready, fresh volumes directory",
+                          "--volumes-dir", str(volumes))
+        while not CDI_SPEC.exists() and time.monotonic() - started < 30:
+            time.sleep(0.02)
+        try:
+            self._cdi_checks(podman, volumes)
+        finally:
+            code = self.stop_daemon()
+            kept = CDI_SPEC.exists()
+            self.report.timings["CDI spec kept at a clean stop"] = (
+                f"{'yes' if kept else 'NO'} (daemon exit {code})")
+            for tag in (CDI_IMAGE, CDI_PLAIN_IMAGE):
+                sh(podman, "rmi", "-f", tag)
+            self.start_daemon("daemon restart after the CDI steps")
+
+    def _cdi_checks(self, podman: str, volumes: Path) -> None:
+        rows = self._gpu_rows()
+        uuids = [row["uuid"] for row in rows]
+        try:
+            body = json.loads(CDI_SPEC.read_text())
+            mode: int | None = CDI_SPEC.stat().st_mode & 0o777
+        except (OSError, json.JSONDecodeError) as err:
+            body, mode = {}, None
+            self.report.add(CDI_STEPS[0], False, f"{CDI_SPEC}: {err}")
+        else:
+            served = get("/v1.0/cdi/spec")
+            problems = check_cdi_spec(body, uuids, mode)
+            if served != (200, CDI_SPEC.read_text()):
+                problems.append(f"GET /v1.0/cdi/spec answers {served[0]}, not the file's bytes")
+            names = [d["name"] for d in body.get("devices", [])]
+            mounts = len((body.get("containerEdits") or {}).get("mounts") or [])
+            self.report.add(CDI_STEPS[0], not problems, "\n".join(
+                [f"{CDI_SPEC}: devices {', '.join(names)}; {mounts} mounts", *problems]))
+
+        def run(device: str, image: str, *command: str) -> subprocess.CompletedProcess[str]:
+            return sh(*run_argv(podman, "--rm", "--network=none", "--device",
+                                f"nvidia.com/gpu={device}", image), *command)
+
+        for name, image in ((CDI_STEPS[1], CDI_IMAGE), (CDI_STEPS[2], CDI_PLAIN_IMAGE)):
+            smi, vec = run("0", image, "nvidia-smi", "-L"), run("0", image, "vecadd")
+            ok = (smi.returncode == 0 and "GPU 0: " in smi.stdout and uuids[0] in smi.stdout
+                  and vec.returncode == 0 and "PASS" in vec.stdout)
+            self.report.add(name, ok, "\n".join(x.strip() for x in (
+                smi.stdout, smi.stderr, vec.stdout, vec.stderr) if x.strip()))
+        smi, vec = run("all", CDI_IMAGE, "nvidia-smi", "-L"), run("all", CDI_IMAGE, "vecadd")
+        listed = [line for line in smi.stdout.splitlines() if line.startswith("GPU ")]
+        self.report.add(CDI_STEPS[3], smi.returncode == 0 and len(listed) == len(uuids)
+                        and all(u in smi.stdout for u in uuids) and vec.returncode == 0
+                        and "PASS" in vec.stdout, "\n".join(x.strip() for x in (
+                            smi.stdout, smi.stderr, vec.stdout, vec.stderr) if x.strip()))
+        host = _read(Path("/proc/self/mountinfo")) or ""
+        sources = {m["containerPath"]: m["hostPath"]
+                   for m in (body.get("containerEdits") or {}).get("mounts") or []}
+        targets = ("/usr/local/nvidia/lib64/libcuda.so.1",
+                   "/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/bin/nvidia-smi")
+        expected = {t: within_filesystem(sources.get(t, "(not in the spec)"), host)
+                    for t in targets}
+        inside = run("0", CDI_IMAGE, "cat", "/proc/self/mountinfo")
+        problems = check_bind_mounts(inside.stdout, expected)
+        # The spec's libcuda is the one the host's own loader uses, not some other copy.
+        cuda = os.path.realpath(_ldconfig_path("libcuda.so.1") or "libcuda.so.1")
+        if sources.get(targets[0]) != cuda:
+            problems.append(f"the spec mounts {sources.get(targets[0])} as libcuda.so.1, the "
+                            f"host's ld.so.cache names {cuda}")
+        files = [str(p.relative_to(volumes)) for p in volumes.rglob("*") if p.is_file()]
+        problems += [f"{volumes}: {f}" for f in volume_leftovers(files)]
+        self.report.add(CDI_STEPS[4], inside.returncode == 0 and not problems, "\n".join(
+            [f"{target} <- {source}" for target, source in expected.items()]
+            + [f"{volumes}: {len(files)} files ({', '.join(sorted(files)) or 'none'})",
+               *problems]))
+        plain, cdi = [], []
+        for _ in range(5):
+            start = time.monotonic()
+            sh(*run_argv(podman, "--rm", "--network=none", CDI_IMAGE, "sh", "-c", ":"))
+            plain.append(time.monotonic() - start)
+            start = time.monotonic()
+            run("0", CDI_IMAGE, "sh", "-c", ":")
+            cdi.append(time.monotonic() - start)
+        self.report.timings["podman run (median of 5)"] = median_ms(plain)
+        self.report.timings["podman run --device nvidia.com/gpu=0 (median of 5)"] = median_ms(cdi)
+
     def restart_while_running(self) -> None:
         wrapper = str(self.venv / "bin/nvidia-docker")
         name = "nvplugin-proof-hold"
@@ -631,6 +753,8 @@ class Proof:
         if self.version:
             sh("docker", "volume", "rm", f"nvidia_driver_{self.version}")
         code = self.stop_daemon()
+        if not self.cdi_spec_existed:  # kept at a clean stop by design; the proof's own goes
+            CDI_SPEC.unlink(missing_ok=True)
         log = (self.work / "daemon.log").read_text(errors="replace")
         self.report.add("daemon stops cleanly (SIGTERM)", code == 0
                         and "Successfully terminated" in log and not SOCKET.exists(),
@@ -707,7 +831,7 @@ class Proof:
                 self.check_topology, self.check_list,
                 self.create_volume, self.build_image, self.run_ways,
                 self.page_live, self.selection_and_refusal, self.isolation, self.concurrent,
-                self.old_volumes, self.restart_while_running, self.timings,
+                self.cdi_podman, self.old_volumes, self.restart_while_running, self.timings,
                 self.status_all_gpus)
 
     def run(self) -> int:
@@ -768,6 +892,15 @@ def _read(path: Path) -> str | None:
         return path.read_text().strip()
     except OSError:
         return None
+
+
+def _ldconfig_path(name: str) -> str | None:
+    """Where the host's ld.so.cache says `name` is (the first, 64-bit on these hosts)."""
+    for line in sh("ldconfig", "-p").stdout.splitlines():
+        left, _, path = line.partition(" => ")
+        if left.strip().startswith(name + " ") and "x86-64" in left:
+            return path.strip()
+    return None
 
 
 def _mounts() -> dict[str, Any]:

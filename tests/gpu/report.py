@@ -596,3 +596,73 @@ def compare_page(hello: Mapping[str, Any], samples: Sequence[Mapping[str, Any]],
     elif not any((p.get("memory_used_mib") or 0) > 0 for _index, p in seen):
         problems.append(f"{container}'s processes show no GPU memory: {seen[-1]}")
     return problems
+
+
+# ---------------------------------------------------------------- CDI through Podman
+
+CDI_KIND = "nvidia.com/gpu"
+CDI_VERSION = "0.5.0"  # what Debian 12's Podman 4.3 reads, and what the fields need
+# What a daemon's volumes directory holds before any volume is made: its lock and mount table.
+DAEMON_OWN_FILES = frozenset({".lock", "state.json"})
+
+
+def check_cdi_spec(body: Mapping[str, Any], uuids: Sequence[str], mode: int | None) -> list[str]:
+    """Problems with the daemon's CDI spec on a host whose GPUs are `uuids` (nvidia-smi order)."""
+    problems = []
+    if body.get("cdiVersion") != CDI_VERSION:
+        problems.append(f"cdiVersion {body.get('cdiVersion')!r}, expected {CDI_VERSION}")
+    if body.get("kind") != CDI_KIND:
+        problems.append(f"kind {body.get('kind')!r}, expected {CDI_KIND}")
+    names = [d.get("name") for d in body.get("devices") or []]
+    wanted = [*(str(i) for i in range(len(uuids))), *uuids, "all"]
+    problems += [f"no device {name!r}" for name in wanted if name not in names]
+    if mode != 0o644:
+        problems.append(f"mode {mode if mode is None else oct(mode)}, expected 0o644")
+    return problems
+
+
+def parse_mountinfo(text: str) -> dict[str, tuple[str, list[str]]]:
+    """/proc/self/mountinfo as mount point -> (root within its filesystem, mount options)."""
+    mounts = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 6:
+            mounts[fields[4]] = (fields[3], fields[5].split(","))
+    return mounts
+
+
+def within_filesystem(path: str, mountinfo: str) -> str:
+    """`path` (a real path on the host) as mountinfo's root column shows a bind mount of it:
+    relative to the filesystem it lives on (the longest mount point holding it, the last one
+    mounted there), under that mount's own root."""
+    point, root = "/", "/"
+    for mount_point, (mount_root, _options) in parse_mountinfo(mountinfo).items():
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) >= len(point):
+            point, root = mount_point, mount_root
+    rest = path[len(point):].lstrip("/")
+    return root.rstrip("/") + "/" + rest if rest else root
+
+
+def check_bind_mounts(mountinfo: str, expected: Mapping[str, str]) -> list[str]:
+    """Each container path in `expected` must be a read-only, nosuid, nodev mount of the host file
+    named (its root), not a file of the image or a copy."""
+    mounts = parse_mountinfo(mountinfo)
+    problems = []
+    for target, source in expected.items():
+        if target not in mounts:
+            problems.append(f"{target} is not a mount")
+            continue
+        root, options = mounts[target]
+        if root != source:
+            problems.append(f"{target} mounts {root}, expected {source}")
+        missing = [o for o in ("ro", "nosuid", "nodev") if o not in options]
+        if missing:
+            problems.append(f"{target} lacks {','.join(missing)} ({','.join(options)})")
+    return problems
+
+
+def volume_leftovers(files: Iterable[str]) -> list[str]:
+    """Files (paths relative to a volumes directory) other than the daemon's own: a copy of the
+    driver would show here."""
+    return sorted(f for f in files if f not in DAEMON_OWN_FILES)

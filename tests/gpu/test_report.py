@@ -121,3 +121,70 @@ def test_ldconfig_driver_libraries_resolve_links_to_versioned_files():
              "/lib/libcuda.so.1": "/usr/local/nvidia/lib64/libcuda.so.580.1"}
     found = ldconfig_driver_libraries(text, lambda p: links.get(p, p), "580.1")
     assert found == {"libcuda.so.580.1"}
+
+
+UUID = "GPU-d10c7111-67d9-9e02-1f7a-53d331412b6f"
+
+
+def test_the_cdi_spec_check_names_what_is_missing():
+    from tests.gpu.report import check_cdi_spec
+
+    good = {"cdiVersion": "0.5.0", "kind": "nvidia.com/gpu",
+            "devices": [{"name": "0"}, {"name": UUID}, {"name": "all"}]}
+    assert check_cdi_spec(good, [UUID], 0o644) == []
+    assert check_cdi_spec({**good, "cdiVersion": "0.6.0"}, [UUID], 0o644) == [
+        "cdiVersion '0.6.0', expected 0.5.0"]
+    assert check_cdi_spec({**good, "devices": [{"name": "0"}]}, [UUID], 0o600) == [
+        f"no device {UUID!r}", "no device 'all'", "mode 0o600, expected 0o644"]
+
+
+MOUNTINFO = "\n".join((
+    "612 590 0:45 / / rw,relatime - overlay overlay rw,lowerdir=/x",
+    "640 612 7:3 /lib64/libcuda.so.580.159.04 /usr/local/nvidia/lib64/libcuda.so.1 "
+    "ro,nosuid,nodev,relatime - squashfs /dev/loop3 ro",
+    "641 612 7:3 /lib64/libcuda.so.580.159.04 /usr/lib/x86_64-linux-gnu/libcuda.so.1 "
+    "rw,nosuid,relatime - squashfs /dev/loop3 ro",
+))
+
+
+def test_bind_mounts_are_checked_for_their_source_and_options():
+    from tests.gpu.report import check_bind_mounts, parse_mountinfo
+
+    mounts = parse_mountinfo(MOUNTINFO)
+    assert mounts["/usr/local/nvidia/lib64/libcuda.so.1"] == (
+        "/lib64/libcuda.so.580.159.04", ["ro", "nosuid", "nodev", "relatime"])
+    source = "/lib64/libcuda.so.580.159.04"
+    assert check_bind_mounts(MOUNTINFO, {"/usr/local/nvidia/lib64/libcuda.so.1": source}) == []
+    assert check_bind_mounts(MOUNTINFO, {
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1": source,
+        "/usr/lib64/libcuda.so.1": source,
+        "/usr/local/nvidia/lib64/libcuda.so.1": "/lib64/libcuda.so.575.51.02"}) == [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1 lacks ro,nodev (rw,nosuid,relatime)",
+        "/usr/lib64/libcuda.so.1 is not a mount",
+        "/usr/local/nvidia/lib64/libcuda.so.1 mounts /lib64/libcuda.so.580.159.04, expected "
+        "/lib64/libcuda.so.575.51.02"]
+
+
+def test_only_the_daemons_own_files_may_be_in_a_cdi_only_volumes_dir():
+    from tests.gpu.report import volume_leftovers
+
+    assert volume_leftovers([".lock", "state.json"]) == []
+    assert volume_leftovers(["state.json", "nvidia_driver/580.159.04/lib64/libcuda.so.1"]) == [
+        "nvidia_driver/580.159.04/lib64/libcuda.so.1"]
+
+
+HOST_MOUNTINFO = """\
+22 1 252:1 / / rw,relatime - ext4 /dev/vda1 rw
+30 22 7:3 / /usr/local/nvidia ro,nosuid,nodev,relatime - squashfs /dev/loop3 ro
+"""
+
+
+def test_a_host_file_as_mountinfo_names_its_bind_mount():
+    from tests.gpu.report import within_filesystem
+
+    assert within_filesystem("/usr/local/nvidia/lib64/libcuda.so.580.159.04", HOST_MOUNTINFO) \
+        == "/lib64/libcuda.so.580.159.04"
+    assert within_filesystem("/usr/lib/x86_64-linux-gnu/libcuda.so.1", HOST_MOUNTINFO) == \
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+    assert within_filesystem("/usr/local/nvidia", HOST_MOUNTINFO) == "/"
+    assert within_filesystem("/usr/local/nvidiax/y", HOST_MOUNTINFO) == "/usr/local/nvidiax/y"
