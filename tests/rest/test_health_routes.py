@@ -15,7 +15,7 @@ from nvplugin.gpu.records import EVENT_XID, GpuEvent
 from nvplugin.observe.health import HealthTracker
 from nvplugin.observe.records import ContainerRef, GpuHealth
 from tests.rest import records
-from tests.rest.fakes import RecordGpus
+from tests.rest.fakes import RecordCdi, RecordGpus
 from tests.rest.test_app import DOCKER_ALL, MANIFEST
 
 MakeClient = Callable[..., Awaitable[TestClient]]
@@ -55,7 +55,7 @@ def observed() -> Observed:
 async def client(aiohttp_client: MakeClient, observed: Observed) -> TestClient:
     inventory, statuses = records.v1_sample_host()
     app = rest_app.make_app(RecordGpus(inventory, statuses), lambda: MANIFEST, Config(),
-                            observe=observed)
+                            RecordCdi(), observe=observed)
     return await aiohttp_client(app)
 
 
@@ -63,7 +63,7 @@ async def client(aiohttp_client: MakeClient, observed: Observed) -> TestClient:
 async def plain(aiohttp_client: MakeClient) -> TestClient:
     inventory, statuses = records.v1_sample_host()
     return await aiohttp_client(rest_app.make_app(RecordGpus(inventory, statuses),
-                                                  lambda: MANIFEST, Config()))
+                                                  lambda: MANIFEST, Config(), RecordCdi()))
 
 
 @pytest.mark.parametrize("query", ["", "?dev=", "?dev=all", "?dev=*"])
