@@ -21,15 +21,16 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvplugin.core.errors import NvpluginError
-from nvplugin.volumes.names import VolumeInfo, shown
+from nvplugin.core.text import parse_json, quote_untrusted
+from nvplugin.volumes.names import MAX_MOUNT_ID, VolumeInfo, shown
 from nvplugin.volumes.store import OldVolume, VolumeStore
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
 MAX_BODY = 64 * 1024
-MAX_MOUNT_ID = 256
 STORE: web.AppKey[VolumeStore] = web.AppKey("volume_store", VolumeStore)
+_DECODED = frozenset({"", "identity", "gzip", "deflate"})  # what aiohttp itself decodes
 COLLECT_ROUTE = "/NvidiaDockerPlugin.CollectOldVolumes"
 
 Body = dict[str, Any]
@@ -38,6 +39,8 @@ Handler = Callable[[VolumeStore, Body], Awaitable[Body]]
 
 class BadRequest(Exception):
     """The request itself is malformed (not JSON, no Name): answered with 400."""
+
+    close_connection = False  # the stream cannot be trusted past this request
 
 
 def reply(body: Body, status: int = 200) -> web.Response:
@@ -75,12 +78,25 @@ def _mount_id(body: Body) -> str:
 
 
 async def _read_body(request: web.Request) -> Body:
-    raw = await request.read()
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    undecodable = BadRequest(
+        f"the request body cannot be decoded (Content-Encoding {quote_untrusted(encoding, 64)}): "
+        "send it unencoded, as Docker does")
+    if encoding not in _DECODED:
+        raise undecodable  # aiohttp would hand over the encoded bytes as they are
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as err:
+        # The rest of the body cannot be read either: aiohttp would try after the answer (and
+        # log a traceback); the connection ends with this answer instead.
+        request.content.feed_eof()
+        undecodable.close_connection = True
+        raise undecodable from err
     if not raw.strip():
         return {}  # Activate's body is empty; a blank body means "no fields"
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        body = parse_json(raw)
+    except ValueError as err:
         raise BadRequest(f"the request body is not JSON: {err}") from err
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
@@ -196,7 +212,10 @@ def _endpoint(handler: Handler, nulls: tuple[str, ...],
         except BadRequest as err:
             message = f"{request.path}: {err}"
             log.error("Error: %s", message)
-            return reply({**dict.fromkeys(nulls), "Err": message}, status=400)
+            response = reply({**dict.fromkeys(nulls), "Err": message}, status=400)
+            if err.close_connection:
+                response.force_close()
+            return response
 
     return serve
 

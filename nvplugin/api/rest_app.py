@@ -21,7 +21,7 @@ from nvplugin.cdi.build import device_arguments
 from nvplugin.cdi.spec import Spec
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
-from nvplugin.core.text import escape_controls
+from nvplugin.core.text import escape_controls, quote_untrusted
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.records import GpuInventory, GpuStatus
@@ -262,6 +262,18 @@ def _route_name(request: web.Request) -> str:
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.body_exists:
+        # GETs take no body, yet one that cannot be decoded (a wrong Content-Encoding) made
+        # aiohttp log a traceback while draining it after the answer: read it here instead.
+        try:
+            await request.read()
+        except web.RequestPayloadError:
+            request.content.feed_eof()
+            encoding = quote_untrusted(request.headers.get("Content-Encoding", ""), 64)
+            response = _text(f"the request body cannot be decoded (Content-Encoding "
+                             f"{encoding}); these requests take no body\n", status=400)
+            response.force_close()
+            return response
     try:
         return await handler(request)
     except web.HTTPNotFound:

@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from nvplugin.core.atomicfile import write_atomic
+from nvplugin.core.errors import UnsafeFileError
+from nvplugin.core.regularfile import read_file
+from nvplugin.core.text import escape_controls, parse_json
+from nvplugin.volumes.names import MAX_MOUNT_ID, MAX_NAME, shown
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
+MAX_STATE = 16 << 20  # a thousand containers' mounts take ~100 KB
+# Docker mounts one ID more than once only for `docker cp` and the like; a count beyond this is
+# damage, not use (a 4000-digit count was once accepted and held its volume forever).
+MAX_COUNT = 1 << 20
 STATE_FILE = "state.json"  # in the volumes directory
 
 
@@ -70,20 +78,20 @@ class MountTable:
 
     # -- disk --------------------------------------------------------------------------------
     def load(self) -> None:
-        """Read the saved table (blocking). A missing file is an empty table; a damaged one is
-        set aside as `state.json.corrupt` so the daemon still starts."""
+        """Read the saved table (blocking). A missing file is an empty table; a damaged one (not
+        JSON, nested or numbered beyond reason, not a regular file, too large) is set aside as
+        `state.json.corrupt` so the daemon still starts."""
         try:
-            raw = self.path.read_bytes()
+            raw = read_file(self.path, MAX_STATE)
+            self._counts = _decode(raw)
         except FileNotFoundError:
             self._counts = {}
-            return
-        try:
-            self._counts = _decode(raw)
-        except ValueError as err:
+        except (ValueError, UnsafeFileError) as err:
             aside = self.path.with_name(self.path.name + ".corrupt")
             self.path.replace(aside)
+            why = err.message if isinstance(err, UnsafeFileError) else str(err)
             log.warning("Ignoring damaged mount state %s (%s); kept as %s",
-                        self.path, err, aside)
+                        self.path, escape_controls(why[:200]), aside)
             self._counts = {}
         self._saved = self._changes
 
@@ -115,8 +123,8 @@ def read_counts(path: Path) -> dict[str, int]:
 
 def _decode(raw: bytes) -> dict[str, dict[str, int]]:
     try:
-        body: Any = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        body: Any = parse_json(raw)
+    except ValueError as err:
         raise ValueError(f"not JSON: {err}") from err
     if not isinstance(body, dict) or body.get("format") != STATE_FORMAT:
         raise ValueError(f"expected an object with format {STATE_FORMAT}")
@@ -125,9 +133,21 @@ def _decode(raw: bytes) -> dict[str, dict[str, int]]:
         raise ValueError("'mounts' is not an object")
     table: dict[str, dict[str, int]] = {}
     for name, ids in mounts.items():
+        if len(name) > MAX_NAME:
+            raise ValueError(f"a volume name longer than {MAX_NAME} characters")
         if not isinstance(ids, dict):
-            raise ValueError(f"mounts of {name!r} is not an object")
-        kept = {k: v for k, v in ids.items() if isinstance(v, int) and v > 0}
+            raise ValueError(f"mounts of {shown(name)!r} is not an object")
+        kept = {}
+        for mount_id, count in ids.items():
+            if len(mount_id) > MAX_MOUNT_ID:
+                raise ValueError(f"a mount ID longer than {MAX_MOUNT_ID} characters")
+            if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+                continue  # not a count this daemon writes: that mount is not held
+            if count > MAX_COUNT:
+                raise ValueError("a mount count of " + (
+                    f"{count}" if count < 10**30 else f"{len(str(count))} digits")
+                    + f", over {MAX_COUNT}")
+            kept[mount_id] = count
         if kept:
             table[name] = kept
     return table

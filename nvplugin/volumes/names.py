@@ -16,6 +16,7 @@ KIND = DRIVER_VOLUME_KIND
 NAME_RE = re.compile(r"^([a-zA-Z0-9_.-]+)_([0-9.]+)$")  # 1.0's grammar: greedy, last `_`
 VERSION_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")  # refuses `..`, which would leave the kind dir
 MAX_NAME = 255
+MAX_MOUNT_ID = 256  # Docker's are 64 hex digits
 
 
 @dataclass(frozen=True, slots=True)

@@ -325,3 +325,21 @@ async def test_each_app_keeps_its_own_pages(aiohttp_client: MakeClient) -> None:
     for client, inventory in zip(apps * 2, (first, second) * 2, strict=True):
         response = await client.get("/gpu/info")
         assert await response.text() == text_pages.gpu_info_text(inventory)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_the_server_cannot_decode_is_a_400_never_a_traceback(
+        client: TestClient, encoding: str, caplog: pytest.LogCaptureFixture) -> None:
+    for _ in range(3):
+        response = await client.get("/v1.0/gpu/info", data=b"not compressed at all",
+                                    headers={"Content-Encoding": encoding})
+        assert response.status == 400
+        assert await response.text() == (f"the request body cannot be decoded (Content-Encoding "
+                                          f"{encoding}); these requests take no body\n")
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert (await client.get("/v1.0/docker/cli")).status == 200
+
+
+async def test_a_body_is_ignored_as_1_0_ignored_it(client: TestClient) -> None:
+    response = await client.get("/v1.0/gpu/info", data=b"{}", headers={"Content-Encoding": "x"})
+    assert response.status == 200

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from tests.volumes.conftest import VERSION, Driver, Plugin
+from tests.volumes.conftest import DOCKER_ACCEPT, VERSION, Driver, Plugin
 
 NAME = f"nvidia_driver_{VERSION}"
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
@@ -126,6 +126,30 @@ async def test_garbage_gets_a_clear_err_and_the_server_keeps_serving(
     assert len(answer["Err"]) < 300
     assert (await plugin.call("/VolumeDriver.Capabilities"))["Capabilities"] == {"Scope": "local"}
     assert list(plugin.store.kind_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(("body", "headers", "err"), [
+    (b"[" * 30_000 + b"]" * 30_000, {},
+     "/VolumeDriver.Mount: the request body is not JSON: nested deeper than"),
+    (b'{"Name": "nvidia_driver_1", "ID": ' + b"7" * 5_000 + b"}", {},
+     "/VolumeDriver.Mount: the request body is not JSON: a number of more than"),
+    (b'{"Name": "nvidia_driver_1"}', {"Content-Encoding": "gzip"},
+     "/VolumeDriver.Mount: the request body cannot be decoded (Content-Encoding gzip)"),
+    (b'{"Name": "nvidia_driver_1"}', {"Content-Encoding": "br, zstd, x-unknown"},
+     "/VolumeDriver.Mount: the request body cannot be decoded (Content-Encoding br, zstd"),
+], ids=["deep-nesting", "5000-digits", "not-gzip", "unknown-encoding"])
+async def test_hostile_bodies_are_400_with_one_log_line_never_500(
+        plugin: Plugin, body: bytes, headers: dict[str, str], err: str,
+        caplog: pytest.LogCaptureFixture):
+    status, ctype, text = await plugin.raw("/VolumeDriver.Mount", body,
+                                           headers={**DOCKER_ACCEPT, **headers})
+    assert (status, ctype) == (400, CONTENT_TYPE), text
+    answer = json.loads(text)
+    assert answer["Err"].startswith(err), answer
+    assert answer["Mountpoint"] is None and len(answer["Err"]) < 300
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None  # one line, no traceback
+    assert (await plugin.call("/VolumeDriver.Capabilities"))["Capabilities"] == {"Scope": "local"}
 
 
 @pytest.mark.parametrize(("method", "route", "status", "err"), [

@@ -93,6 +93,42 @@ async def test_foreign_state_is_refused(tmp_path: Path, body: object):
     assert saved(table) == {} and (tmp_path / "state.json.corrupt").exists()
 
 
+@pytest.mark.parametrize(("raw", "why"), [
+    (b'{"format": 1, "mounts": {"a": ' * 2_000 + b"1" + b"}}" * 2_000,
+     "nested deeper than"),
+    (b'{"format": 1, "mounts": {"nvidia_driver_1.0": {"c1": ' + b"9" * 4_000 + b"}}}",
+     "a mount count of 4000 digits"),
+    (b'{"format": 1, "mounts": {"nvidia_driver_1.0": {"c1": 1000000000000}}}',
+     "a mount count of 1000000000000"),
+    (b'{"format": 1, "mounts": {"nvidia_driver_1.0": {"' + b"i" * 300 + b'": 1}}}',
+     "a mount ID longer than 256 characters"),
+    (b'{"format": 1, "mounts": {"' + b"n" * 300 + b'": {"c1": 1}}}',
+     "a volume name longer than 255 characters"),
+], ids=["nesting", "4000-digits", "huge-count", "long-id", "long-name"])
+async def test_hostile_state_is_set_aside_and_bounded(tmp_path: Path, raw: bytes, why: str,
+                                                      caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "state.json"
+    path.write_bytes(raw)
+    table = MountTable(path)
+    table.load()  # the daemon starts: no RecursionError, no 4000-digit count kept
+    assert saved(table) == {}
+    assert (tmp_path / "state.json.corrupt").read_bytes() == raw
+    assert not path.exists()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert line.startswith(f"Ignoring damaged mount state {path} (") and why in line
+    assert len(line) < 400
+
+
+async def test_state_that_is_no_regular_file_is_set_aside_without_blocking(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    path = tmp_path / "state.json"
+    os.mkfifo(path)
+    table = MountTable(path)
+    await asyncio.wait_for(asyncio.to_thread(table.load), 10)
+    assert saved(table) == {} and stat.S_ISFIFO(os.lstat(tmp_path / "state.json.corrupt").st_mode)
+    assert "is a FIFO, not a regular file" in caplog.text
+
+
 async def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path):
     target = tmp_path / "spec"
     write_atomic(target, b"one", 0o644)
