@@ -7,6 +7,8 @@ gets its own event loop in a background thread, as the daemon's loop would be it
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -24,6 +26,10 @@ from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.exposition import Metrics
 from nvplugin.observe.service import ObserveService
+from nvplugin.volumes.store import VolumeStore
+from nvplugin.web import routes as page_routes
+from nvplugin.web.feed import LiveFeed
+from nvplugin.web.panels import Panels
 
 T = TypeVar("T")
 
@@ -45,6 +51,8 @@ class LiveRest:
     _loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+    _page: LiveFeed | None = None
+    _store: VolumeStore | None = None
 
     @property
     def url(self) -> str:
@@ -89,6 +97,13 @@ class LiveRest:
             self.gpus, self.provide_manifest, config, self.cdi, observe=self.observe,
             metrics=self.metrics.handle,
             middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
+        # The GPU page, as the daemon mounts it (volumes in a directory of their own).
+        self._store = VolumeStore(Path(tempfile.mkdtemp(prefix="live-rest-volumes-")),
+                                  self.provide_manifest)
+        await self._store.start()
+        self._page = LiveFeed(self.gpus, Panels(self._store, lambda: None, None), self.observe,
+                              host_root=self.host_root)
+        page_routes.mount(app, self._page, await asyncio.to_thread(page_routes.load_assets))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
@@ -98,6 +113,11 @@ class LiveRest:
     async def _stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._page is not None:
+            await self._page.close()
+        if self._store is not None:
+            await self._store.close()
+            shutil.rmtree(self._store.volumes_dir, ignore_errors=True)
         if self.observe is not None:
             await self.observe.close()
         if self.gpus is not None:
