@@ -201,3 +201,30 @@ def test_the_cdi_command_and_its_output_option():
         config.parse(["cdi", "--output", ""], environ={})
     with pytest.raises(SystemExit):  # argparse's usage line: only `cdi` takes --output
         config.parse(["list", "--output", "x"], environ={})
+
+
+def test_observe_flags_have_defaults_environment_and_named_errors():
+    cfg = config.load([], environ={})
+    assert cfg.metrics_host_port is None
+    assert cfg.health_ignore_xids == frozenset({13, 31, 43, 45, 68, 109})
+    assert cfg.health_recovery_s == 300.0
+    cfg = config.load([], environ={"NVP_METRICS_LISTEN": ":9400",
+                                   "NVP_HEALTH_IGNORE_XIDS": "13, 43",
+                                   "NVP_HEALTH_RECOVERY": "90s"})
+    assert cfg.metrics_host_port == ("0.0.0.0", 9400)
+    assert cfg.health_ignore_xids == frozenset({13, 43}) and cfg.health_recovery_s == 90.0
+    assert config.load(["--health-ignore-xids", ""], environ={}).health_ignore_xids == frozenset()
+    for value, seconds in (("300", 300.0), ("2.5", 2.5), ("5m", 300.0), ("1h", 3600.0)):
+        assert config.load(["--health-recovery", value], environ={}).health_recovery_s == seconds
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--health-recovery", "0"], "invalid --health-recovery '0'"),
+    (["--health-recovery", "5 minutes"], "invalid --health-recovery '5 minutes'"),
+    (["--health-recovery", "nan"], "invalid --health-recovery 'nan'"),
+    (["--health-ignore-xids", "13,x79"], "invalid --health-ignore-xids item 'x79'"),
+    (["--metrics-listen", "9400"], "invalid --metrics-listen listen address '9400'"),
+])
+def test_bad_observe_values_are_named(args, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load(args, environ={})

@@ -14,8 +14,11 @@ nvplugin's own metrics are prometheus_client's, on a registry of the daemon's ow
     nvplugin_cdi_spec_age_seconds                    when a CDI spec source is wired in
     process_*, python_*                              prometheus_client's process collectors
 
-A scrape renders the GPU families once per observation (an 8-GPU page is ~25 kB; re-rendering
-it per scrape would cost more than the rest of the answer) and nvplugin's own every time.
+A page is rendered at most once per `page_max_age` (1 s, the observations' own age limit) and
+whenever the observation or a GPU's health changed: prometheus_client writes ~7 us per sample,
+so the request histograms alone would cost more than the rest of a scrape (0.34 ms for three
+routes), and Prometheus scrapes seconds apart anyway. Back-to-back scrapes are served from
+memory (bench/bench_metrics.py).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from nvplugin.observe import dcgm
-from nvplugin.observe.records import Observation
+from nvplugin.observe.records import GpuHealth, Observation
 from nvplugin.observe.service import ObserveService
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,11 @@ class Metrics:
 
     def __init__(self, service: ObserveService, *, hostname: str,
                  mounts: Callable[[], Mapping[str, int]] | None = None,
-                 cdi_spec_age: Callable[[], float | None] | None = None) -> None:
+                 cdi_spec_age: Callable[[], float | None] | None = None,
+                 page_max_age: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.service = service
+        self.page_max_age = page_max_age
+        self._clock = clock
         self.hostname = hostname
         self.mounts = mounts
         self.cdi_spec_age = cdi_spec_age
@@ -93,7 +99,7 @@ class Metrics:
                                    registry=self.registry)
         self.registry.register(_StateCollector(self))
         self._observation: Observation | None = None  # the one the current scrape shows
-        self._rendered: tuple[Observation, bytes] | None = None
+        self._page: tuple[float, tuple[GpuHealth, ...], bytes] | None = None  # at, health, page
 
     def record_build(self, seconds: float, size: int, ok: bool) -> None:
         self.builds.labels("ok" if ok else "error").inc()
@@ -101,17 +107,18 @@ class Metrics:
             self.build_seconds.observe(seconds)
             self.build_bytes.inc(size)
 
-    def _gpu_page(self, observation: Observation | None) -> bytes:
-        if observation is None:
-            return b""
-        if self._rendered is None or self._rendered[0] is not observation:
-            self._rendered = (observation, dcgm.render(observation, self.hostname))
-        return self._rendered[1]
-
     async def page(self) -> bytes:
         observation = await self.service.observation()
-        self._observation = observation
-        return self._gpu_page(observation) + generate_latest(self.registry)
+        health = self.service.health()
+        cached = self._page
+        if cached is not None and observation is self._observation and cached[1] == health \
+                and self._clock() - cached[0] < self.page_max_age:
+            return cached[2]
+        self._observation = observation  # what the state collector shows
+        gpus = b"" if observation is None else dcgm.render(observation, self.hostname)
+        page = gpus + generate_latest(self.registry)
+        self._page = (self._clock(), health, page)
+        return page
 
     async def handle(self, _request: web.Request) -> web.Response:
         return web.Response(body=await self.page(),
