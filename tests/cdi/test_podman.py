@@ -233,3 +233,24 @@ def test_the_spec_stays_at_a_clean_stop(daemon: IsolatedDaemon):
     assert daemon.log().rstrip().endswith("Successfully terminated")
 
 
+
+
+def test_a_mig_instance_made_is_added_without_a_restart(cdi_daemon: Callable[..., Any]):
+    from tests.fakehost.build import write_mig_capabilities
+
+    daemon = cdi_daemon(n_gpus=1, mig={(1, 0): (12, 13)})
+    assert daemon.host is not None
+    before = json.loads(daemon.cdi_path.read_text())
+    assert "0:1" not in [d["name"] for d in before["devices"]]
+    config = json.loads(daemon.host.nvml_config.read_text())
+    config["gpus"][0]["mig_devices"].append(
+        {"uuid": "MIG-00020000-0000-0000-0000-000000000000", "gpu_instance_id": 2,
+         "compute_instance_id": 0})
+    daemon.host.nvml_config.write_text(json.dumps(config))
+    # What making an instance changes on the host: its capability files appear, and the
+    # nvidia-caps nodes nvidia-modprobe makes for them; the GPU nodes stay as they were.
+    write_mig_capabilities(daemon.driver_root, daemon.dev_root, {(2, 0): (21, 22)})
+    body = wait_for_spec(daemon, lambda b: "0:1" in [d["name"] for d in b.get("devices", [])])
+    mig = next(d for d in body["devices"] if d["name"].startswith("MIG-00020000"))
+    assert [n["path"] for n in mig["containerEdits"]["deviceNodes"]] == [
+        "/dev/nvidia0", "/dev/nvidia-caps/nvidia-cap21", "/dev/nvidia-caps/nvidia-cap22"]
