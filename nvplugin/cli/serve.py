@@ -168,7 +168,7 @@ class Daemon:
 
             return await asyncio.to_thread(doctor.collect, cfg)
 
-        panels = Panels(self.store, lambda: self.driver.version, findings)
+        panels = Panels(self.store, lambda: self.driver.version, findings, self.cdi)
         feed = LiveFeed(self.gpus, panels, self.observe, host_root=cfg.host_root)
         self._cleanups.append(feed.close)  # after the REST runner's cleanup ended its streams
         return feed

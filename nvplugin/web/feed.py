@@ -179,7 +179,7 @@ class LiveFeed:
         except (NvpluginError, OSError) as err:
             volumes = {"error": str(err)}
         return {"available": gpus is not None, "reason": reason, "inventory": gpus,
-                "volumes": volumes, "doctor": self.panels.doctor(),
+                "volumes": volumes, "cdi": self.panels.cdi(), "doctor": self.panels.doctor(),
                 "attribution": self._observe is not None}
 
     # -- the sampler

@@ -1,5 +1,5 @@
-"""The page's slow panels: the driver volumes (built or not, size, mounts held) and `doctor`'s
-findings, read off the event loop and kept, so a page open costs no probe.
+"""The page's slow panels: the driver volumes (built or not, size, mounts held), the CDI spec's
+state and `doctor`'s findings, read off the event loop and kept, so a page open costs no probe.
 
 Doctor's probes take up to seconds (Docker, sockets, NVML): they run in a worker thread at most
 once every `DOCTOR_MAX_AGE_S` while someone watches, and the page shows the last findings with
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from nvplugin.cdi.writer import SpecKeeper
 from nvplugin.core.errors import NvpluginError
 from nvplugin.volumes.names import VolumeInfo, parse_name
 from nvplugin.volumes.store import VolumeStore
@@ -68,12 +69,14 @@ def tree_size(path: Path) -> TreeSize:
 
 class Panels:
     def __init__(self, store: VolumeStore, driver_version: Callable[[], str | None],
-                 doctor: Findings | None, *, clock: Callable[[], float] = time.monotonic,
+                 doctor: Findings | None, cdi: SpecKeeper | None = None, *,
+                 clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time,
                  doctor_max_age: float = DOCTOR_MAX_AGE_S) -> None:
         self._store = store
         self._driver_version = driver_version
         self._doctor = doctor
+        self._cdi = cdi
         self._clock = clock
         self._wall = wall
         self._doctor_max_age = doctor_max_age
@@ -106,6 +109,23 @@ class Panels:
         for key in [k for k in self._sizes if k not in wanted]:
             del self._sizes[key]  # removed or rebuilt
         return dict(self._sizes)
+
+    # -- CDI
+
+    def cdi(self) -> dict[str, Any] | None:
+        """The spec the daemon keeps (None: this daemon has no CDI), or why there is none."""
+        keeper = self._cdi
+        if keeper is None:
+            return None
+        where = None if keeper.path is None else str(keeper.path)
+        try:
+            spec = keeper.current()
+        except NvpluginError as err:
+            return {"path": where, "kind": keeper.kind, "error": err.message}
+        age = keeper.age()
+        return {"path": where, "kind": spec.kind, "version": spec.version,
+                "devices": [device.name for device in spec.devices],
+                "written_at": None if age is None else self._wall() - age, "error": None}
 
     # -- doctor
 

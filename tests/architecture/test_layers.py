@@ -24,7 +24,7 @@ ALLOWED: dict[str, set[str]] = {
     "cdi": {"core", "driver", "gpu"},
     "api": {"core", "driver", "gpu", "volumes", "observe", "cdi"},
     "wrapper": {"core", "engine"},
-    "web": {"core", "driver", "gpu", "volumes", "observe"},
+    "web": {"core", "driver", "gpu", "volumes", "observe", "cdi"},
     "cli": {"core", "driver", "gpu", "volumes", "engine", "observe", "cdi", "api", "web"},
 }
 def _part(module: str) -> str | None:

@@ -124,6 +124,7 @@ async def test_hello_carries_cards_history_and_panels(make_feed: MakeFeed):
     assert hello["volumes"]["volumes"] == [{
         "name": f"nvidia_driver_{DRIVER}", "version": DRIVER, "built": False, "current": True,
         "mounts": 0, "created": None, "files": None, "bytes": None}]
+    assert hello["cdi"] is None and hello["attribution"] is False  # neither handed in here
     json.dumps(hello, allow_nan=False)  # what the stream sends must be strict JSON
 
 

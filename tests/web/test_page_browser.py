@@ -90,6 +90,11 @@ def test_page_shows_both_gpus_live(running_plugin, browser: Browser, tmp_path: P
     page.wait_for_selector('#doctor-checks [data-check="nvml"]', timeout=30_000)
     assert "PASS" in page.inner_text('#doctor-checks [data-check="nvml"]')
     assert f"nvidia_driver_{daemon.host.version}" in page.inner_text("#volumes-rows")
+    cdi = page.inner_text("#cdi")  # the spec the daemon keeps, as GET /cdi/spec serves it
+    with urllib.request.urlopen(daemon.url + "/v1.0/cdi/spec", timeout=10) as answer:
+        spec = json.loads(answer.read())
+    assert f"{daemon.cdi_path}: cdiVersion {spec['cdiVersion']}, kind {spec['kind']}, " \
+        f"{len(spec['devices'])} devices" in cdi
 
     shot = tmp_path / "gpu-page.png"
     page.screenshot(path=str(shot), full_page=True)

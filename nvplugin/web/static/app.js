@@ -192,6 +192,7 @@
     $("containers-note").textContent = state.attribution ? ""
       : "Processes as NVML reports them; this daemon does not map them to containers.";
     showVolumes(state.volumes);
+    showCdi(state.cdi);
     showDoctor(state.doctor);
   }
 
@@ -265,6 +266,18 @@
       el("td", { text: `${v.built ? "built" : "not built yet"}${v.current ? "" : " (another driver: stale)"}` }),
       el("td", { text: na(v.files) ? "—" : String(v.files) }), el("td", { text: mib(v.bytes) }),
       el("td", { text: String(v.mounts) }), el("td", { text: v.created || "—" }))));
+  }
+
+  function showCdi(cdi) {
+    const box = $("cdi");
+    box.hidden = !cdi; // this daemon keeps no CDI spec
+    if (!cdi) return;
+    const where = cdi.path || "not written to disk (--cdi-dir '')";
+    box.replaceChildren(el("h3", { text: "CDI spec" }), el("p", {
+      text: cdi.error ? `${where}: no spec: ${cdi.error}`
+        : `${where}: cdiVersion ${cdi.version}, kind ${cdi.kind}, ${cdi.devices.length} devices `
+          + `(${cdi.devices.join(", ")})${cdi.written_at ? `, written ${when(cdi.written_at)}` : ""}`,
+    }));
   }
 
   function showDoctor(doctor) {
