@@ -4,7 +4,6 @@ route that refuses (and records) any request for another host."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,8 +67,6 @@ def browser() -> Iterator[Browser]:
     except ImportError:
         need(False, "playwright for Python (pip install playwright; no browser download)")
         raise
-    # Playwright must not look for, or fetch, a browser of its own.
-    os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=executable, headless=True,
                                               args=list(CHROMIUM_FLAGS))
