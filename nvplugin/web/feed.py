@@ -28,6 +28,7 @@ from nvplugin import __version__
 from nvplugin.core.errors import NvpluginError
 from nvplugin.gpu.records import GpuStatus
 from nvplugin.gpu.service import GpuService
+from nvplugin.observe.records import GpuHealth
 from nvplugin.observe.service import ObserveService
 from nvplugin.web import documents
 from nvplugin.web.history import INTERVAL_S, SERIES, History
@@ -84,8 +85,10 @@ class LiveFeed:
         self._clients: set[Client] = set()
         self._last_touch = float("-inf")
         self._task: asyncio.Task[None] | None = None
-        self._sample: dict[str, Any] | None = None
-        self._panels: dict[str, Any] | None = None
+        self._sample: dict[str, Any] = {}
+        self._sample_at = float("-inf")  # `clock` time of the last read, as _panels_at
+        self._panels: dict[str, Any] = {}
+        self._panels_at = float("-inf")
         self._panels_event: bytes | None = None
         self._closed = False
         self.ticks = 0  # for tests and the benchmark
@@ -128,11 +131,12 @@ class LiveFeed:
     # -- what is sent
 
     async def hello(self) -> dict[str, Any]:
-        """Everything a page needs to draw itself: panels, history and the latest sample."""
-        if self._panels is None:
-            self._panels = await self._read_panels()
-        if self._sample is None:
-            self._sample = await self._read_sample()
+        """Everything a page needs to draw itself: panels, history and the latest sample (read
+        now when the sampler has not run lately: nobody watched, so what it kept is old)."""
+        if self._clock() - self._panels_at > PANELS_EVERY * self.interval + 1:
+            self._panels, self._panels_at = await self._read_panels(), self._clock()
+        if self._clock() - self._sample_at > 2 * self.interval:
+            self._sample, self._sample_at = await self._read_sample(), self._clock()
         return {"version": __version__, "interval_s": self.interval,
                 "length": self.history.length, "series": SERIES,
                 "history": self.history.snapshot(), "sample": self._sample, **self._panels}
@@ -156,7 +160,7 @@ class LiveFeed:
         return documents.sample(self._wall(), statuses, None, containers=containers,
                                 starts=await self._start_times(pids), states=self._health())
 
-    def _health(self) -> Any:
+    def _health(self) -> tuple[GpuHealth, ...] | None:
         return None if self._observe is None else self._observe.health()
 
     async def _start_times(self, pids: set[int]) -> dict[int, float]:
@@ -195,12 +199,12 @@ class LiveFeed:
         log.debug("GPU page sampler idle, stopping")
 
     async def _tick(self) -> None:
-        self._sample = await self._read_sample()
+        self._sample, self._sample_at = await self._read_sample(), self._clock()
         self.ticks += 1
         self._broadcast(documents.event("sample", self._sample))
         if self.ticks % PANELS_EVERY != 1:
             return
-        self._panels = await self._read_panels()
+        self._panels, self._panels_at = await self._read_panels(), self._clock()
         panels_event = documents.event("panels", self._panels)
         if panels_event != self._panels_event:
             self._panels_event = panels_event

@@ -240,3 +240,17 @@ async def test_health_containers_and_since_come_from_observe(
     finally:
         await feed.close()
         await observe.close()
+
+
+async def test_a_page_opened_after_a_pause_gets_fresh_readings(make_feed: MakeFeed, fake_nvml):
+    clock = Clock()
+    feed = await make_feed(1, clock=clock, sleep=clock.sleep)
+    feed.touch()
+    while feed.sampling:
+        await asyncio.sleep(0)
+    kept = feed.ticks
+    fake_nvml.update(lambda c: c["gpus"][0].update(temperature=55))
+    clock.now += 3600  # nobody watched for an hour
+    hello = await feed.hello()
+    assert hello["sample"]["gpus"][0]["temperature_c"] == 55  # not what was kept an hour ago
+    assert feed.ticks == kept
