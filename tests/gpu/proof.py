@@ -33,6 +33,7 @@ from typing import Any
 from tests.gpu.report import (
     SMI_FIELDS,
     SMI_LIVE,
+    SMI_METRICS,
     SMI_STATIC,
     Report,
     check_bind_mounts,
@@ -42,20 +43,24 @@ from tests.gpu.report import (
     compare_fields,
     compare_identity,
     compare_info,
+    compare_metric_labels,
     compare_page,
     compare_placement,
     compare_topology,
     compare_visible,
+    container_samples,
     count_gpus,
     format_summary,
     ldconfig_driver_libraries,
     ldd_paths,
     median_ms,
+    metrics_by_gpu,
     missing_files,
     page_assets,
     parse_compute_apps,
     parse_cuda_props,
     parse_events,
+    parse_prometheus,
     parse_smi_csv,
     parse_topo_matrix,
     percentile,
@@ -110,6 +115,8 @@ CDI_STEPS = (
 OLD_VERSION = "1.0.0"  # no driver has it: a volume left by an "older" driver, made by hand
 PAGE = "GPU page at /: every GPU, live numbers, the vecadd container by name, nothing external"
 PAGE_SHOT = "GPU page screenshot in headless Chromium"
+METRICS = "/metrics: dcgm-exporter's names and labels, values as nvidia-smi reads them"
+METRICS_CONTAINER = "/metrics and gpu/status/json: a CUDA container's process by its name"
 PAGE_BUDGET = 200 * 1024  # the page and everything it loads
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -812,6 +819,77 @@ class Proof:
             self.report.add(PAGE_SHOT, shot.returncode == 0 and (out / "gpu-page.png").is_file(),
                             f"{out / 'gpu-page.png'}: {shot.stderr.strip()[-300:]}")
 
+    def metrics_live(self) -> None:
+        """/metrics next to nvidia-smi: every SMI_METRICS field asked alone (a field this
+        nvidia-smi lacks is noted, not failed), each GPU's labels, every GPU healthy with its
+        NVML events registered, then a CUDA container holding GPU 0 named in /metrics and in
+        gpu/status/json by the ID Docker gives it; 50 scrapes timed."""
+        status, page = get("/metrics")
+        samples = parse_prometheus(page)
+        ours = metrics_by_gpu(samples)
+        rows = self._gpu_rows()
+        detail: list[str] = []
+        problems = [] if status == 200 else [f"GET /metrics: {status}"]
+        problems += compare_metric_labels(samples, [
+            {**row, "name": smi["name"], "driver_version": smi["driver_version"]}
+            for row, smi in zip(rows, parse_smi_csv(sh(
+                "nvidia-smi", "--query-gpu=name,driver_version", "--format=csv").stdout),
+                strict=False)])
+        for field, spec in SMI_METRICS.items():
+            smi = sh("nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits")
+            if smi.returncode != 0:
+                detail.append(f"{field}: this nvidia-smi cannot tell ({smi.stdout.strip()})")
+                continue
+            for index, value in enumerate(smi.stdout.strip().splitlines()):
+                lines, wrong = compare_fields({field: value.strip()},
+                                              ours.get(str(index), {}), {field: spec})
+                detail += [f"GPU {index} {line}" for line in lines]
+                problems += [f"GPU {index} {problem}" for problem in wrong]
+        health = [s for s in samples if s.name == "nvplugin_gpu_healthy"]
+        if len(health) != self.gpus or any(s.value != 1 for s in health):
+            problems.append(f"nvplugin_gpu_healthy: {[(s.labels, s.value) for s in health]}")
+        log = (self.work / "daemon.log").read_text(errors="replace")
+        problems += [line for line in log.splitlines() if "reports no NVML events" in line
+                     or "health follows NVML reads only" in line]
+        self.report.add(METRICS, not problems, "\n".join(detail + problems))
+
+        name = "nvplugin-proof-metrics"
+        sh("docker", "rm", "-f", name)
+        held = sh(*run_argv(str(self.venv / "bin/nvidia-docker"), "-d", "--name", name,
+                            "--net=none", "-e", "VECADD_HOLD_SECONDS=30", IMAGE, "vecadd"),
+                  env={**os.environ, "NV_GPU": "0"})
+        try:
+            container_id = sh("docker", "inspect", "--format", "{{.Id}}", name).stdout.strip()
+            found: dict[str, float] = {}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and len(found) < 2:
+                found = container_samples(parse_prometheus(get("/metrics")[1]), name)
+                time.sleep(0.5)  # the context is made, then the engine names the container
+            status_doc = json.loads(get("/v1.0/gpu/status/json")[1])
+            owners = [p.get("Container") for p in status_doc["Devices"][0]["Processes"] or []]
+            apps = sh("nvidia-smi", "--query-compute-apps=pid,gpu_uuid,process_name",
+                      "--format=csv,noheader").stdout.strip()
+        finally:
+            sh("docker", "rm", "-f", name)
+        wrong = [] if held.returncode == 0 else [f"vecadd did not start: {held.stderr.strip()}"]
+        if found.get("nvplugin_container_gpu_processes") != 1.0 or \
+                not found.get("nvplugin_container_gpu_memory_used_bytes"):
+            wrong.append(f"/metrics for {name}: {found}")
+        wanted = {"ID": container_id, "Name": name, "Runtime": "docker"}
+        if wanted not in owners:
+            wrong.append(f"gpu/status/json GPU 0 processes' containers: {owners}, wanted {wanted}")
+        self.report.add(METRICS_CONTAINER, not wrong, "\n".join(
+            [f"/metrics: {found}", f"gpu/status/json: {owners}", f"nvidia-smi: {apps}",
+             *wrong]))
+        samples_s = []
+        for _ in range(50):
+            began = time.perf_counter()
+            get("/metrics")
+            samples_s.append(time.perf_counter() - began)
+        gpus = f"{self.gpus} GPU{'s' if self.gpus != 1 else ''}"
+        self.report.timings[f"/metrics p50 over 50 ({gpus})"] = \
+            f"{percentile(samples_s, 50) * 1e3:.2f} ms"
+
     def _page_screenshot(self, path: Path) -> subprocess.CompletedProcess[str] | None:
         chromium = os.environ.get("NVP_CHROMIUM") or shutil.which("chromium") \
             or shutil.which("chromium-browser")
@@ -830,7 +908,8 @@ class Proof:
                 self.check_cuda_sizes, self.check_affinity, self.check_identity,
                 self.check_topology, self.check_list,
                 self.create_volume, self.build_image, self.run_ways,
-                self.page_live, self.selection_and_refusal, self.isolation, self.concurrent,
+                self.page_live, self.metrics_live, self.selection_and_refusal, self.isolation,
+                self.concurrent,
                 self.cdi_podman, self.old_volumes, self.restart_while_running, self.timings,
                 self.status_all_gpus)
 

@@ -666,3 +666,92 @@ def volume_leftovers(files: Iterable[str]) -> list[str]:
     """Files (paths relative to a volumes directory) other than the daemon's own: a copy of the
     driver would show here."""
     return sorted(f for f in files if f not in DAEMON_OWN_FILES)
+
+
+# ---------------------------------------------------------------- /metrics (issue 16)
+
+# nvidia-smi --query-gpu field -> (dcgm-exporter's metric, tolerance as compare_fields takes it).
+# Each field is asked alone: a field an older nvidia-smi lacks fails only itself.
+SMI_METRICS: dict[str, tuple[tuple[str, ...], float]] = {
+    "temperature.gpu": (("DCGM_FI_DEV_GPU_TEMP",), 3),
+    "temperature.memory": (("DCGM_FI_DEV_MEMORY_TEMP",), 3),
+    "power.draw": (("DCGM_FI_DEV_POWER_USAGE",), 0.25),
+    "clocks.sm": (("DCGM_FI_DEV_SM_CLOCK",), 0.25),
+    "clocks.mem": (("DCGM_FI_DEV_MEM_CLOCK",), 0.05),
+    "utilization.gpu": (("DCGM_FI_DEV_GPU_UTIL",), 15),
+    "utilization.memory": (("DCGM_FI_DEV_MEM_COPY_UTIL",), 15),
+    "memory.used": (("DCGM_FI_DEV_FB_USED",), 0.02),
+    "memory.free": (("DCGM_FI_DEV_FB_FREE",), 0.02),
+    "memory.reserved": (("DCGM_FI_DEV_FB_RESERVED",), 0.01),
+    "ecc.errors.corrected.volatile.total": (("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL",), 0),
+    "ecc.errors.uncorrected.volatile.total": (("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL",), 0),
+    "ecc.errors.corrected.aggregate.total": (("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL",), 0),
+    "ecc.errors.uncorrected.aggregate.total": (("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL",), 0),
+    "remapped_rows.correctable": (("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS",), 0),
+    "remapped_rows.uncorrectable": (("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS",), 0),
+}
+_SAMPLE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
+_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+def parse_prometheus(text: str) -> list[Sample]:
+    """The samples of a Prometheus text page (comments skipped; label escapes undone)."""
+    samples = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if line.startswith("#") or match is None:
+            continue
+        labels = {k: re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), v)
+                  for k, v in _LABEL.findall(match.group(2) or "")}
+        samples.append(Sample(match.group(1), labels, float(match.group(3))))
+    return samples
+
+
+def metrics_by_gpu(samples: Iterable[Sample]) -> dict[str, dict[str, float]]:
+    """GPU index -> {DCGM metric: value}, from the samples that carry a `gpu` label."""
+    found: dict[str, dict[str, float]] = {}
+    for sample in samples:
+        if sample.name.startswith("DCGM_FI_") and "gpu" in sample.labels:
+            found.setdefault(sample.labels["gpu"], {})[sample.name] = sample.value
+    return found
+
+
+def compare_metric_labels(samples: Iterable[Sample], smi_rows: Sequence[Mapping[str, str]],
+                          ) -> list[str]:
+    """Problems unless every DCGM sample carries dcgm-exporter's labels with nvidia-smi's
+    values (`smi_rows`: index, uuid, name, pci.bus_id, driver_version per GPU)."""
+    by_index = {row["index"]: row for row in smi_rows}
+    problems: list[str] = []
+    for sample in samples:
+        if not sample.name.startswith("DCGM_FI_"):
+            continue
+        row = by_index.get(sample.labels.get("gpu", ""))
+        if row is None:
+            problems.append(f"{sample.name}: gpu={sample.labels.get('gpu')!r} is no GPU of "
+                            "nvidia-smi's")
+            continue
+        wanted = {"UUID": row["uuid"], "pci_bus_id": row["pci.bus_id"],
+                  "device": f"nvidia{row['index']}", "modelName": row["name"],
+                  "DCGM_FI_DRIVER_VERSION": row["driver_version"]}
+        wrong = {k: sample.labels.get(k) for k, v in wanted.items() if sample.labels.get(k) != v}
+        if wrong or not sample.labels.get("Hostname"):
+            problems.append(f"{sample.name} gpu={row['index']}: {wrong or 'no Hostname'} "
+                            f"(nvidia-smi: {wanted})")
+    return sorted(set(problems))
+
+
+def container_samples(samples: Iterable[Sample], name: str) -> dict[str, float]:
+    """nvplugin_container_* values of the container `name` (summed over its GPUs)."""
+    found: dict[str, float] = {}
+    for sample in samples:
+        if sample.name.startswith("nvplugin_container_") and \
+                sample.labels.get("container_name") == name:
+            found[sample.name] = found.get(sample.name, 0.0) + sample.value
+    return found

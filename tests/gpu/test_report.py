@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.gpu import report
 from tests.gpu.proof import parse_args
 from tests.gpu.report import (
     Report,
@@ -188,3 +189,54 @@ def test_a_host_file_as_mountinfo_names_its_bind_mount():
         "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
     assert within_filesystem("/usr/local/nvidia", HOST_MOUNTINFO) == "/"
     assert within_filesystem("/usr/local/nvidiax/y", HOST_MOUNTINFO) == "/usr/local/nvidiax/y"
+
+
+METRICS_PAGE = """\
+# HELP DCGM_FI_DEV_GPU_TEMP GPU temperature (C).
+# TYPE DCGM_FI_DEV_GPU_TEMP gauge
+DCGM_FI_DEV_GPU_TEMP{gpu="0",UUID="GPU-d10c",pci_bus_id="00000000:00:06.0",device="nvidia0",\
+modelName="NVIDIA H200",Hostname="h",DCGM_FI_DRIVER_VERSION="580.159.04"} 31
+DCGM_FI_DEV_POWER_USAGE{gpu="0",UUID="GPU-d10c",pci_bus_id="00000000:00:06.0",device="nvidia0",\
+modelName="NVIDIA H200",Hostname="h",DCGM_FI_DRIVER_VERSION="580.159.04"} 74.321
+nvplugin_container_gpu_processes{UUID="GPU-d10c",container_id="c",container_name="vec \\"add\\"",\
+gpu="0",runtime="docker"} 1.0
+nvplugin_gpu_healthy{UUID="GPU-d10c",gpu="0",reason=""} 1.0
+"""
+SMI_ROW = {"index": "0", "uuid": "GPU-d10c", "name": "NVIDIA H200",
+           "pci.bus_id": "00000000:00:06.0", "driver_version": "580.159.04"}
+
+
+def test_a_metrics_page_is_parsed_and_grouped_by_gpu():
+    samples = report.parse_prometheus(METRICS_PAGE)
+    assert [s.name for s in samples] == ["DCGM_FI_DEV_GPU_TEMP", "DCGM_FI_DEV_POWER_USAGE",
+                                         "nvplugin_container_gpu_processes",
+                                         "nvplugin_gpu_healthy"]
+    assert report.metrics_by_gpu(samples) == {"0": {"DCGM_FI_DEV_GPU_TEMP": 31.0,
+                                                    "DCGM_FI_DEV_POWER_USAGE": 74.321}}
+    assert report.container_samples(samples, 'vec "add"') == {
+        "nvplugin_container_gpu_processes": 1.0}
+    assert report.compare_metric_labels(samples, [SMI_ROW]) == []
+
+
+def test_metric_labels_unlike_nvidia_smi_are_named():
+    samples = report.parse_prometheus(METRICS_PAGE.replace('modelName="NVIDIA H200"',
+                                                           'modelName="H200"', 1))
+    problems = report.compare_metric_labels(samples, [SMI_ROW])
+    assert len(problems) == 1 and "DCGM_FI_DEV_GPU_TEMP gpu=0: {'modelName': 'H200'}" in \
+        problems[0]
+    assert report.compare_metric_labels(samples, []) == [
+        "DCGM_FI_DEV_GPU_TEMP: gpu='0' is no GPU of nvidia-smi's",
+        "DCGM_FI_DEV_POWER_USAGE: gpu='0' is no GPU of nvidia-smi's"]
+
+
+def test_metric_values_are_compared_with_nvidia_smi_as_fields_are():
+    ours = report.metrics_by_gpu(report.parse_prometheus(METRICS_PAGE))["0"]
+    fields = {k: report.SMI_METRICS[k] for k in ("temperature.gpu", "power.draw",
+                                                 "temperature.memory")}
+    lines, problems = report.compare_fields(
+        {"temperature.gpu": "32", "power.draw": "75.10", "temperature.memory": "[N/A]"},
+        ours, fields)
+    assert problems == [] and len(lines) == 3  # N/A in nvidia-smi and no sample here agree
+    _, problems = report.compare_fields({"temperature.gpu": "32", "power.draw": "75.10",
+                                         "temperature.memory": "40"}, ours, fields)
+    assert problems == ["temperature.memory: nvidia-smi '40', ours None"]
