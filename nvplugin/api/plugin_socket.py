@@ -158,8 +158,18 @@ def _spec_target(spec: Path) -> Path | None:
 
 def _set_access(path: Path) -> tuple[int, int]:
     # Docker (root) connects; group `docker` may talk to the plugin too, others may not.
-    with contextlib.suppress(KeyError, PermissionError):
-        os.chown(path, -1, grp.getgrnam(SOCKET_GROUP).gr_gid)
+    try:
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        log.debug("No group %s on this host: only root and the daemon's user reach %s",
+                  SOCKET_GROUP, path)
+    else:
+        try:
+            os.chown(path, -1, gid)
+        except OSError as err:
+            log.warning("Cannot give group %s access to %s: %s; only root and the daemon's user "
+                        "reach it (the daemon needs CAP_CHOWN or membership of group %s)",
+                        SOCKET_GROUP, path, err.strerror, SOCKET_GROUP)
     os.chmod(path, SOCKET_MODE)
     st = os.lstat(path)
     return st.st_ino, st.st_ctime_ns

@@ -70,7 +70,7 @@ class Daemon:
         # 1.0's start-up lines, in 1.0's order. Unlike 1.0, a missing nvidia-modprobe or driver
         # does not stop the daemon: it serves what it can and says why the rest answers 503.
         log.info("Loading NVIDIA unified memory")
-        await asyncio.to_thread(devnodes.control_nodes, cfg.dev_root, cfg.driver_root)
+        await asyncio.to_thread(devnodes.load_uvm, cfg.dev_root, cfg.driver_root)
         log.info("Loading NVIDIA management library")
         # NVML is found under the driver root again on each reload (SIGHUP, driver upgrade).
         self.gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
@@ -212,9 +212,11 @@ class Daemon:
     async def rediscover(self, reason: str) -> None:
         """SIGHUP, or the driver changed on disk: read GPUs and driver files again."""
         log.info("Discovering NVIDIA driver again: %s", reason)
+        seen = await self.driver.snapshot()  # before NVML reloads: later changes stay changes
+        await asyncio.to_thread(devnodes.load_uvm, self.config.dev_root, self.config.driver_root)
         await self.gpus.refresh()
         before = self.driver.version
-        changed = await self.driver.refresh()
+        changed = await self.driver.refresh(seen)
         after = self.driver.version
         if self.driver.error is not None:
             log.warning("Driver volume unavailable: %s", self.driver.error)

@@ -79,6 +79,11 @@ def kernel_version(driver_root: Path | str | HostRoot) -> str | None:
     except UnsafeFileError as err:
         log.warning("Ignoring the kernel module's version: %s", err)
         return None
+    except PermissionError as err:
+        log.warning("Cannot read the kernel module's version: %s: %s", err.filename, err.strerror)
+        if isinstance(driver_root, HostRoot):
+            driver_root.note(err)
+        return None
     except (OSError, RootEscapeError):
         return None
 
@@ -168,7 +173,10 @@ def driver_fingerprint(driver_root: Path | str | HostRoot) -> Fingerprint:
 def _resolve_or_none(root: HostRoot, inner: str) -> str | None:
     try:
         return root.resolve(inner)
-    except (OSError, RootEscapeError):
+    except OSError as err:
+        root.note(err, inner)
+        return None
+    except RootEscapeError:
         return None
 
 
@@ -191,6 +199,9 @@ def discover(driver_root: Path | str | HostRoot, version: str | None = None, *,
     entries += _binaries(root, memo, rejected)
     entries += _configs(root, rejected)
     entries += _firmware(root, version, rejected)
+    for path in root.denied:  # what may hold driver files, unread: the volume may lack them
+        log.warning("Cannot read %s: permission denied; driver files there are left out", path)
+        rejected.append(Rejected(path, "permission denied: give the daemon's user read access"))
     log.debug("Discovered %d files and %d links of driver %s under %s (%d rejected)",
               len(entries), len(links), version, root.root, len(rejected))
     return Manifest(version=version, entries=tuple(entries), links=tuple(links),
@@ -199,6 +210,12 @@ def discover(driver_root: Path | str | HostRoot, version: str | None = None, *,
 
 def _not_found(root: HostRoot, version: str | None, what: str) -> DriverNotFound:
     seen = f"driver version {version}" if version else f"no driver version in {PROC_VERSION}"
+    if root.denied:
+        # Not missing: unreadable. The hardened unit or a dedicated user meets this first.
+        shown = ", ".join(root.denied[:3]) + (", ..." if len(root.denied) > 3 else "")
+        return DriverNotFound(
+            f"cannot read the NVIDIA driver under {root.root}: permission denied on {shown} "
+            f"({what} found; {seen}); give the daemon's user read access to the driver root")
     return DriverNotFound(
         f"no NVIDIA driver found under {root.root}: {what} in {LD_CACHE} or in "
         f"{', '.join(catalog.LIBRARY_DIRS)} ({seen}); install the driver or point "
@@ -230,6 +247,7 @@ def _library_candidates(root: HostRoot, memo: elfinfo.ElfMemo, rejected: list[Re
             rejected.append(Rejected(root.host(path), str(err)))
             continue
         except OSError as err:
+            root.note(err, path)
             log.debug("Skipping %s: %s", root.host(path), err.strerror)
             continue
         if inner in seen:

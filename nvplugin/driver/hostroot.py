@@ -103,6 +103,16 @@ class HostRoot:
         self.dev_root = os.path.realpath(os.fspath(dev_root)) if dev_root else self.root
         self._is_slash = self.root == "/"
         self._dirs: dict[str, str] = {}  # in-root dir -> resolved in-root dir (memo)
+        # Host paths this process was not allowed to read: a lookup that fails with EACCES is
+        # no missing file, and discovery says so instead of "install the driver".
+        self.denied: list[str] = []
+
+    def note(self, err: OSError, inner: str = "/") -> None:
+        """Remember `err` if it is a permission error (callers that treat failures as absent)."""
+        if err.errno in (errno.EACCES, errno.EPERM):
+            path = err.filename if isinstance(err.filename, str) else self.host(inner)
+            if path not in self.denied:
+                self.denied.append(path)
 
     def __repr__(self) -> str:
         return f"HostRoot({self.root!r}, dev_root={self.dev_root!r})"
@@ -251,17 +261,26 @@ class HostRoot:
         """Names in a directory (resolved inside the root); [] when it is missing."""
         try:
             return sorted(os.listdir(self.host(self.resolve(inner))))
-        except (OSError, RootEscapeError):
+        except OSError as err:
+            self.note(err, inner)
+            return []
+        except RootEscapeError:
             return []
 
     def is_file(self, inner: str) -> bool:
         try:
             return stat.S_ISREG(self.stat(inner).st_mode)
-        except (OSError, RootEscapeError):
+        except OSError as err:
+            self.note(err, inner)
+            return False
+        except RootEscapeError:
             return False
 
     def is_dir(self, inner: str) -> bool:
         try:
             return stat.S_ISDIR(self.stat(inner).st_mode)
-        except (OSError, RootEscapeError):
+        except OSError as err:
+            self.note(err, inner)
+            return False
+        except RootEscapeError:
             return False

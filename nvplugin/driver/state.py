@@ -15,6 +15,7 @@ from nvplugin.driver.manifest import Manifest
 log = logging.getLogger(__name__)
 
 VersionSource = Callable[[], Awaitable[str | None]]
+Snapshot = tuple[discovery.Fingerprint, object]  # the driver's files, the devices' fingerprint
 Fingerprint = Callable[[], object]
 
 
@@ -36,7 +37,7 @@ class DriverState:
         self._error: NvpluginError | None = DriverNotFound(
             f"NVIDIA driver not discovered yet under {driver_root}"
         )
-        self._fingerprint: tuple[discovery.Fingerprint, object] | None = None
+        self._fingerprint: Snapshot | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._elf_memo = elfinfo.ElfMemo()  # a re-discovery re-reads only changed files
@@ -55,11 +56,18 @@ class DriverState:
     def error(self) -> NvpluginError | None:
         return self._error
 
-    async def refresh(self) -> bool:
-        """Re-run discovery; returns whether the selected files changed."""
+    async def snapshot(self) -> Snapshot:
+        """The driver's and devices' fingerprint now, for `refresh(seen=...)`: taken before
+        NVML reloads, a change made while it reloads is still a change afterwards."""
+        return await asyncio.to_thread(self._read_fingerprint)
+
+    async def refresh(self, seen: Snapshot | None = None) -> bool:
+        """Re-run discovery; returns whether the selected files changed. `seen`: the snapshot
+        this refresh answers (default: taken now)."""
         async with self._lock:
             before = self._manifest
-            fingerprint = await asyncio.to_thread(self._read_fingerprint)
+            fingerprint = seen if seen is not None else await asyncio.to_thread(
+                self._read_fingerprint)
             problem = fingerprint[0].problem
             if problem is not None and (
                     self._fingerprint is None or self._fingerprint[0].problem != problem):
@@ -75,7 +83,7 @@ class DriverState:
             self._manifest, self._error = manifest, None
             return before is None or before.digest() != manifest.digest()
 
-    def _read_fingerprint(self) -> tuple[discovery.Fingerprint, object]:
+    def _read_fingerprint(self) -> Snapshot:
         return (discovery.driver_fingerprint(self._root),
                 self._devices() if self._devices is not None else None)
 
@@ -100,6 +108,8 @@ class DriverState:
                         await on_change(reason)
                 except NvpluginError as err:
                     log.warning("Driver re-discovery failed: %s", err)
+                except Exception:  # a bug: say where, and keep watching
+                    log.exception("Error: driver re-discovery failed")
 
         self._watcher = asyncio.create_task(watch(), name="driver-watcher")
 

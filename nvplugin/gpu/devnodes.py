@@ -2,20 +2,22 @@
 selection (GPUs and MIG devices) and the MIG access nodes.
 
 1.0 refused to start without `nvidia-modprobe`; here it is only tried when `/dev/nvidia-uvm` is
-missing, and its absence is no error when the nodes are there.
+missing, at start-up and on re-discovery (never on a request), only from the driver root and only
+if root owns it and no one else may write it; its absence is no error when the nodes are there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import stat
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from nvplugin.core.errors import DeviceAccessError, DiscoveryError
-from nvplugin.driver.hostroot import HostRoot
+from nvplugin.core.errors import DeviceAccessError, DiscoveryError, NvpluginError
+from nvplugin.driver.hostroot import HostRoot, OpenFile
 from nvplugin.gpu.records import DeviceNode, Gpu, MigDevice
 from nvplugin.gpu.selection import Selection
 
@@ -29,45 +31,79 @@ MODPROBE_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin", "usr/local/nvidia/bin",
 MODPROBE_TIMEOUT_S = 10.0
 CAPABILITIES = "proc/driver/nvidia/capabilities"
 
-Runner = Callable[[list[str]], object]
+Runner = Callable[[list[str], tuple[int, ...]], object]
 
 
-def find_modprobe(driver_root: Path) -> Path | None:
+def find_modprobe(driver_root: Path) -> OpenFile | None:
+    """The driver root's nvidia-modprobe, opened inside the root, if it is one we may run: a
+    regular executable owned by root and writable by no one else (it is usually set-user-ID
+    root). The caller runs the open file and closes it. Untrusted candidates are named in a
+    warning and skipped."""
+    root = HostRoot(driver_root)
     for directory in MODPROBE_DIRS:
-        candidate = driver_root / directory / "nvidia-modprobe"
-        if candidate.is_file():
-            return candidate
+        inner = f"/{directory}/nvidia-modprobe"
+        try:
+            opened = root.open_fd(inner)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except (OSError, NvpluginError) as err:
+            why = getattr(err, "strerror", None) or str(err)
+            log.warning("Not running %s: %s", root.host(inner), why)
+            continue
+        problem = _untrusted(opened.st)
+        if problem is None:
+            return opened
+        os.close(opened.fd)
+        log.warning("Not running %s: %s", opened.path, problem)
     return None
 
 
-def _run(argv: list[str]) -> object:
-    return subprocess.run(argv, check=True, capture_output=True, timeout=MODPROBE_TIMEOUT_S)
+def _untrusted(st: os.stat_result) -> str | None:
+    if st.st_uid != 0:
+        return f"owned by uid {st.st_uid}, not root"
+    if st.st_mode & 0o022:
+        return f"writable by its group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    if not st.st_mode & 0o111:
+        return "not executable"
+    return None
 
 
-def control_nodes(dev_root: Path, driver_root: Path, *, run: Runner = _run
-                  ) -> tuple[DeviceNode, ...]:
-    """The control nodes that exist now; loads nvidia-uvm first when its node is missing."""
+def _run(argv: list[str], pass_fds: tuple[int, ...]) -> object:
+    return subprocess.run(argv, check=True, capture_output=True, timeout=MODPROBE_TIMEOUT_S,
+                          pass_fds=pass_fds)
+
+
+def load_uvm(dev_root: Path, driver_root: Path, *, run: Runner = _run) -> None:
+    """Load nvidia-uvm when its node is missing, with the driver root's nvidia-modprobe, and
+    say which required control nodes are still missing. At start-up and on re-discovery only:
+    never on a request (a docker/cli burst once spawned it every second). Blocking."""
     dev = dev_root / "dev"
     # nvidia-modprobe creates nodes in this process's /dev, so only when that is the dev root.
-    modprobe = find_modprobe(driver_root) if dev_root.resolve() == Path("/") else None
-    if not (dev / "nvidia-uvm").exists() and modprobe is not None:
-        try:
-            run([str(modprobe), "-u", "-c=0"])
-        except (OSError, subprocess.SubprocessError) as err:
-            log.warning("Could not load nvidia-uvm with %s: %s", modprobe, err)
+    if not (dev / "nvidia-uvm").exists() and dev_root.resolve() == Path("/"):
+        modprobe = find_modprobe(driver_root)
+        if modprobe is not None:
+            try:
+                # The very file checked above, through its open descriptor.
+                run([f"/proc/self/fd/{modprobe.fd}", "-u", "-c=0"], (modprobe.fd,))
+            except (OSError, subprocess.SubprocessError) as err:
+                log.warning("Could not load nvidia-uvm with %s: %s", modprobe.path, err)
+            finally:
+                os.close(modprobe.fd)
     # Without the kernel module the nodes are missing for the reason the daemon already gives
     # in its one "NVIDIA driver not found" line; only with it loaded is a missing node news.
     missing_level = logging.WARNING if (driver_root / "proc/driver/nvidia").is_dir() \
         else logging.DEBUG
-    nodes = []
     for name, required in CONTROL_NODES:
-        node = dev / name
-        if node.exists():
-            nodes.append(DeviceNode(host_path=str(node), path=f"/dev/{name}"))
-        elif required:
+        if required and not (dev / name).exists():
             log.log(missing_level, "%s is missing; containers will not reach the GPUs until it "
-                    "exists", node)
-    return tuple(nodes)
+                    "exists", dev / name)
+
+
+def control_nodes(dev_root: Path) -> tuple[DeviceNode, ...]:
+    """The control nodes that exist now (a few stats: nothing is run or logged)."""
+    dev = dev_root / "dev"
+    return tuple(DeviceNode(host_path=str(dev / name), path=f"/dev/{name}")
+                 for name, _required in CONTROL_NODES if (dev / name).exists())
 
 
 def _capability_minor(text: str) -> int | None:

@@ -279,7 +279,7 @@ class GpuService:
         return await self._control_nodes.get()
 
     async def _read_control_nodes(self) -> tuple[DeviceNode, ...]:
-        return await asyncio.to_thread(devnodes.control_nodes, self.dev_root, self.driver_root)
+        return await asyncio.to_thread(devnodes.control_nodes, self.dev_root)
 
     @property
     def status_cache(self) -> StatusCache | None:

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
-import subprocess
+import os
 from pathlib import Path
 
 import pytest
 
 from nvplugin.core.errors import DeviceAccessError
-from nvplugin.gpu.devnodes import control_nodes, mig_access, selection_nodes
+from nvplugin.gpu.devnodes import control_nodes, load_uvm, mig_access, selection_nodes
 from nvplugin.gpu.records import DeviceNode, MigDevice
 from nvplugin.gpu.selection import Selection
+from nvplugin.gpu.service import GpuService
 from tests.gpu_layer.test_selection import make_gpu
+from tests.requirements import need_root
 
 
 def touch(root: Path, *names: str) -> None:
@@ -20,45 +22,101 @@ def touch(root: Path, *names: str) -> None:
 
 def test_control_nodes_that_exist_in_1_0_order(tmp_path):
     touch(tmp_path, "nvidia-uvm-tools", "nvidia-uvm", "nvidiactl")
-    assert control_nodes(tmp_path, tmp_path) == (
+    assert control_nodes(tmp_path) == (
         DeviceNode(str(tmp_path / "dev/nvidiactl"), "/dev/nvidiactl"),
         DeviceNode(str(tmp_path / "dev/nvidia-uvm"), "/dev/nvidia-uvm"),
         DeviceNode(str(tmp_path / "dev/nvidia-uvm-tools"), "/dev/nvidia-uvm-tools"),
     )
     touch(tmp_path, "nvidia-modeset")
-    assert control_nodes(tmp_path, tmp_path)[-1].path == "/dev/nvidia-modeset"
+    assert control_nodes(tmp_path)[-1].path == "/dev/nvidia-modeset"
+
+
+def modprobe_script(driver_root: Path, marker: Path, directory: str = "usr/bin",
+                    mode: int = 0o755) -> Path:
+    """A stand-in nvidia-modprobe that records how it was run."""
+    path = driver_root / directory / "nvidia-modprobe"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f'#!/bin/sh\necho "$@" >> {marker}\n')
+    path.chmod(mode)
+    return path
+
+
+UVM_PRESENT = Path("/dev/nvidia-uvm").exists()
 
 
 def test_modprobe_absence_is_no_error_and_missing_nodes_warn(tmp_path, caplog):
     calls: list[list[str]] = []
     touch(tmp_path, "nvidiactl")
     (tmp_path / "proc/driver/nvidia").mkdir(parents=True)  # the kernel module is loaded
-    assert [n.path for n in control_nodes(tmp_path, tmp_path, run=calls.append)] == [
-        "/dev/nvidiactl"]
+    load_uvm(tmp_path, tmp_path, run=lambda argv, fds: calls.append(argv))
     assert calls == []  # a dev root other than / never runs nvidia-modprobe
     assert "nvidia-uvm is missing" in caplog.text
 
 
-def test_modprobe_runs_only_for_the_real_dev_when_uvm_is_missing(tmp_path):
-    calls: list[list[str]] = []
-    (tmp_path / "usr/bin").mkdir(parents=True)
-    (tmp_path / "usr/bin/nvidia-modprobe").touch()
-    nodes = control_nodes(Path("/"), tmp_path, run=calls.append)
-    uvm_present = Path("/dev/nvidia-uvm").exists()
-    assert calls == ([] if uvm_present else [[str(tmp_path / "usr/bin/nvidia-modprobe"),
-                                               "-u", "-c=0"]])
-    assert all(Path(n.host_path).exists() for n in nodes)
+@pytest.mark.skipif(UVM_PRESENT, reason="this host has /dev/nvidia-uvm: nothing to load")
+def test_the_trusted_modprobe_runs_from_its_open_file(tmp_path):
+    need_root()  # a trusted nvidia-modprobe is root's
+    marker = tmp_path / "ran"
+    modprobe_script(tmp_path / "root", marker)
+    load_uvm(Path("/"), tmp_path / "root")
+    assert marker.read_text() == "-u -c=0\n"
 
 
-def test_a_failing_modprobe_is_logged(tmp_path, caplog, monkeypatch):
-    def fail(argv: list[str]) -> None:
-        raise subprocess.CalledProcessError(1, argv)
+@pytest.mark.skipif(UVM_PRESENT, reason="this host has /dev/nvidia-uvm: nothing to load")
+@pytest.mark.parametrize(("change", "why"), [
+    (lambda p: p.chmod(0o775), "writable by its group or others (mode 775)"),
+    (lambda p: p.chmod(0o757), "writable by its group or others (mode 757)"),
+    (lambda p: os.chown(p, 1000, 0), "owned by uid 1000, not root"),
+    (lambda p: p.chmod(0o644), "not executable"),
+], ids=["group-writable", "world-writable", "not-root", "not-executable"])
+def test_an_untrusted_modprobe_is_never_run(tmp_path, caplog, change, why):
+    need_root()
+    marker = tmp_path / "ran"
+    path = modprobe_script(tmp_path / "root", marker)
+    change(path)
+    load_uvm(Path("/"), tmp_path / "root")
+    assert not marker.exists()
+    assert f"Not running {path}: {why}" in caplog.text
 
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin/nvidia-modprobe").touch()
-    if not Path("/dev/nvidia-uvm").exists():
-        control_nodes(Path("/"), tmp_path, run=fail)
-        assert "Could not load nvidia-uvm" in caplog.text
+
+@pytest.mark.skipif(UVM_PRESENT, reason="this host has /dev/nvidia-uvm: nothing to load")
+def test_a_modprobe_linked_out_of_the_driver_root_is_not_followed(tmp_path):
+    need_root()
+    marker = tmp_path / "ran"
+    outside = modprobe_script(tmp_path / "elsewhere", marker)
+    (tmp_path / "root/usr/bin").mkdir(parents=True)
+    os.symlink(outside, tmp_path / "root/usr/bin/nvidia-modprobe")
+    load_uvm(Path("/"), tmp_path / "root")
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(UVM_PRESENT, reason="this host has /dev/nvidia-uvm: nothing to load")
+def test_a_failing_modprobe_is_logged(tmp_path, caplog):
+    need_root()
+    path = tmp_path / "bin/nvidia-modprobe"
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\nexit 3\n")
+    path.chmod(0o755)
+    load_uvm(Path("/"), tmp_path)
+    assert f"Could not load nvidia-uvm with {path}" in caplog.text
+
+
+async def test_requests_never_run_modprobe(tmp_path, fake_nvml, host_root):
+    """docker/cli asks for the control nodes on every request: that once spawned nvidia-modprobe
+    every second while /dev/nvidia-uvm was missing."""
+    need_root()
+    marker = tmp_path / "ran"
+    modprobe_script(host_root, marker)
+    clock = [0.0]
+    service = await GpuService.start(driver_root=host_root, dev_root=Path("/"),
+                                     nvml_library=str(fake_nvml.library), clock=lambda: clock[0])
+    try:
+        for _ in range(3):
+            await service.control_nodes()
+            clock[0] += 2.0  # past the 1 s the nodes are kept: looked for again
+    finally:
+        await service.close()
+    assert not marker.exists()
 
 
 def test_selection_nodes_are_gpus_in_index_order_then_mig_access_nodes(tmp_path):
@@ -106,5 +164,6 @@ def test_mig_access_says_why_it_found_no_nodes(tmp_path, files, problem):
 
 def test_without_the_kernel_module_missing_nodes_are_not_warned_about(tmp_path, caplog):
     # The daemon's "NVIDIA driver not found" line already says why; one line, not three.
-    assert control_nodes(tmp_path, tmp_path) == ()
+    load_uvm(tmp_path, tmp_path)
+    assert control_nodes(tmp_path) == ()
     assert caplog.text == ""

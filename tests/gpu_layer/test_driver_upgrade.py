@@ -65,9 +65,10 @@ def upgrade(root: Path, builds: dict[str, Path]) -> None:
     write_ld_cache(root, [f"/{LIBDIR}"])  # ldconfig again, without the old file
 
 
-def mapped_nvml() -> list[str]:
+def mapped_nvml(root: Path) -> list[str]:
+    """The libnvidia-ml files under `root` this process has mapped (other tests' may be too)."""
     return sorted({line.split(None, 5)[-1] for line in Path("/proc/self/maps").read_text()
-                   .splitlines() if "libnvidia-ml.so." in line})
+                   .splitlines() if "libnvidia-ml.so." in line and str(root) in line})
 
 
 @pytest.fixture
@@ -81,14 +82,14 @@ async def test_a_refresh_after_an_upgrade_loads_the_new_library(service: GpuServ
                                                                 builds: dict[str, Path]):
     assert service.available, service.reason
     assert await service.driver_version() == OLD
-    assert any(path.endswith(f"libnvidia-ml.so.{OLD}") for path in mapped_nvml())
+    assert any(path.endswith(f"libnvidia-ml.so.{OLD}") for path in mapped_nvml(root))
     upgrade(root, builds)
     await service.refresh()
     assert service.available, service.reason
     assert await service.driver_version() == NEW
     assert (await service.inventory()).versions.driver == NEW
     assert len((await service.inventory()).gpus) == 2
-    mapped = mapped_nvml()
+    mapped = mapped_nvml(root)
     # The old library is unloaded, not left mapped as "(deleted)".
     assert not any(OLD in path for path in mapped), mapped
     assert any(path.endswith(f"libnvidia-ml.so.{NEW}") for path in mapped), mapped
@@ -108,8 +109,8 @@ async def test_the_old_library_is_shut_down_before_the_new_one_loads(service: Gp
 
 
 async def test_sighup_without_a_change_reloads_the_same_file(service: GpuService, root: Path):
-    before = mapped_nvml()
+    before = mapped_nvml(root)
     for _ in range(3):
         await service.refresh()
     assert await service.driver_version() == OLD
-    assert mapped_nvml() == before
+    assert mapped_nvml(root) == before

@@ -7,17 +7,21 @@ import grp
 import os
 import socket
 import stat
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from nvplugin.api.plugin import make_app
-from nvplugin.api.plugin_socket import start_plugin_site
+from nvplugin.api.plugin_socket import SOCKET_GROUP, start_plugin_site
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError
 from nvplugin.volumes.store import VolumeStore
 from tests.dockerenv import _unix_post
+from tests.requirements import need, need_root, need_tool
 
 
 async def _runner(store: VolumeStore) -> web.AppRunner:
@@ -166,3 +170,31 @@ async def test_a_spec_naming_a_dead_socket_is_taken_over(store: VolumeStore, tmp
     assert cfg.spec_path.read_text() == f"unix://{cfg.socket_path}\n"
     await site.close()
     await runner.cleanup()
+
+
+def test_a_failed_chown_of_the_socket_is_logged(tmp_path: Path):
+    """Root without CAP_CHOWN (setpriv drops it from the bounding set) cannot hand the socket to
+    group docker: once silent, now one warning saying who can reach the socket."""
+    setpriv = need_tool("setpriv")
+    need_root()
+    try:
+        grp.getgrnam(SOCKET_GROUP)
+    except KeyError:
+        need(False, f"a group {SOCKET_GROUP!r} (installed with Docker)")
+    script = textwrap.dedent(f"""
+        import logging, socket, sys
+        from pathlib import Path
+        logging.basicConfig(stream=sys.stdout, format="%(levelname)s %(message)s")
+        from nvplugin.api.plugin_socket import _set_access
+        path = Path({str(tmp_path / "p.sock")!r})
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(path))
+            _set_access(path)
+    """)
+    done = subprocess.run([setpriv, "--bounding-set=-chown", sys.executable, "-c", script],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"WARNING Cannot give group {SOCKET_GROUP} access to "
+                                  f"{tmp_path / 'p.sock'}: Operation not permitted; only root")
+    assert (tmp_path / "p.sock").stat().st_mode & 0o777 == 0o660
