@@ -2,7 +2,7 @@
 (its script, styles and the vendored chart library), `/page/state.json` (what a page is first
 sent, for scripts and the GPU proof) and `/page/events` (the shared event stream).
 
-Assets are the package's own files, read once at start-up into memory (under 70 KB) and looked
+Assets are the package's own files, read once at start-up into memory (about 75 KB) and looked
 up by exact name, so no part of a URL ever reaches a file path. Every answer forbids other
 origins, inline script and framing (Content-Security-Policy): the page loads nothing from
 anywhere but this daemon.
