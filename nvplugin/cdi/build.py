@@ -33,7 +33,7 @@ created, so a module reload that moves nvidia-uvm's major never leaves the spec 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from nvplugin.cdi.names import qualified
@@ -76,14 +76,20 @@ class Built:
 
 
 def build_spec(manifest: Manifest, gpus: Sequence[Gpu], control_nodes: Iterable[DeviceNode], *,
-               kind: str, host_root: str) -> Built:
+               kind: str, host_root: str, healthy: Callable[[str], bool] = lambda _uuid: True,
+               ) -> Built:
     """The spec for these driver files, GPUs and control nodes. CdiError when one cannot be
-    made: no /dev/nvidiactl, or a file the engine's host cannot see (outside --host-root)."""
+    made: no /dev/nvidiactl, or a file the engine's host cannot see (outside --host-root).
+
+    `all` holds the GPUs `healthy` (by UUID) accepts, as docker/cli's every GPU does: one that
+    had a critical Xid, a double-bit ECC error or fell off the bus is left out until it
+    recovers, and with none healthy there is no `all` (the engine then refuses it by name).
+    Each GPU's own devices (index, UUID, MIG) stay: a GPU named is given as asked."""
     controls = tuple(_node(n, host_root) for n in control_nodes)
     if not any(n.path == "/dev/nvidiactl" for n in controls):
         raise CdiError("no /dev/nvidiactl under --dev-root: no container could reach a GPU; "
                        "load the driver (nvidia-modprobe -c=0) or check --dev-root")
-    devices, left_out = _devices(gpus, host_root)
+    devices, left_out = _devices(gpus, host_root, healthy)
     edits = Edits(nodes=controls, mounts=container_mounts(manifest, host_root))
     return Built(Spec(kind=kind, devices=devices, edits=edits), left_out)
 
@@ -110,9 +116,10 @@ def _usable(gpu: Gpu) -> list[MigDevice]:
     return [mig for mig in gpu.mig_devices if mig.access_problem is None and mig.caps]
 
 
-def _devices(gpus: Sequence[Gpu], host_root: str) -> tuple[tuple[Device, ...], tuple[str, ...]]:
+def _devices(gpus: Sequence[Gpu], host_root: str, healthy: Callable[[str], bool],
+             ) -> tuple[tuple[Device, ...], tuple[str, ...]]:
     """By index, then by UUID, then MIG devices as `<gpu>:<mig>` and by MIG UUID, then `all`
-    (every device's nodes, as CDI's convention and NVIDIA's toolkit have it)."""
+    (every healthy device's nodes, as CDI's convention and NVIDIA's toolkit have it)."""
     ordered = sorted(gpus, key=lambda g: g.index)
     by_index, by_uuid, by_mig_index, by_mig_uuid = [], [], [], []
     left_out = []
@@ -131,9 +138,12 @@ def _devices(gpus: Sequence[Gpu], host_root: str) -> tuple[tuple[Device, ...], t
                          f"{mig.access_problem or 'no access nodes'}"
                          for mig in gpu.mig_devices if mig not in _usable(gpu)]
     devices = [*by_index, *by_uuid, *by_mig_index, *by_mig_uuid]
-    if ordered:
-        devices.append(Device(ALL, _edits(Selection(gpus=tuple(ordered),
-                                                    mig_devices=tuple(usable)), host_root)))
+    well = tuple(gpu for gpu in ordered if healthy(gpu.uuid))
+    left_out += [f"GPU {gpu.index} ({gpu.uuid}) from {ALL}: unhealthy"
+                 for gpu in ordered if gpu not in well]
+    if well:
+        devices.append(Device(ALL, _edits(Selection(
+            gpus=well, mig_devices=tuple((g, m) for g, m in usable if g in well)), host_root)))
     return tuple(devices), tuple(left_out)
 
 

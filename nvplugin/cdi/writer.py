@@ -74,6 +74,7 @@ def _check(path: Path, is_kind: Callable[[int], bool], what: str) -> list[str]:
 
 
 async def current_spec(gpus: GpuService, manifest: Manifest, *, kind: str, host_root: Path,
+                       healthy: Callable[[str], bool] = lambda _uuid: True,
                        ) -> tuple[Spec, tuple[str, ...]]:
     """The spec for the driver and GPUs now, validated and checked against the host's files;
     with the MIG devices left out and why. DriverGone without NVML or GPUs; CdiError when a
@@ -84,7 +85,8 @@ async def current_spec(gpus: GpuService, manifest: Manifest, *, kind: str, host_
     if not inventory.gpus:
         raise DriverGone("NVML sees no GPU")
     nodes = await gpus.control_nodes()
-    built = build_spec(manifest, inventory.gpus, nodes, kind=kind, host_root=str(host_root))
+    built = build_spec(manifest, inventory.gpus, nodes, kind=kind, host_root=str(host_root),
+                       healthy=healthy)
     validate(built.spec)
     await asyncio.to_thread(check_host_files, built.spec, host_root)
     return built.spec, built.left_out
@@ -146,8 +148,12 @@ class SpecKeeper:
     place and says why in the log; a driver that is gone takes the file away."""
 
     def __init__(self, *, path: Path | None, kind: str, host_root: Path, gpus: GpuService,
-                 manifest: Callable[[], Manifest]) -> None:
+                 manifest: Callable[[], Manifest],
+                 healthy: Callable[[str], bool] = lambda _uuid: True) -> None:
+        """`healthy` (ObserveService.healthy in the daemon) decides `all`; refresh on each
+        health change."""
         self.path = path
+        self._healthy = healthy
         self.kind = kind
         self._host_root = host_root
         self._gpus = gpus
@@ -182,7 +188,8 @@ class SpecKeeper:
                     log.warning("Replacing %s: %s", self.path, err)
             try:
                 spec, left_out = await current_spec(self._gpus, self._manifest_now(),
-                                                    kind=self.kind, host_root=self._host_root)
+                                                    kind=self.kind, host_root=self._host_root,
+                                                    healthy=self._healthy)
             except (DriverGone, DiscoveryError, NvmlError) as err:
                 await self._driver_gone(err)
                 return

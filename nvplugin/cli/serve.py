@@ -25,6 +25,7 @@ from nvplugin.gpu import devnodes
 from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.exposition import Metrics, make_metrics_app, node_name
+from nvplugin.observe.records import HealthChange
 from nvplugin.observe.service import ContainerLister, ObserveService, docker_lister
 from nvplugin.volumes.store import BuildReport, VolumeStore
 from nvplugin.web import routes as page_routes
@@ -111,8 +112,10 @@ class Daemon:
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         # Kept at a clean stop: see cdi/writer.py.
         self.cdi = SpecKeeper(path=cfg.cdi_path, kind=cfg.cdi_kind, host_root=cfg.host_root,
-                              gpus=self.gpus, manifest=self.driver.manifest)
+                              gpus=self.gpus, manifest=self.driver.manifest,
+                              healthy=self.observe.healthy)
         await self.cdi.refresh("start-up")
+        self.observe.add_health_listener(self._health_changed)
         self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
 
         plugin_app = make_plugin_app(self.store, middlewares=[
@@ -203,6 +206,13 @@ class Daemon:
         if not self.gpus.available:
             return None
         return await self.gpus.driver_version()
+
+    def _health_changed(self, change: HealthChange) -> None:
+        """The CDI spec's `all` holds the healthy GPUs only: rewrite it on each transition."""
+        state = "healthy" if change.healthy else "unhealthy"
+        task = asyncio.create_task(self.cdi.refresh(f"GPU {change.index} {state}"))
+        self._rediscoveries.add(task)
+        task.add_done_callback(self._rediscoveries.discard)
 
     def _on_sighup(self) -> None:
         task = asyncio.create_task(self.rediscover("SIGHUP"))

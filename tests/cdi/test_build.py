@@ -202,3 +202,21 @@ def test_dest_paths_stay_inside_their_layout(built: Spec):
     for mount in built.edits.mounts:
         assert mount.container_path.startswith(roots), mount.container_path
         assert posixpath.normpath(mount.container_path) == mount.container_path
+
+
+def test_all_holds_the_healthy_gpus_and_a_named_gpu_stays(fake_host: FakeHost,
+                                                          manifest: Manifest):
+    """docker/cli's rule: every GPU means every healthy one; a GPU named is given as asked."""
+    root = str(fake_host.root)
+    sick = gpu(1).uuid
+    built = build_spec(manifest, gpus(root, [0, 5]), nodes(root, "nvidiactl"), kind=KIND,
+                       host_root="/", healthy=lambda uuid: uuid != sick)
+    every = built.spec.device("all")
+    assert every is not None and [n.path for n in every.edits.nodes] == ["/dev/nvidia0"]
+    assert built.spec.device("1") is not None and built.spec.device(sick) is not None
+    assert built.left_out == (f"GPU 1 ({sick}) from all: unhealthy",)
+    validate(built.spec)
+    none = build_spec(manifest, gpus(root, [0, 5]), nodes(root, "nvidiactl"), kind=KIND,
+                      host_root="/", healthy=lambda _uuid: False)
+    assert none.spec.device("all") is None and none.spec.device("0") is not None
+    validate(none.spec)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nvplugin.observe import dcgm
 from tests.dockerenv import PluginDaemon, free_port, wait_for
-from tests.fakenvml.build import write_config
+from tests.fakenvml.build import append_event, write_config
 from tests.requirements import need_tool
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
@@ -204,3 +204,47 @@ def test_a_containers_gpu_process_shows_up_by_name(running_plugin, docker_engine
         assert attributed() == {"ID": container.id, "Name": name, "Runtime": "docker"}
     finally:
         container.remove(force=True)
+
+
+def test_an_unhealthy_gpu_leaves_every_gpu_until_it_recovers(running_plugin):
+    """An Xid 79 on GPU 1 of a running daemon: docker/cli's every GPU and the CDI spec's `all`
+    lose it (the named devices stay), /metrics says why; after --health-recovery it is back."""
+    daemon = running_plugin(2, extra_args=("--health-recovery", "2s"))
+    assert daemon.host is not None
+    events = daemon.host.nvml_config.with_name("observe-events.jsonl")
+    edit_nvml(daemon, lambda c: c.update(events_file=str(events)))
+
+    def gpu1_healthy() -> bool:
+        document = json.loads(get(daemon.url + "/v1.0/gpu/status/json"))
+        return document["Devices"][1]["Health"]["Status"] == "healthy"
+
+    def all_nodes() -> list[str]:
+        spec = json.loads(get(daemon.url + "/v1.0/cdi/spec"))
+        every = next(d for d in spec["devices"] if d["name"] == "all")
+        return [n["path"] for n in every["containerEdits"]["deviceNodes"]]
+
+    assert all_nodes() == ["/dev/nvidia0", "/dev/nvidia1"]
+
+    def inject() -> bool:
+        append_event(events, {"gpu": 1, "type": "xid", "data": 79})  # until the set has it
+        return not gpu1_healthy()
+
+    assert wait_for(inject, timeout=30)
+    def gpus_given(query: str = "") -> list[str]:  # container paths of the GPU nodes
+        line = get(daemon.url + "/v1.0/docker/cli" + query)
+        return re.findall(r":(/dev/nvidia[0-9]+)(?= |$)", line)
+
+    assert gpus_given() == ["/dev/nvidia0"]
+    assert gpus_given("?dev=1") == ["/dev/nvidia1"]
+    assert wait_for(lambda: all_nodes() == ["/dev/nvidia0"], timeout=10)
+    page = get(daemon.url + "/metrics")
+    assert (f'nvplugin_gpu_healthy{{UUID="{daemon.host.uuids[1]}",gpu="1",'
+            'reason="Xid 79: GPU has fallen off the bus"} 0.0') in page
+    assert 'err_code="79",err_msg="GPU has fallen off the bus"} 79' in page
+    assert wait_for(gpu1_healthy, timeout=30)
+    assert wait_for(lambda: all_nodes() == ["/dev/nvidia0", "/dev/nvidia1"], timeout=10)
+    assert gpus_given() == ["/dev/nvidia0", "/dev/nvidia1"]
+    log = daemon.log()
+    assert f"GPU 1 ({daemon.host.uuids[1]}) is unhealthy: Xid 79: GPU has fallen off the bus" \
+        in log
+    assert f"GPU 1 ({daemon.host.uuids[1]}) is healthy again" in log
