@@ -83,6 +83,24 @@ def test_bad_host_roots_are_named(argv, message):
         config.load(argv, environ={})
 
 
+@pytest.mark.parametrize(("flag", "value", "why"), [
+    ("--dev-root", "/run/my driver", "a space"),
+    ("--dev-root", "/run/tab\tdriver", "a control character"),
+    ("--dev-root", "/run/nvidia/*", "'*'"),
+    ("--dev-root", "/run/a:b", "':'"),
+    ("--dev-root", "/run/-x", "a path component that starts with '-'"),
+    ("--host-root", "/host dir", "a space"),
+    ("--host-root", "/--privileged", "a path component that starts with '-'"),
+], ids=["space", "tab", "glob", "colon", "dash", "host-space", "host-dash"])
+def test_roots_that_would_split_docker_cli_are_refused_at_start(flag, value, why, tmp_path):
+    """docker/cli is spliced unquoted into `docker run $(curl ...)`: a space in a device path
+    splits it into two words, a glob expands, a ':' is docker's separator."""
+    with pytest.raises(ConfigError) as raised:
+        config.load([flag, value], environ={})
+    assert raised.value.message.startswith(f"{flag} {value!r} cannot be handed to Docker: it "
+                                           f"has {why}")
+
+
 def test_a_dev_root_docker_cannot_see_is_refused_at_start(tmp_path):
     # The plugin container's own /dev (or any path outside the mounted host root) names nodes
     # the Docker host does not have.

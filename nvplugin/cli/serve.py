@@ -124,9 +124,6 @@ class Daemon:
                                       shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await plugin_runner.setup()
         self._cleanups.append(plugin_runner.cleanup)
-        self.plugin_site = await start_plugin_site(plugin_runner, cfg)
-        self._cleanups.append(self.plugin_site.close)
-        log.info("Serving plugin API at %s", cfg.socket_dir)
 
         address = cfg.listen_host_port
         # The GPU page lives on the REST listener; a scrape of the metrics-only one counts as
@@ -134,6 +131,7 @@ class Daemon:
         page = self._page_feed() if address is not None else None
         await self._serve_metrics_alone(page)
         if address is None or page is None:
+            await self._serve_plugin(plugin_runner)
             log.info("Remote API disabled (empty listen address)")
             await self.plugin_site.publish_spec(cfg)
             return
@@ -159,8 +157,17 @@ class Daemon:
             # only the IPv4 loopback is required.
             with contextlib.suppress(OSError):
                 await web.TCPSite(rest_runner, "::1", port).start()
+        # Docker (and anyone waiting for the daemon) takes an answering plugin socket for a
+        # daemon that is up: it is published only once the port is bound, so a taken port
+        # never shows a socket for a daemon about to exit. The log keeps 1.0's line order.
+        await self._serve_plugin(plugin_runner)
         log.info("Serving remote API at %s", cfg.listen)
         await self.plugin_site.publish_spec(cfg)
+
+    async def _serve_plugin(self, runner: web.AppRunner) -> None:
+        self.plugin_site = await start_plugin_site(runner, self.config)
+        self._cleanups.append(self.plugin_site.close)
+        log.info("Serving plugin API at %s", self.config.socket_dir)
 
     def _page_feed(self) -> LiveFeed:
         """The live GPU page's feed, with doctor's findings handed in."""

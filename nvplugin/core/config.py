@@ -303,9 +303,30 @@ def parse_duration(value: str, flag: str) -> float:
     return seconds
 
 
+def check_docker_words(flag: str, value: str) -> None:
+    """A root whose paths reach docker/cli, which users splice unquoted into `docker run
+    $(curl ...)`: whitespace would split a --device into two words, a glob would expand, a ':'
+    is docker's own separator, and a word starting with '-' reads as a flag."""
+    why = None
+    if any(not c.isprintable() for c in value):  # tabs, newlines, other spaces, escapes
+        why = "a control character"
+    elif " " in value:
+        why = "a space"
+    elif bad := next((c for c in value if c in "*?[]:"), None):
+        why = f"{bad!r}"
+    elif any(part.startswith("-") for part in value.split("/")):
+        why = "a path component that starts with '-'"
+    if why is not None:
+        raise ConfigError(f"{flag} {value!r} cannot be handed to Docker: it has {why}, which "
+                          "would split or change the docker/cli arguments; use a path without "
+                          "it (a symlink to it will do)")
+
+
 def check_host_root(value: str, dev_root: Path) -> Path:
     """--host-root: an absolute, existing directory with --dev-root under it, or the device paths
     the daemon gives Docker would name nodes the Docker host does not have."""
+    check_docker_words("--host-root", value)
+    check_docker_words("--dev-root", str(dev_root))
     if not value.startswith("/"):
         raise ConfigError(f"--host-root {value!r} must be an absolute path")
     host_root = Path(value)

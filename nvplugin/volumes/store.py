@@ -166,13 +166,12 @@ class VolumeStore:
 
     async def mount(self, name: str, mount_id: str) -> str:
         version = parse_name(name)
-        await self._ensure(name, version)
         async with self._lock(version):
-            # Re-checked under the lock: a Remove may have run since the build. Once counted,
-            # a Remove is refused, so the write below can happen outside the lock and be
+            # Built (or found) and counted under one hold of the lock: a Remove racing this
+            # Mount either ran before, and the current driver's volume is built again, or
+            # waits and is refused. The write below can then happen outside the lock and be
             # shared with concurrent mounts.
-            if not await self._exists(version):
-                raise VolumeNotFound(f"no such volume: {name}")
+            await self._ensure_locked(name, version)
             self.mounts.add(name, mount_id)
         try:
             await self.mounts.persist()
@@ -281,26 +280,30 @@ class VolumeStore:
         if await self._exists(version):
             return
         async with self._lock(version):
-            if await self._exists(version):
-                return  # built by the request we waited for
-            manifest = await self._current_manifest()
-            if manifest.version != version:
-                if explicit:
-                    raise VolumeVersionError(
-                        f"invalid volume version: {name} (this host's driver is "
-                        f"{manifest.version}: use {KIND}_{manifest.version})")
-                raise VolumeNotFound(f"no such volume: {name}")
-            started = time.monotonic()
-            try:
-                size = await asyncio.to_thread(self._build, manifest, name)
-            except Exception:
-                self._report(name, time.monotonic() - started, 0, ok=False)
-                raise
-            self.builds += 1
-            took = time.monotonic() - started
-            self._report(name, took, size, ok=True)
-            log.info("Built volume %s from %d files in %.0f ms", name, len(manifest.entries),
-                     took * 1000)
+            await self._ensure_locked(name, version, explicit)
+
+    async def _ensure_locked(self, name: str, version: str, explicit: bool = False) -> None:
+        """`_ensure`, with `version`'s lock held."""
+        if await self._exists(version):
+            return  # built by the request we waited for
+        manifest = await self._current_manifest()
+        if manifest.version != version:
+            if explicit:
+                raise VolumeVersionError(
+                    f"invalid volume version: {name} (this host's driver is "
+                    f"{manifest.version}: use {KIND}_{manifest.version})")
+            raise VolumeNotFound(f"no such volume: {name}")
+        started = time.monotonic()
+        try:
+            size = await asyncio.to_thread(self._build, manifest, name)
+        except Exception:
+            self._report(name, time.monotonic() - started, 0, ok=False)
+            raise
+        self.builds += 1
+        took = time.monotonic() - started
+        self._report(name, took, size, ok=True)
+        log.info("Built volume %s from %d files in %.0f ms", name, len(manifest.entries),
+                 took * 1000)
 
     def _build(self, manifest: Manifest, name: str) -> int:
         """Build (blocking); the bytes of the files placed, measured in the same thread."""

@@ -135,6 +135,9 @@ def test_taken_port_is_a_clear_start_up_error(running_plugin, plugin_daemon_fact
             daemon.start()
     assert f"cannot serve the remote API at 127.0.0.1:{port}" in daemon.log()
     assert not daemon.socket_path.exists()  # the plugin socket is not left behind
+    # Nor was it ever published: readiness (an answering socket) was once announced for a
+    # daemon about to exit, and start() raced the port's failure.
+    assert "Serving plugin API" not in daemon.log()
 
 
 def test_empty_listen_address_disables_the_rest_api(plugin_daemon_factory, tmp_path):

@@ -328,3 +328,20 @@ async def test_a_volume_lock_lives_while_held_or_awaited(tmp_path: Path, driver:
         await store.close()
     assert store.builds == 1 and store.mounts.count(NAME) == 10
     assert store._locks == {}
+
+
+async def test_a_mount_racing_a_remove_of_the_current_volume_gets_it_built_again(
+        store: VolumeStore):
+    """`docker volume rm` and a container start at once: the Mount used to find the volume,
+    lose it to the Remove, and answer `no such volume` for the current driver's volume."""
+    outcomes: set[str] = set()
+    for i in range(30):
+        await store.create(NAME)
+        mount_id = f"c{i}"
+        removed, mounted = await asyncio.gather(store.remove(NAME), store.mount(NAME, mount_id),
+                                                return_exceptions=True)
+        assert isinstance(mounted, str), mounted  # never VolumeNotFound
+        assert os.path.isdir(mounted) and store.mounts.count(NAME) == 1
+        outcomes.add("removed, then built again" if removed is None else type(removed).__name__)
+        await store.unmount(NAME, mount_id)
+    assert outcomes <= {"removed, then built again", "VolumeInUse"}
