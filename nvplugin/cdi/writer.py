@@ -92,16 +92,20 @@ async def current_spec(gpus: GpuService, manifest: Manifest, *, kind: str, host_
     return built.spec, built.left_out
 
 
-async def spec_from_host(cfg: Config) -> tuple[Spec, tuple[str, ...]]:
+async def spec_from_host(cfg: Config, healthy: Callable[[str], bool] = lambda _uuid: True,
+                         ) -> tuple[Spec, tuple[str, ...]]:
     """One-shot: NVML started and stopped, the driver discovered with NVML's version (the
-    authority, as for the daemon), the spec built. NvpluginError says why there is none."""
+    authority, as for the daemon), the spec built. NvpluginError says why there is none.
+    `healthy`: what the daemon holds healthy, when asked (doctor); a one-shot alone has no
+    health to go by, and its `all` holds every GPU."""
     library = await asyncio.to_thread(discovery.find_nvml_library, cfg.driver_root)
     gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
                                   nvml_library=library)
     try:
         version = await gpus.driver_version() if gpus.available else None
         manifest = await asyncio.to_thread(discovery.discover, cfg.driver_root, version)
-        return await current_spec(gpus, manifest, kind=cfg.cdi_kind, host_root=cfg.host_root)
+        return await current_spec(gpus, manifest, kind=cfg.cdi_kind, host_root=cfg.host_root,
+                                  healthy=healthy)
     finally:
         await gpus.close()
 

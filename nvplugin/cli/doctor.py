@@ -66,6 +66,7 @@ class Facts:
     socket_answers: bool = False
     daemon_pid: int | None = None  # the process behind the plugin socket (SO_PEERCRED)
     rest_host: tuple[str, int] | None = None  # where the REST API answered
+    unhealthy: frozenset[str] = frozenset()  # UUIDs the daemon holds unhealthy
 
     @property
     def current_version(self) -> str | None:
@@ -374,18 +375,27 @@ def probe_health(cfg: Config, facts: Facts) -> Check:
     """GPU health as the running daemon tracks it (it watches NVML's events; doctor cannot)."""
     if facts.rest_host is None:
         return Check(Name.HEALTH, SKIP, "needs the daemon's REST API (see rest-api)")
-    route = "/v1.0/gpu/status/json"
-    try:
-        status, body = _request(http.client.HTTPConnection(*facts.rest_host,
-                                                           timeout=PROBE_TIMEOUT_S), "GET", route)
-        devices = (json.loads(body).get("Devices") or []) if status == 200 else None
-    except (OSError, ValueError, AttributeError, http.client.HTTPException) as err:
-        return Check(Name.HEALTH, FAIL, f"GET {route} on {cfg.listen} failed: {err}",
-                     "journalctl -u nvidia-docker, then systemctl restart nvidia-docker")
-    if devices is None:
-        return Check(Name.HEALTH, WARN, f"GET {route} on {cfg.listen}: {status}",
-                     "fix the driver checks above, then systemctl reload-or-restart nvidia-docker")
-    return health_check([d for d in devices if isinstance(d, dict)])
+    documents = []
+    for route in ("/v1.0/gpu/status/json", "/v1.0/gpu/info/json"):
+        try:
+            status, body = _request(http.client.HTTPConnection(
+                *facts.rest_host, timeout=PROBE_TIMEOUT_S), "GET", route)
+            document = json.loads(body) if status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException) as err:
+            return Check(Name.HEALTH, FAIL, f"GET {route} on {cfg.listen} failed: {err}",
+                         "journalctl -u nvidia-docker, then systemctl restart nvidia-docker")
+        if not isinstance(document, dict):
+            return Check(Name.HEALTH, WARN, f"GET {route} on {cfg.listen}: {status}",
+                         "fix the driver checks above, then systemctl reload-or-restart "
+                         "nvidia-docker")
+        documents.append([d for d in document.get("Devices") or [] if isinstance(d, dict)])
+    devices, infos = documents
+    uuids = {info.get("Index"): info.get("UUID") for info in infos}
+    # The daemon's CDI spec leaves unhealthy GPUs out of `all`: cdi-spec compares likewise.
+    facts.unhealthy = frozenset(
+        str(uuids.get(d.get("Index"))) for d in devices
+        if isinstance(d.get("Health"), dict) and d["Health"].get("Status") == "unhealthy")
+    return health_check(devices)
 
 
 CDI_SUFFIXES = (".json", ".yaml")  # the spec files engines read
@@ -405,7 +415,8 @@ def probe_cdi_spec(cfg: Config, facts: Facts) -> Check:
         written = err
     now: Spec | NvpluginError
     try:
-        now = asyncio.run(spec_from_host(cfg))[0]
+        now = asyncio.run(spec_from_host(
+            cfg, healthy=lambda uuid: uuid not in facts.unhealthy))[0]
     except NvpluginError as err:
         now = err
     return cdi_spec_check(path, written, now, read_by_default=any(

@@ -22,7 +22,7 @@ from nvplugin.core.errors import (
 )
 from nvplugin.driver.manifest import Entry
 from nvplugin.volumes.build import build_volume
-from nvplugin.volumes.store import VolumeStore
+from nvplugin.volumes.store import BuildReport, VolumeStore
 from tests.volumes.conftest import VERSION, Driver, make_manifest, tree
 
 NAME = f"nvidia_driver_{VERSION}"
@@ -345,3 +345,24 @@ async def test_a_mount_racing_a_remove_of_the_current_volume_gets_it_built_again
         outcomes.add("removed, then built again" if removed is None else type(removed).__name__)
         await store.unmount(NAME, mount_id)
     assert outcomes <= {"removed, then built again", "VolumeInUse"}
+
+
+async def test_each_build_is_reported_with_its_time_and_bytes(tmp_path: Path, driver: Driver):
+    reports: list[BuildReport] = []
+    store = VolumeStore(tmp_path / "volumes", driver, on_build=reports.append)
+    await store.start()
+    try:
+        await store.create(NAME)
+        await store.create(NAME)  # already there: no build, no report
+        size = sum(Path(e.source).stat().st_size for e in driver.manifest.entries)
+        assert [(r.name, r.size, r.ok) for r in reports] == [(NAME, size, True)]
+        assert reports[0].seconds > 0
+        await store.remove(NAME)
+        driver.manifest = driver.manifest.__class__(
+            VERSION, (Entry(str(tmp_path / "gone.so"), "lib64/gone.so", "lib", "compute", "x",
+                            ident=(1, 1)),))
+        with pytest.raises(VolumeBuildError):
+            await store.create(NAME)
+        assert [(r.size, r.ok) for r in reports[1:]] == [(0, False)]
+    finally:
+        await store.close()
