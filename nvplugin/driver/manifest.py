@@ -69,8 +69,11 @@ class Manifest:
 
     def digest(self) -> str:
         """Identifies the selection, so a volume can tell whether it was built from it."""
+        # The files' identities too: a driver reinstalled over itself (same names, new inodes)
+        # is a change, and the old identities would no longer build.
         body = json.dumps(
-            [[(e.source, e.dest) for e in self.entries], [(x.path, x.target) for x in self.links]],
+            [[(e.source, e.dest, e.ident) for e in self.entries],
+             [(x.path, x.target) for x in self.links]],
             sort_keys=True,
         )
         return hashlib.sha256(body.encode()).hexdigest()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 
@@ -191,6 +192,19 @@ def test_manifest_is_stable(fake_host):
     first = discovery.discover(fake_host.root)
     assert discovery.discover(fake_host.root) == first
     assert first.digest() == discovery.discover(fake_host.root).digest()
+
+
+def test_a_driver_reinstalled_over_itself_is_a_change(fake_host):
+    """Same names, new files (a package reinstall): the old identities would no longer build."""
+    first = discovery.discover(fake_host.root)
+    source = Path(next(e.source for e in first.entries if e.dest.startswith("lib64/libcuda.so.")))
+    copy = source.with_name(".reinstalled")
+    copy.write_bytes(source.read_bytes())
+    os.replace(copy, source)
+    again = discovery.discover(fake_host.root)
+    assert [(e.source, e.dest) for e in again.entries] == [(e.source, e.dest)
+                                                           for e in first.entries]
+    assert again.digest() != first.digest()
 
 
 def test_a_kept_elf_memo_changes_nothing_but_the_reads(fake_host):

@@ -46,6 +46,7 @@ from tests.gpu.report import (
     compare_metric_labels,
     compare_page,
     compare_placement,
+    compare_reload,
     compare_topology,
     compare_visible,
     container_samples,
@@ -53,6 +54,7 @@ from tests.gpu.report import (
     format_summary,
     ldconfig_driver_libraries,
     ldd_paths,
+    mapped_files,
     median_ms,
     metrics_by_gpu,
     missing_files,
@@ -101,6 +103,9 @@ STATUS_ALL = "gpu/status/json answers for every GPU"
 CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit kept out"
 AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
 OLD_VOLUMES = "an old driver's volume: doctor shows its space, gc (through the daemon) removes it"
+UPGRADE = ("driver reinstalled under the running daemon (a copy of the driver root: files "
+           "replaced, ldconfig): NVML reloaded from the new file, the old one unmapped, a volume "
+           "built after it runs CUDA from the new files")
 CDI_SPEC = Path("/var/run/cdi/nvidia-docker.json")
 CDI_IMAGE = "localhost/nvplugin-proof/cuda:cdi"  # 1.0's PATH and LD_LIBRARY_PATH
 CDI_PLAIN_IMAGE = "localhost/nvplugin-proof/cuda:cdi-plain"  # neither
@@ -705,6 +710,103 @@ class Proof:
         self.report.timings["podman run (median of 5)"] = median_ms(plain)
         self.report.timings["podman run --device nvidia.com/gpu=0 (median of 5)"] = median_ms(cdi)
 
+    def driver_upgrade(self) -> None:
+        """The daemon on a writable copy of the driver root, whose versioned libraries are then
+        replaced by new files (new inodes; the old ones deleted), ldconfig re-run and the module
+        version file rewritten, as a reinstall does. The real kernel module fixes the version,
+        so a version change (and a running container keeping the old version's volume) is shown
+        on the fake host only (tests/e2e/test_daemon.py::test_driver_upgrade_is_seen_without_a_
+        restart); what this shows is that the real NVML is shut down, unloaded and loaded again
+        from the new file, and that a build after it takes the new, re-vetted files."""
+        root, volumes = self.work / "upgrade-root", self.work / "upgrade-volumes"
+        nvidia = root / "usr/local/nvidia"
+        nvidia.parent.mkdir(parents=True)
+        started = time.monotonic()
+        copied = sh("cp", "-a", "/usr/local/nvidia", str(nvidia))
+        size = sum(p.stat().st_size for p in nvidia.rglob("*") if p.is_file() and
+                   not p.is_symlink())
+        self.report.timings["driver root copied for the upgrade step"] = (
+            f"{(time.monotonic() - started) * 1000:.0f} ms, {size / 2**20:.0f} MiB")
+        (root / "etc").mkdir()
+        (root / "etc/ld.so.conf").write_text("/usr/local/nvidia/lib64\n")
+        cache = sh("ldconfig", "-X", "-r", str(root))
+        proc = root / "proc/driver/nvidia/version"
+        proc.parent.mkdir(parents=True)
+        proc.write_text(Path("/proc/driver/nvidia/version").read_text())
+        if copied.returncode != 0 or cache.returncode != 0:
+            self.report.add(UPGRADE, False, f"cp: {copied.stderr.strip()}; ldconfig -r: "
+                            f"{cache.stderr.strip()}")
+            shutil.rmtree(root, ignore_errors=True)
+            return
+        self.stop_daemon()
+        self.start_daemon("daemon start to ready, on a copy of the driver root",
+                          "--driver-root", str(root), "--dev-root", "/",
+                          "--volumes-dir", str(volumes), "--cdi-dir", "")
+        try:
+            self._upgrade_checks(root, volumes)
+        finally:
+            self.stop_daemon()
+            self.start_daemon("daemon restart after the upgrade step")
+            shutil.rmtree(root, ignore_errors=True)
+
+    def _upgrade_checks(self, root: Path, volumes: Path) -> None:
+        lib64 = root / "usr/local/nvidia/lib64"
+        library = Path(os.path.realpath(lib64 / "libnvidia-ml.so.1"))
+        pid = self.daemon.pid if self.daemon is not None else 0
+        before = mapped_files(_read(Path(f"/proc/{pid}/maps")) or "", "libnvidia-ml")
+        old_inode = library.stat().st_ino
+        problems: list[str] = []
+        info = get("/v1.0/gpu/info/json")
+        if info[0] != 200 or json.loads(info[1])["Version"]["Driver"] != self.version:
+            problems.append(f"gpu/info/json on the copy before: {info[0]} {info[1][:200]}")
+        log_path = self.work / "daemon.log"
+        rediscoveries = log_path.read_text(errors="replace").count("Driver files changed")
+        replaced = 0
+        for path in sorted(lib64.iterdir()):  # as a package manager installs: new file, rename
+            if path.is_symlink() or not path.is_file() or f".so.{self.version}" not in path.name:
+                continue
+            new = path.with_name(f".{path.name}.new")
+            shutil.copy2(path, new)
+            os.replace(new, path)
+            replaced += 1
+        sh("ldconfig", "-X", "-r", str(root), check=True)
+        proc = root / "proc/driver/nvidia/version"
+        fresh = proc.with_name(".version.new")
+        fresh.write_text(proc.read_text())
+        os.replace(fresh, proc)
+        swapped = time.monotonic()
+        while time.monotonic() - swapped < 30:
+            if log_path.read_text(errors="replace").count("Driver files changed") > rediscoveries:
+                break
+            time.sleep(0.1)
+        else:
+            problems.append("no 'Driver files changed' in the daemon's log within 30 s")
+        self.report.timings["reinstall seen and NVML reloaded (watcher, 5 s period)"] = (
+            f"{(time.monotonic() - swapped) * 1000:.0f} ms")
+        new_inode = library.stat().st_ino
+        after = mapped_files(_read(Path(f"/proc/{pid}/maps")) or "", "libnvidia-ml")
+        problems += compare_reload(before, after, old_inode, new_inode, str(library))
+        info = get("/v1.0/gpu/info/json")
+        if info[0] != 200 or json.loads(info[1])["Version"]["Driver"] != self.version:
+            problems.append(f"gpu/info/json after the reinstall: {info[0]} {info[1][:200]}")
+        wrapper = str(self.venv / "bin/nvidia-docker")
+        smi = sh(*run_argv(wrapper, "--rm", "--net=none", IMAGE, "nvidia-smi", "-L"))
+        vec = sh(*run_argv(wrapper, "--rm", "--net=none", IMAGE, "vecadd"))
+        if smi.returncode != 0 or "GPU 0:" not in smi.stdout or vec.returncode != 0 \
+                or "PASS" not in vec.stdout:
+            problems.append(f"the volume built after the reinstall: nvidia-smi -L exit "
+                            f"{smi.returncode}, vecadd exit {vec.returncode}: "
+                            f"{(smi.stderr + vec.stdout + vec.stderr).strip()[-400:]}")
+        placed = volumes / "nvidia_driver" / self.version / "lib64" / library.name
+        if not placed.is_file() or (placed.stat().st_ino != new_inode
+                                    and placed.read_bytes() != library.read_bytes()):
+            problems.append(f"{placed} is not the new {library} (inode {new_inode})")
+        self.report.add(UPGRADE, not problems, "\n".join(
+            [f"{replaced} versioned libraries replaced under {lib64}; NVML mapped before: "
+             f"{[(m.inode, m.deleted) for m in before]}, after: "
+             f"{[(m.inode, m.deleted) for m in after]} (old inode {old_inode}, new {new_inode})",
+             smi.stdout.strip(), vec.stdout.strip(), *problems]))
+
     def restart_while_running(self) -> None:
         wrapper = str(self.venv / "bin/nvidia-docker")
         name = "nvplugin-proof-hold"
@@ -910,7 +1012,8 @@ class Proof:
                 self.create_volume, self.build_image, self.run_ways,
                 self.page_live, self.metrics_live, self.selection_and_refusal, self.isolation,
                 self.concurrent,
-                self.cdi_podman, self.old_volumes, self.restart_while_running, self.timings,
+                self.cdi_podman, self.old_volumes, self.driver_upgrade,
+                self.restart_while_running, self.timings,
                 self.status_all_gpus)
 
     def run(self) -> int:

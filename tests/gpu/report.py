@@ -755,3 +755,42 @@ def container_samples(samples: Iterable[Sample], name: str) -> dict[str, float]:
                 sample.labels.get("container_name") == name:
             found[sample.name] = found.get(sample.name, 0.0) + sample.value
     return found
+
+
+@dataclass(frozen=True, slots=True)
+class Mapped:
+    """A file a process has mapped, from /proc/<pid>/maps."""
+
+    inode: int
+    path: str
+    deleted: bool  # the mapping's file was deleted (or replaced) since it was mapped
+
+
+def mapped_files(maps: str, fragment: str) -> list[Mapped]:
+    """The distinct files whose path contains `fragment` in a /proc/<pid>/maps text."""
+    found: dict[tuple[int, str], Mapped] = {}
+    for line in maps.splitlines():
+        fields = line.split(None, 5)
+        if len(fields) < 6 or fragment not in fields[5]:
+            continue
+        path = fields[5]
+        deleted = path.endswith(" (deleted)")
+        path = path.removesuffix(" (deleted)")
+        found.setdefault((int(fields[4]), path), Mapped(int(fields[4]), path, deleted))
+    return list(found.values())
+
+
+def compare_reload(before: Sequence[Mapped], after: Sequence[Mapped], old_inode: int,
+                   new_inode: int, library: str) -> list[str]:
+    """What is wrong with the daemon's mapped NVML after the library file was replaced: it must
+    map exactly the new file at `library`, and nothing of the old one (deleted or not)."""
+    problems = []
+    if [(m.inode, m.path) for m in before] != [(old_inode, library)]:
+        problems.append(f"before: mapped {before}, expected only inode {old_inode} ({library})")
+    if (new_inode, library, False) not in [(m.inode, m.path, m.deleted) for m in after]:
+        problems.append(f"after: mapped {after}, not the new inode {new_inode} ({library}): "
+                        "NVML was not reloaded from the new file")
+    if any(m.inode != new_inode for m in after):
+        problems.append(f"after: mapped {after}: the old library stays mapped beside the new "
+                        "one (it could not be unloaded)")
+    return problems

@@ -240,3 +240,32 @@ def test_metric_values_are_compared_with_nvidia_smi_as_fields_are():
     _, problems = report.compare_fields({"temperature.gpu": "32", "power.draw": "75.10",
                                          "temperature.memory": "40"}, ours, fields)
     assert problems == ["temperature.memory: nvidia-smi '40', ours None"]
+
+
+LIB = "/copy/usr/local/nvidia/lib64/libnvidia-ml.so.580.159.04"
+MAPS = "\n".join([
+    f"7f1a00000000-7f1a00200000 r--p 00000000 fd:01 1311 {LIB} (deleted)",
+    f"7f1a00200000-7f1a00400000 r-xp 00200000 fd:01 1311 {LIB} (deleted)",
+    f"7f1b00000000-7f1b00200000 r--p 00000000 fd:01 2422 {LIB}",
+    "7f1c00000000-7f1c00001000 r--p 00000000 fd:01 99 /usr/lib/x86_64-linux-gnu/libc.so.6",
+    "7f1d00000000-7f1d00001000 rw-p 00000000 00:00 0",
+])
+
+
+def test_mapped_files_tell_a_deleted_mapping_from_a_live_one():
+    lib = LIB
+    assert report.mapped_files(MAPS, "libnvidia-ml") == [
+        report.Mapped(1311, lib, True), report.Mapped(2422, lib, False)]
+    assert report.mapped_files(MAPS, "libcuda") == []
+
+
+def test_compare_reload_wants_only_the_new_file_mapped():
+    lib = LIB
+    old, new = report.Mapped(1311, lib, False), report.Mapped(2422, lib, False)
+    assert report.compare_reload([old], [new], 1311, 2422, lib) == []
+    both = report.compare_reload([old], report.mapped_files(MAPS, "libnvidia-ml"), 1311, 2422,
+                                 lib)
+    assert len(both) == 1 and "the old library stays mapped beside the new one" in both[0]
+    kept = report.compare_reload([old], [old], 1311, 2422, lib)
+    assert "NVML was not reloaded from the new file" in kept[0] and len(kept) == 2
+    assert "before" in report.compare_reload([], [new], 1311, 2422, lib)[0]
