@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -23,12 +23,21 @@ class SingleFlight(Generic[T]):
     async def get(self) -> T:
         if self._flight is None or self._flight.done():
             self._flight = asyncio.ensure_future(self._read())
+            # Every waiter may have left (a shutdown cancels them) before the read fails: its
+            # error is each waiter's to report, so an unwaited one is not "never retrieved"
+            # news, whose traceback would otherwise be printed when the future is collected.
+            self._flight.add_done_callback(_retrieved)
         # Shielded: one caller's cancellation must not cancel the read the others wait for.
         return await asyncio.shield(self._flight)
 
     def detach(self) -> None:
         """Later callers start a new read; those waiting on the current one still get it."""
         self._flight = None
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class Recent(Generic[T]):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 
 import pytest
 
@@ -86,3 +88,29 @@ async def test_a_cancelled_caller_does_not_cancel_the_shared_read() -> None:
     gate.set()
     assert await second == 1 and reads == [1]
     assert await flight.get() == 2  # the read finished: the next caller starts another
+
+
+async def test_a_read_failing_after_every_waiter_left_is_not_logged_as_unretrieved(caplog):
+    """A shutdown cancels the waiters; the read then fails with nobody to tell. Its error was
+    each waiter's to report: no 'exception was never retrieved' traceback when it is collected
+    (Python 3.11 parses source to draw that traceback, inside whatever was running)."""
+
+    started = asyncio.Event()
+
+    async def read() -> int:
+        started.set()
+        await asyncio.sleep(0.01)
+        raise RuntimeError("NVML was shut down")
+
+    flight = SingleFlight(read)
+    waiter = asyncio.ensure_future(flight.get())
+    await started.wait()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await asyncio.sleep(0.05)  # the read fails now, unwaited
+    flight.detach()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        gc.collect()
+        await asyncio.sleep(0)
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
