@@ -95,7 +95,7 @@ async def test_foreign_state_is_refused(tmp_path: Path, body: object):
 
 @pytest.mark.parametrize(("raw", "why"), [
     (b'{"format": 1, "mounts": {"a": ' * 2_000 + b"1" + b"}}" * 2_000,
-     "nested deeper than"),
+     "nested 4000 levels deep (at most 64)"),
     (b'{"format": 1, "mounts": {"nvidia_driver_1.0": {"c1": ' + b"9" * 4_000 + b"}}}",
      "a mount count of 4000 digits"),
     (b'{"format": 1, "mounts": {"nvidia_driver_1.0": {"c1": 1000000000000}}}',
