@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,11 +28,18 @@ def live_rest(tmp_path_factory: pytest.TempPathFactory, fakehost_cache: ObjectCa
     base = tmp_path_factory.mktemp("rest-host")
     host = build_fake_host(base / "root", objects=fakehost_cache)
     make_dev_nodes(host.root, list(range(N_GPUS)))
-    config_path = write_config(base / "fakenvml.json", make_config(N_GPUS))
+    with serving(host.root, write_config(base / "fakenvml.json", make_config(N_GPUS))) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serving(root: Path, nvml_config: Path, host_root: Path = Path("/")) -> Iterator[LiveRest]:
+    """The REST app over the fake host at `root`, its own libnvidia-ml (the fake NVML, found
+    through its ld.so.cache) reading `nvml_config`, for as long as the block runs."""
     previous = os.environ.get("FAKE_NVML_CONFIG")
-    os.environ["FAKE_NVML_CONFIG"] = str(config_path)
-    library = discovery.find_nvml_library(host.root)
-    server = LiveRest(host.root, host.root, str(library) if library else None).start()
+    os.environ["FAKE_NVML_CONFIG"] = str(nvml_config)
+    library = discovery.find_nvml_library(root)
+    server = LiveRest(root, root, str(library) if library else None, host_root=host_root).start()
     try:
         yield server
     finally:

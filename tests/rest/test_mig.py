@@ -14,11 +14,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from nvplugin.driver import discovery
 from tests.fakehost.build import build_fake_host, make_dev_nodes, write_mig_capabilities
 from tests.fakehost.compiler import ObjectCache
 from tests.fakenvml.build import gpu, make_config, write_config
 from tests.requirements import need_root
+from tests.rest.conftest import serving
 from tests.rest.live import LiveRest
 
 MIG_UUIDS = ("MIG-aaaa1111-0000-0000-0000-000000000000", "MIG-bbbb2222-0000-0000-0000-000000000000")
@@ -40,20 +40,9 @@ def mig_rest(tmp_path_factory: pytest.TempPathFactory, fakehost_cache: ObjectCac
     host = build_fake_host(base / "root", objects=fakehost_cache)
     make_dev_nodes(host.root, [0, 1])
     write_mig_capabilities(host.root, host.root, MINORS)
-    config_path = write_config(base / "fakenvml.json", mig_gpu_config())
-    previous = os.environ.get("FAKE_NVML_CONFIG")
-    os.environ["FAKE_NVML_CONFIG"] = str(config_path)
-    library = discovery.find_nvml_library(host.root)
-    server = LiveRest(host.root, host.root, str(library) if library else None,
-                      host_root=host.root).start()
-    try:
+    with serving(host.root, write_config(base / "fakenvml.json", mig_gpu_config()),
+                 host_root=host.root) as server:
         yield server
-    finally:
-        server.stop()
-        if previous is None:
-            os.environ.pop("FAKE_NVML_CONFIG", None)
-        else:
-            os.environ["FAKE_NVML_CONFIG"] = previous
 
 
 def devices(server: LiveRest, dev: str) -> list[str]:

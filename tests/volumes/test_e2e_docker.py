@@ -195,8 +195,9 @@ def test_an_old_volume_goes_with_its_last_container_and_docker_agrees(
     assert started.returncode == 0, started.stderr
     container = started.stdout.strip()
     _upgrade(daemon, fake_host_factory)
-    # Mounted: kept, and `gc` (asking the running daemon) keeps it too.
-    assert f"Keeping volume {old} of driver" in daemon.log()
+    # Mounted: kept, and `gc` (asking the running daemon) keeps it too. The daemon says so
+    # right after "driver changed": waited for, as a loaded machine may log it a moment later.
+    assert wait_for(lambda: f"Keeping volume {old} of driver" in daemon.log()), daemon.log()
     gc = _gc(daemon)
     assert gc.returncode == 0, gc.stdout + gc.stderr
     assert gc.stdout.splitlines() == [
