@@ -39,6 +39,7 @@ ROUTES = {"gpu/status/json": "/v1.0/gpu/status/json", "docker/cli": "/v1.0/docke
 def serve_page(port: int, root: Path, volumes: Path) -> None:
     from nvplugin.api import rest_app
     from nvplugin.core.config import Config
+    from nvplugin.core.later import Later
     from nvplugin.driver import discovery
     from nvplugin.gpu.service import GpuService
     from nvplugin.volumes.store import VolumeStore
@@ -55,7 +56,7 @@ def serve_page(port: int, root: Path, volumes: Path) -> None:
         await store.start()
         app = rest_app.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
         feed = LiveFeed(gpus, Panels(store, lambda: manifest.version, None))
-        routes.mount(app, feed, await asyncio.to_thread(routes.load_assets))
+        routes.mount(app, Later(routes.Page(feed, await asyncio.to_thread(routes.load_assets))))
         return app
 
     web.run_app(make(), host="127.0.0.1", port=port, access_log=None, print=None)

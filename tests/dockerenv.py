@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import io
+import json
 import os
 import shutil
 import socket
@@ -39,6 +40,7 @@ GPU_IMAGE_ENV = {
     "LD_LIBRARY_PATH": "/usr/local/nvidia/lib:/usr/local/nvidia/lib64",
 }
 PLUGIN_SOCKET_DIR = Path("/run/docker/plugins")
+STARTED_LINE = "Start-up took "  # the daemon's last start-up line (debug)
 E2E_LOCK = Path("/run/lock/nvplugin-docker-e2e.lock")
 DOCKERD_FLAGS = (
     "--iptables=false", "--ip6tables=false", "--bridge=none", "--ip-forward=false",
@@ -189,6 +191,7 @@ class PluginDaemon:
     prefix: tuple[str, ...] = ()
     # Never the host's /var/run/cdi, where engines would read a spec of a test's fake host.
     cdi_dir: Path | None = None
+    python_flags: tuple[str, ...] = ()  # e.g. ("-X", "importtime")
 
     @property
     def url(self) -> str:
@@ -204,16 +207,20 @@ class PluginDaemon:
 
     def argv(self) -> list[str]:
         return [
-            *self.prefix, sys.executable, "-m", "nvplugin",
+            *self.prefix, sys.executable, *self.python_flags, "-m", "nvplugin",
             "--driver-root", str(self.driver_root), "--dev-root", str(self.dev_root),
             "-s", str(self.socket_dir), "-d", str(self.volumes_dir),
             "-l", f"127.0.0.1:{self.port}", "--log-level", "debug",
             "--cdi-dir", str(self.cdi_path.parent), *self.extra_args,
         ]
 
-    def start(self, timeout: float = 30.0) -> None:
+    def start(self, timeout: float = 30.0, *, settled: bool = True) -> None:
+        """Start it and wait until both sockets answer and, with `settled`, until start-up's
+        background half (NVML, discovery, health, metrics, the page) is done too: its last
+        line (debug) is logged."""
         log_path = self.log_path or self.volumes_dir.parent / "daemon.log"
         self.log_path = log_path
+        before = self.log().count(STARTED_LINE)
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child
         repo = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, **self.env, "PYTHONPATH": repo}
@@ -223,7 +230,7 @@ class PluginDaemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"plugin daemon exited {self.proc.returncode}:\n{self.log()}")
-            if self.ready():
+            if self.ready() and (not settled or self.log().count(STARTED_LINE) > before):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"plugin daemon did not become ready:\n{self.log()}")
@@ -246,7 +253,9 @@ class PluginDaemon:
         self.start()
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
 
 
 def _unix_post(path: Path, route: str) -> bytes | None:
@@ -294,10 +303,10 @@ def plugin_daemon_factory(docker_engine: DockerEngine, tmp_path: Path,
     fcntl.flock(lock, fcntl.LOCK_EX)
 
     class _Tracked(PluginDaemon):
-        def start(self, timeout: float = 30.0) -> None:
+        def start(self, timeout: float = 30.0, *, settled: bool = True) -> None:
             if self not in started:
                 started.append(self)
-            super().start(timeout)
+            super().start(timeout, settled=settled)
 
     yield _Tracked
     for daemon in started:
@@ -366,17 +375,26 @@ def running_plugin(gpu_host_factory: Callable[..., GpuHost],
 
     def start(n_gpus: int = 1, *, volumes_dir: Path | None = None,
               extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = (),
-              **host_options: Any) -> PluginDaemon:
+              python_flags: tuple[str, ...] = (), nvml: dict[str, Any] | None = None,
+              settled: bool = True, **host_options: Any) -> PluginDaemon:
+        """`nvml`: keys to set in the fake NVML's config (e.g. init_delay_ms); `settled`: see
+        `PluginDaemon.start`."""
         host = gpu_host_factory(n_gpus=n_gpus, **host_options)
+        if nvml:
+            from tests.fakenvml.build import write_config
+
+            config = json.loads(host.nvml_config.read_text())
+            write_config(host.nvml_config, {**config, **nvml})
         run_dir = tmp_path / f"plugin{next(counter)}"
         run_dir.mkdir()
         daemon = plugin_daemon_factory(
             driver_root=host.root, dev_root=host.root,
             volumes_dir=volumes_dir or run_dir / "volumes", env=host.env(),
             log_path=run_dir / "daemon.log", extra_args=extra_args, prefix=prefix,
+            python_flags=python_flags,
         )
         daemon.host = host
-        daemon.start()
+        daemon.start(settled=settled)
         return daemon
 
     return start

@@ -246,3 +246,24 @@ def test_observe_flags_have_defaults_environment_and_named_errors():
 def test_bad_observe_values_are_named(args, message):
     with pytest.raises(ConfigError, match=message):
         config.load(args, environ={})
+
+
+@pytest.mark.parametrize(("argv", "environ", "prebuild"), [
+    ([], {}, True),
+    (["--no-prebuild"], {}, False),
+    (["serve", "--no-prebuild"], {}, False),
+    ([], {"NVP_NO_PREBUILD": "1"}, False),
+    ([], {"NVP_NO_PREBUILD": "yes"}, False),
+    ([], {"NVP_NO_PREBUILD": "0"}, True),
+    ([], {"NVP_NO_PREBUILD": ""}, True),
+    (["--no-prebuild"], {"NVP_NO_PREBUILD": "0"}, False),  # the flag wins
+], ids=["default", "flag", "flag-after-command", "env-1", "env-yes", "env-0", "env-empty",
+        "flag-over-env"])
+def test_no_prebuild_by_flag_or_environment(argv, environ, prebuild):
+    assert config.load(argv, environ=environ).prebuild is prebuild
+    assert config.ENVIRONMENT["--no-prebuild"] == "NVP_NO_PREBUILD"
+
+
+def test_bad_no_prebuild_value_is_named():
+    with pytest.raises(ConfigError, match=r"invalid NVP_NO_PREBUILD='maybe': use 1"):
+        config.load([], environ={"NVP_NO_PREBUILD": "maybe"})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -21,6 +21,7 @@ from nvplugin.cdi.build import device_arguments
 from nvplugin.cdi.spec import Spec
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
+from nvplugin.core.later import Later
 from nvplugin.core.text import escape_controls, quote_untrusted
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu import devnodes
@@ -29,6 +30,7 @@ from nvplugin.gpu.selection import Selection, means_all
 from nvplugin.observe.records import ContainerRef, GpuHealth
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 API_VERSION = "v1.0"
 METRICS_PATH = "/metrics"  # unversioned only: where Prometheus scrapes by default
@@ -70,6 +72,7 @@ class CdiSource(Protocol):
 
 ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Ready = Callable[[], Awaitable[None]]
 
 
 class LastPages:
@@ -95,8 +98,9 @@ GPUS = web.AppKey("gpus", GpuSource)
 PAGES = web.AppKey("pages", LastPages)
 MANIFEST: web.AppKey[ManifestProvider] = web.AppKey("manifest_provider")
 CONFIG = web.AppKey("config", Config)
-OBSERVE: web.AppKey[ObserveSource | None] = web.AppKey("observe")
-CDI = web.AppKey("cdi", CdiSource)
+OBSERVE: web.AppKey[Later[ObserveSource] | None] = web.AppKey("observe")
+CDI: web.AppKey[Later[CdiSource]] = web.AppKey("cdi")
+READY: web.AppKey[Ready] = web.AppKey("ready")
 
 
 def _text(body: str, status: int = 200) -> web.Response:
@@ -108,15 +112,21 @@ def _json(body: str) -> web.Response:
     return web.Response(body=body.encode("utf-8", "replace"), content_type=JSON)
 
 
-def _gpus(request: web.Request) -> GpuSource:
+async def _gpus(request: web.Request) -> GpuSource:
+    await request.app[READY]()
     gpus = request.app[GPUS]
     if not gpus.available:
         raise NvmlError(gpus.reason or "NVML is unavailable on this host")
     return gpus
 
 
+async def _manifest(request: web.Request) -> Manifest:
+    await request.app[READY]()
+    return request.app[MANIFEST]()  # the daemon's current manifest, already in memory
+
+
 async def _inventory(request: web.Request) -> GpuInventory:
-    return await _gpus(request).inventory()  # GpuService keeps it; no cache here
+    return await (await _gpus(request)).inventory()  # GpuService keeps it; no cache here
 
 
 # ---------------------------------------------------------------- handlers
@@ -136,13 +146,13 @@ async def gpu_info_json(request: web.Request) -> web.Response:
 
 async def gpu_status(request: web.Request) -> web.Response:
     # The page prints "used / total": the totals come from the static inventory.
-    statuses = await _gpus(request).status()
+    statuses = await (await _gpus(request)).status()
     return _text(text_pages.gpu_status_text(await _inventory(request), statuses))
 
 
 async def gpu_status_json(request: web.Request) -> web.Response:
-    statuses = await _gpus(request).status()
-    observe = request.app[OBSERVE]
+    statuses = await (await _gpus(request)).status()
+    observe = await _observe(request)
     if observe is None:
         return _json(json_docs.gpu_status_json(statuses))
     containers = await observe.containers_of(p.pid for st in statuses for p in st.processes)
@@ -150,12 +160,18 @@ async def gpu_status_json(request: web.Request) -> web.Response:
     return _json(json_docs.gpu_status_json(statuses, health, containers))
 
 
-def _healthy_only(request: web.Request, spec: str | None, chosen: Selection) -> Selection:
+async def _observe(request: web.Request) -> ObserveSource | None:
+    """GPU health and attribution, waited for while the daemon starts; None without them."""
+    later = request.app[OBSERVE]
+    return None if later is None else await later.get()
+
+
+def _healthy_only(observe: ObserveSource | None, spec: str | None,
+                  chosen: Selection) -> Selection:
     """Every GPU (`dev` absent, '', `all`, `*`) means every healthy one: a GPU that had a
     critical Xid, a double-bit ECC error or fell off the bus is left out until it recovers.
     GPUs named by index or UUID are given as asked, healthy or not: the caller chose them
     (to run a diagnostic, say). With no healthy GPU left, the answer is 503 with the reasons."""
-    observe = request.app[OBSERVE]
     if observe is None or not means_all(spec):
         return chosen
     healthy = tuple(gpu for gpu in chosen.gpus if observe.healthy(gpu.uuid))
@@ -171,13 +187,14 @@ def _healthy_only(request: web.Request, spec: str | None, chosen: Selection) -> 
 
 async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
     kinds = launch_args.volume_kinds(request.query.get("vol"))
-    gpus = _gpus(request)
+    gpus = await _gpus(request)
     # absent, "", "*": every GPU; MIG devices get their parent's node and their access nodes
     spec = request.query.get("dev")
-    selected = devnodes.selection_nodes(_healthy_only(request, spec, gpus.select(spec)))
+    selected = devnodes.selection_nodes(_healthy_only(await _observe(request), spec,
+                                                      gpus.select(spec)))
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
-    version = request.app[MANIFEST]().version
+    version = (await _manifest(request)).version
     nodes = await gpus.control_nodes()
     host_root = str(request.app[CONFIG].host_root)
     try:
@@ -204,14 +221,15 @@ async def mesos_cli(request: web.Request) -> web.Response:
 
 async def cdi_spec(request: web.Request) -> web.Response:
     # The same bytes the daemon writes to <cdi-dir>/nvidia-docker.json (with or without one).
-    return web.Response(body=request.app[CDI].current().render(), content_type=JSON)
+    source = await request.app[CDI].get()
+    return web.Response(body=source.current().render(), content_type=JSON)
 
 
 async def _cdi_devices(request: web.Request) -> tuple[str, ...]:
     dev = request.query.get("dev")
-    asked = _gpus(request).select(dev)  # docker/cli's grammar and 400s
-    chosen = _healthy_only(request, dev, asked)  # and its choice of every GPU
-    source = request.app[CDI]
+    asked = (await _gpus(request)).select(dev)  # docker/cli's grammar and 400s
+    chosen = _healthy_only(await _observe(request), dev, asked)  # and its choice of every GPU
+    source = await request.app[CDI].get()
     source.current()  # no spec for engines to resolve the names in: 503, with the reason
     return device_arguments(source.kind, chosen, means_all(dev) and chosen == asked)
 
@@ -225,8 +243,7 @@ async def cdi_cli_json(request: web.Request) -> web.Response:
 
 
 async def driver_files(request: web.Request) -> web.Response:
-    manifest = request.app[MANIFEST]()  # the daemon's current manifest, already in memory
-    return _json(json_docs.go_json(manifest.to_json()))
+    return _json(json_docs.go_json((await _manifest(request)).to_json()))
 
 
 # One table, registered under /v1.0 and again unversioned (the latest API version).
@@ -299,21 +316,34 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def _later(source: T | Later[T]) -> Later[T]:
+    return source if isinstance(source, Later) else Later(source)
+
+
+async def _no_wait() -> None:
+    return None
+
+
 def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
-             cdi: CdiSource, observe: ObserveSource | None = None,
+             cdi: CdiSource | Later[CdiSource],
+             observe: ObserveSource | Later[ObserveSource] | None = None,
              metrics: Handler | None = None, middlewares: Sequence[Middleware] = (),
-             ) -> web.Application:
+             ready: Ready = _no_wait) -> web.Application:
     """The REST application; the daemon serves it on `config.listen`, with `cdi` the spec it
     keeps. With `observe`, GPU health and containers join gpu/status/json and the choice of
     every GPU (docker/cli, cdi/cli); with `metrics`, `GET /metrics` (unversioned: Prometheus'
-    default path). `middlewares` run outermost."""
+    default path). `middlewares` run outermost. Every route that reads GPUs or driver files
+    first awaits `ready()`, and the CDI and health routes await their source when it comes
+    `Later`: the daemon answers before its start-up work is done, and such a request waits for
+    it rather than answering from half a start."""
     app = web.Application(middlewares=(*middlewares, error_middleware))
     app[GPUS] = gpus
     app[PAGES] = LastPages()
     app[MANIFEST] = manifest_provider
     app[CONFIG] = config
-    app[OBSERVE] = observe
-    app[CDI] = cdi
+    app[OBSERVE] = None if observe is None else _later(observe)
+    app[CDI] = _later(cdi)
+    app[READY] = ready
     for prefix in (f"/{API_VERSION}", ""):
         for path, handler in ROUTES:
             app.router.add_get(prefix + path, handler)

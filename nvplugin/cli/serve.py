@@ -1,5 +1,17 @@
 """`nvidia-docker-plugin serve`: wires the services together and runs both APIs in one asyncio
-process."""
+process.
+
+Start-up answers on both sockets as soon as they are bound. NVML (started before this module is
+imported: cli/main.py), the first driver discovery and GPU health (`ObserveService`) finish in
+the background, and a request that needs their results waits for them (`Daemon.ready`) instead
+of answering from half a start: Docker's Activate, List and the Get of an existing volume answer
+at once, a docker/cli request when the GPUs, their health and the driver's files are known.
+What only some requests use loads after the sockets answer (the CDI spec's keeper, and in
+`_load_extras` the metrics registry and the GPU page); those requests wait for it (`Later`).
+Then the running driver's volume is built in the background (`VolumeStore.prebuild`), so the
+first container does not wait.
+tests/e2e/test_startup.py keeps the imports before the sockets answer to the serving path.
+"""
 
 from __future__ import annotations
 
@@ -8,46 +20,72 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from nvplugin.api.plugin import make_app as make_plugin_app
 from nvplugin.api.plugin_socket import start_plugin_site
+from nvplugin.api.rest_app import METRICS_PATH, CdiSource, ObserveSource
 from nvplugin.api.rest_app import make_app as make_rest_app
-from nvplugin.cdi.writer import SpecKeeper
-from nvplugin.cli.doctor_checks import Check
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DockerError, NvpluginError
+from nvplugin.core.later import Later
+from nvplugin.core.phases import Phases
 from nvplugin.driver.state import DriverState
 from nvplugin.gpu import devnodes
-from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.service import GpuService
-from nvplugin.observe.exposition import Metrics, make_metrics_app, node_name
-from nvplugin.observe.records import HealthChange
-from nvplugin.observe.service import ContainerLister, ObserveService, docker_lister
+from nvplugin.observe.timing import timed
 from nvplugin.volumes.store import BuildReport, VolumeStore
 from nvplugin.web import routes as page_routes
-from nvplugin.web.feed import LiveFeed
-from nvplugin.web.panels import Panels
+
+if TYPE_CHECKING:
+    from nvplugin.cdi.writer import SpecKeeper
+    from nvplugin.cli.doctor_checks import Check
+    from nvplugin.observe.exposition import Metrics
+    from nvplugin.observe.records import HealthChange
+    from nvplugin.observe.service import ContainerLister, ObserveService
+    from nvplugin.web.feed import LiveFeed
+    from nvplugin.web.panels import Panels
 
 log = logging.getLogger("nvplugin")
 
 DRIVER_WATCH_INTERVAL_S = 5.0
 SHUTDOWN_TIMEOUT_S = 30.0
+# Worker threads for blocking file work (stat, state.json, builds, discovery). asyncio's default
+# is min(32, CPUs + 4): 20 on a 16-core GPU host, each with its own stack and glibc malloc arena
+# kept after a burst. Nothing waits on another worker, and one build at a time is the longest job.
+IO_THREADS = 4
+EARLY_RECORDS = 10_000  # metrics kept while the registry loads (a burst at boot, bounded)
 
 
 class Daemon:
     """One running plugin: the services, both APIs, and their orderly shutdown."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, gpus: GpuService, phases: Phases) -> None:
+        """`gpus` is already loading NVML (`GpuService.begin`)."""
         self.config = config
+        self.gpus = gpus
+        self.phases = phases
         self.stopping = asyncio.Event()
-        self._cleanups: list[Callable[[], Awaitable[None]]] = []
-        self._rediscoveries: set[asyncio.Task[None]] = set()  # held so they are not collected
+        self.failed = False  # start-up's background half failed: exit 1 once stopped
+        self._cleanups: list[Callable[[], Awaitable[None]]] = [gpus.close]
+        self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
+        self._settled: asyncio.Future[None] | None = None
+        self.observe: Later[ObserveSource] = Later()  # what the REST API reads of health
+        self._health: ObserveService | None = None  # the same object, to close
+        self.cdi: Later[CdiSource] = Later()  # what the REST API reads of the CDI spec
+        self._cdi: SpecKeeper | None = None  # the same object, to refresh
+        self.metrics: Later[Metrics] = Later()
+        self.page: Later[page_routes.Page] = Later()
+        self._early: list[Callable[[Metrics], None]] = []  # replayed once the registry loads
 
     async def run(self) -> int:
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(IO_THREADS, thread_name_prefix="nvplugin-io"))
         try:
             await self._start()
         except Exception as err:  # one line, every resource released, exit 1
@@ -63,100 +101,80 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.stopping.wait()
         await self._shutdown()
+        if self.failed:
+            return 1
         log.info("Successfully terminated")
         return 0
 
+    async def ready(self) -> None:
+        """Wait for start-up's background half: NVML loaded (or known to be missing), GPU health
+        watched and the driver's files discovered once. Returns at once after that."""
+        if self._settled is not None:
+            await asyncio.shield(self._settled)
+
     async def _start(self) -> None:
         cfg = self.config
-        # 1.0's start-up lines, in 1.0's order. Unlike 1.0, a missing nvidia-modprobe or driver
-        # does not stop the daemon: it serves what it can and says why the rest answers 503.
-        log.info("Loading NVIDIA unified memory")
-        await asyncio.to_thread(devnodes.load_uvm, cfg.dev_root, cfg.driver_root)
-        log.info("Loading NVIDIA management library")
-        # NVML is found under the driver root again on each reload (SIGHUP, driver upgrade).
-        self.gpus = await GpuService.start(driver_root=cfg.driver_root, dev_root=cfg.dev_root,
-                                           cuda=CudaProperties(cfg.driver_root))
-        self._cleanups.append(self.gpus.close)
-        log.info("Discovering GPU devices")
-        if self.gpus.available:
-            inventory = await self.gpus.inventory()
-            log.info("Found %d GPU(s), driver %s", len(inventory.gpus), inventory.versions.driver)
-        else:
-            log.warning(
-                "NVIDIA driver not found: %s; GPU endpoints will answer 503", self.gpus.reason
-            )
-
-        self.observe = ObserveService(
-            self.gpus, host_root=cfg.host_root, ignore_xids=cfg.health_ignore_xids,
-            recovery_s=cfg.health_recovery_s, list_containers=_container_lister(cfg))
-        await self.observe.start()
-        self._cleanups.append(self.observe.close)
-        self.metrics = Metrics(self.observe, hostname=node_name(os.environ),
-                               mounts=lambda: self.store.mounts.counts(),
-                               cdi_spec_age=lambda: self.cdi.age())
-
+        self._settled = asyncio.get_running_loop().create_future()
+        # 1.0's start-up lines continue in 1.0's order (the first three are in cli/main.py).
+        # Unlike 1.0, a missing nvidia-modprobe or driver does not stop the daemon: it serves
+        # what it can and says why the rest answers 503.
         log.info("Provisioning volumes at %s", cfg.volumes_dir)
         self.driver = DriverState(cfg.driver_root, self._nvml_driver_version,
                                   devices=partial(devnodes.gpu_set_fingerprint, cfg.driver_root,
                                                   cfg.dev_root))
-        await self.driver.refresh()
-        if self.driver.error is not None and self.gpus.available:
-            # Without a driver at all, the line above already said so.
-            log.warning("Driver volume unavailable: %s", self.driver.error)
         self._cleanups.append(self.driver.close)
-        self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest,
-                                 keep_old=cfg.keep_old_volumes,
-                                 on_build=self._record_build)
-        await self.store.start()
+        with self.phases.span("volume store"):
+            self.store = VolumeStore(cfg.volumes_dir, self.driver.manifest,
+                                     keep_old=cfg.keep_old_volumes,
+                                     on_build=self._record_build, ready=self.ready)
+            await self.store.start()
         self._cleanups.append(self.store.close)
-        await self._collect_old_volumes()  # a driver upgraded while the daemon was down
-        # Kept at a clean stop: see cdi/writer.py.
-        self.cdi = SpecKeeper(path=cfg.cdi_path, kind=cfg.cdi_kind, host_root=cfg.host_root,
-                              gpus=self.gpus, manifest=self.driver.manifest,
-                              healthy=self.observe.healthy)
-        await self.cdi.refresh("start-up")
-        self.observe.add_health_listener(self._health_changed)
-        self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
+        # Registered before the listeners: their cleanup (which ends the page's streams and
+        # drains requests) runs first, then what start-up's background half made.
+        self._cleanups.append(self._close_background)
+        await self._listen()
+        # The rest after the sockets answer: what it imports and reads waits its turn.
+        self._spawn(self._settle(self._settled))
 
-        plugin_app = make_plugin_app(self.store, middlewares=[
-            self.metrics.middleware(self.metrics.plugin_seconds, with_method=False)])
+    async def _listen(self) -> None:
+        cfg = self.config
+        plugin_app = make_plugin_app(self.store, middlewares=[self._timed("plugin")])
         plugin_runner = web.AppRunner(plugin_app, access_log=None,
                                       shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await plugin_runner.setup()
         self._cleanups.append(plugin_runner.cleanup)
 
         address = cfg.listen_host_port
-        # The GPU page lives on the REST listener; a scrape of the metrics-only one counts as
-        # watching it too.
-        page = self._page_feed() if address is not None else None
-        await self._serve_metrics_alone(page)
-        if address is None or page is None:
+        await self._serve_metrics_alone(watched=address is not None)
+        if address is None:
             await self._serve_plugin(plugin_runner)
             log.info("Remote API disabled (empty listen address)")
             await self.plugin_site.publish_spec(cfg)
             return
-        rest_app = make_rest_app(
-            self.gpus, self.driver.manifest, cfg, self.cdi, observe=self.observe,
-            metrics=self.metrics.handle,
-            middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
-        page_routes.mount(rest_app, page, await asyncio.to_thread(page_routes.load_assets))
-        rest_runner = web.AppRunner(rest_app, access_log=None,
-                                    shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await rest_runner.setup()
-        self._cleanups.append(rest_runner.cleanup)
-        host, port = address
-        try:
-            await web.TCPSite(rest_runner, _loopback_v4(host), port).start()
-        except OSError as err:
-            raise NvpluginError(
-                f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
-                "choose another address with -l, or -l '' to disable it"
-            ) from err
-        if host == "localhost":
-            # Also ::1 where the host has IPv6; hosts and containers without it are common, so
-            # only the IPv4 loopback is required.
-            with contextlib.suppress(OSError):
-                await web.TCPSite(rest_runner, "::1", port).start()
+        with self.phases.span("REST socket"):
+            rest_app = make_rest_app(
+                self.gpus, self.driver.manifest, cfg, self.cdi, observe=self.observe,
+                metrics=self._metrics_page, middlewares=[self._timed("rest")],
+                ready=self.ready)
+            # The GPU page lives on the REST listener; its feed loads after the sockets answer.
+            page_routes.mount(rest_app, self.page)
+            rest_runner = web.AppRunner(rest_app, access_log=None,
+                                        shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+            await rest_runner.setup()
+            self._cleanups.append(rest_runner.cleanup)
+            host, port = address
+            try:
+                await web.TCPSite(rest_runner, _loopback_v4(host), port).start()
+            except OSError as err:
+                raise NvpluginError(
+                    f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
+                    "choose another address with -l, or -l '' to disable it"
+                ) from err
+            if host == "localhost":
+                # Also ::1 where the host has IPv6; hosts and containers without it are common,
+                # so only the IPv4 loopback is required.
+                with contextlib.suppress(OSError):
+                    await web.TCPSite(rest_runner, "::1", port).start()
         # Docker (and anyone waiting for the daemon) takes an answering plugin socket for a
         # daemon that is up: it is published only once the port is bound, so a taken port
         # never shows a socket for a daemon about to exit. The log keeps 1.0's line order.
@@ -165,38 +183,134 @@ class Daemon:
         await self.plugin_site.publish_spec(cfg)
 
     async def _serve_plugin(self, runner: web.AppRunner) -> None:
-        self.plugin_site = await start_plugin_site(runner, self.config)
+        with self.phases.span("plugin socket"):
+            self.plugin_site = await start_plugin_site(runner, self.config)
         self._cleanups.append(self.plugin_site.close)
         log.info("Serving plugin API at %s", self.config.socket_dir)
 
-    def _page_feed(self) -> LiveFeed:
-        """The live GPU page's feed, with doctor's findings handed in."""
+    async def _settle(self, settled: asyncio.Future[None]) -> None:
+        """Start-up's background half: NVML's result, GPU health, the first discovery (then
+        `settled`); then what only some requests use, the watcher and the prebuild. A bug here
+        stops the daemon with exit status 1, as one in `_start` does."""
+        try:
+            # Imported while NVML initialises: health needs both.
+            observing = asyncio.ensure_future(asyncio.to_thread(_observe_parts, self.config))
+            await self.gpus.ready()
+            if self.gpus.available:
+                log.info("Found %d GPU(s), driver %s", len(self.gpus.gpus),
+                         await self.gpus.driver_version())
+                # gpu/info waits for CUDA's sizes; docker/cli and status do not.
+                self._spawn(self._merge_cuda_sizes())
+            else:
+                log.warning("NVIDIA driver not found: %s; GPU endpoints will answer 503",
+                            self.gpus.reason)
+            with self.phases.span("GPU health"):
+                service_class, lister = await observing
+                observe = service_class(
+                    self.gpus, host_root=self.config.host_root,
+                    ignore_xids=self.config.health_ignore_xids,
+                    recovery_s=self.config.health_recovery_s, list_containers=lister)
+                await observe.start()
+                self._health = observe
+                self.observe.set(observe)
+            with self.phases.span("driver discovery"):
+                await self.driver.refresh()
+            if self.driver.error is not None and self.gpus.available:
+                # Without a driver at all, the line above already said so.
+                log.warning("Driver volume unavailable: %s", self.driver.error)
+        except Exception as err:
+            log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+            self.failed = True
+            self.stopping.set()
+            return
+        finally:
+            settled.set_result(None)
+            self.phases.spans["ready"] = (0.0, self.phases.since_origin())
+        await self._collect_old_volumes()  # a driver upgraded while the daemon was down
+        with self.phases.span("CDI spec"):
+            await self._keep_cdi_spec(observe)
+        self.driver.start_watching(DRIVER_WATCH_INTERVAL_S, self.rediscover)
+        self._prebuild()
+        with self.phases.span("metrics and GPU page"):
+            await self._load_extras(observe)
+        # The last line of start-up: everything it does is done (the prebuild aside).
+        log.debug("Start-up took %.0f ms (ms after the program started: %s)",
+                  self.phases.since_origin() * 1000, self.phases.summary())
+
+    async def _keep_cdi_spec(self, observe: ObserveService) -> None:
+        """The CDI spec written for the engines that read it (cdi/writer.py), kept true from now
+        on; the cdi routes wait for it meanwhile."""
+        keeper_class = await asyncio.to_thread(_spec_keeper)
         cfg = self.config
+        keeper = keeper_class(path=cfg.cdi_path, kind=cfg.cdi_kind, host_root=cfg.host_root,
+                              gpus=self.gpus, manifest=self.driver.manifest,
+                              healthy=observe.healthy)
+        await keeper.refresh("start-up")  # kept at a clean stop: see cdi/writer.py
+        self._cdi = keeper
+        self.cdi.set(keeper)
+        observe.add_health_listener(self._health_changed)
 
-        async def findings() -> list[Check]:
-            from nvplugin.cli import doctor  # its probes load only once someone opens the page
+    def _health_changed(self, change: HealthChange) -> None:
+        """The CDI spec's `all` holds the healthy GPUs only: rewrite it on each transition."""
+        if self._cdi is not None:
+            state = "healthy" if change.healthy else "unhealthy"
+            self._spawn(self._cdi.refresh(f"GPU {change.index} {state}"))
 
-            return await asyncio.to_thread(doctor.collect, cfg)
+    async def _load_extras(self, observe: ObserveService) -> None:
+        """The metrics registry (prometheus_client: ~40 ms and 1 MB to import) and the GPU page,
+        after the sockets answer; their requests wait for them meanwhile."""
+        metrics_class, node_name, feed_class, panels_class = await asyncio.to_thread(_extras)
+        keeper = self._cdi
+        metrics = metrics_class(observe, hostname=node_name(os.environ),
+                                mounts=lambda: self.store.mounts.counts(),
+                                cdi_spec_age=keeper.age if keeper is not None else None)
+        self.metrics.set(metrics)
+        for record in self._early:
+            record(metrics)
+        self._early.clear()
+        if self.config.listen_host_port is not None:
+            panels = panels_class(self.store, lambda: self.driver.version, self._findings,
+                                  keeper)
+            feed = feed_class(self.gpus, panels, observe, host_root=self.config.host_root)
+            assets = await asyncio.to_thread(page_routes.load_assets)
+            self.page.set(page_routes.Page(feed, assets))
 
-        panels = Panels(self.store, lambda: self.driver.version, findings, self.cdi)
-        feed = LiveFeed(self.gpus, panels, self.observe, host_root=cfg.host_root)
-        self._cleanups.append(feed.close)  # after the REST runner's cleanup ended its streams
-        return feed
+    def _record(self, record: Callable[[Metrics], None]) -> None:
+        """Into the metrics registry; before it has loaded, kept (bounded) and replayed."""
+        metrics = self.metrics.now()
+        if metrics is not None:
+            record(metrics)
+        elif len(self._early) < EARLY_RECORDS:
+            self._early.append(record)
+
+    def _timed(self, listener: str) -> Any:
+        def record(labels: tuple[str, ...], seconds: float) -> None:
+            self._record(lambda m: m.record_request(listener, labels, seconds))
+
+        return timed(record, with_method=listener == "rest")
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return await (await self.metrics.get()).handle(request)
+
+    async def _findings(self) -> list[Check]:
+        from nvplugin.cli import doctor  # its probes load only once someone opens the page
+
+        return await asyncio.to_thread(doctor.collect, self.config)
 
     def _record_build(self, report: BuildReport) -> None:
-        self.metrics.record_build(report.seconds, report.size, report.ok)
+        self._record(lambda m: m.record_build(report.seconds, report.size, report.ok))
 
-    async def _serve_metrics_alone(self, page: LiveFeed | None) -> None:
+    async def _serve_metrics_alone(self, *, watched: bool) -> None:
         """`--metrics-listen`: /metrics alone, for a Prometheus that must not see the API."""
         cfg = self.config
         address = cfg.metrics_host_port
         if address is None:
             return
-        app = make_metrics_app(self.metrics)
-        if page is not None:
-            app.middlewares.append(page_routes.watching(page))
-        runner = web.AppRunner(app, access_log=None,
-                               shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        app = web.Application()
+        app.router.add_get(METRICS_PATH, self._metrics_page)
+        if watched:  # a scrape of the metrics-only listener counts as watching the page too
+            app.middlewares.append(page_routes.watching(self.page))
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         self._cleanups.append(runner.cleanup)
         host, port = address
@@ -209,22 +323,38 @@ class Daemon:
             ) from err
         log.info("Serving metrics at %s", cfg.metrics_listen)
 
+    async def _merge_cuda_sizes(self) -> None:
+        with contextlib.suppress(NvpluginError):  # NVML went away meanwhile: the next load
+            await self.gpus.inventory()
+
+    def _prebuild(self) -> None:
+        if self.config.prebuild and self.driver.error is None:
+            self._spawn(self.store.prebuild())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_background(self) -> None:
+        """Cancel start-up, re-discoveries and prebuilds (a build in progress finishes first:
+        the store holds its volume's lock until the build's thread ends), then close the page's
+        feed and GPU health."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if (page := self.page.now()) is not None:
+            await page.feed.close()
+        if self._health is not None:
+            await self._health.close()
+
     async def _nvml_driver_version(self) -> str | None:
         if not self.gpus.available:
             return None
         return await self.gpus.driver_version()
 
-    def _health_changed(self, change: HealthChange) -> None:
-        """The CDI spec's `all` holds the healthy GPUs only: rewrite it on each transition."""
-        state = "healthy" if change.healthy else "unhealthy"
-        task = asyncio.create_task(self.cdi.refresh(f"GPU {change.index} {state}"))
-        self._rediscoveries.add(task)
-        task.add_done_callback(self._rediscoveries.discard)
-
     def _on_sighup(self) -> None:
-        task = asyncio.create_task(self.rediscover("SIGHUP"))
-        self._rediscoveries.add(task)
-        task.add_done_callback(self._rediscoveries.discard)
+        self._spawn(self.rediscover("SIGHUP"))
 
     async def rediscover(self, reason: str) -> None:
         """SIGHUP, or the driver changed on disk: read GPUs and driver files again."""
@@ -239,12 +369,15 @@ class Daemon:
             log.warning("Driver volume unavailable: %s", self.driver.error)
         elif before is not None and before != after:
             log.info("NVIDIA driver changed from %s to %s", before, after)
+            self._prebuild()
             await self._collect_old_volumes()
         elif changed:
             log.info("Driver files changed (version %s)", after)
+            self._prebuild()
         else:
             log.info("Driver unchanged (version %s)", after)
-        await self.cdi.refresh(reason)
+        if self._cdi is not None:  # none yet: start-up's own refresh is still to come
+            await self._cdi.refresh(reason)
 
     async def _collect_old_volumes(self) -> None:
         """Old drivers' volumes that no container mounts go (one line each), unless kept."""
@@ -265,13 +398,36 @@ class Daemon:
         self._cleanups.clear()
 
 
-def _container_lister(cfg: Config) -> ContainerLister | None:
+def _observe_parts(cfg: Config) -> tuple[type[ObserveService], ContainerLister | None]:
+    """GPU health's module (and the Engine client behind container names), imported off the
+    event loop while NVML initialises, and the container lister (reads Docker's config)."""
+    from nvplugin.observe.service import ObserveService, docker_lister
+
     try:
-        return docker_lister(cfg.host_root, os.environ)
+        lister: ContainerLister | None = docker_lister(cfg.host_root, os.environ)
     except DockerError as err:  # a broken docker context: attribution still gives IDs
         log.warning("Container names unavailable: %s", err)
-        return None
+        lister = None
+    return ObserveService, lister
+
+
+def _spec_keeper() -> type[SpecKeeper]:
+    """The CDI spec's keeper (its build and validation), imported off the event loop."""
+    from nvplugin.cdi.writer import SpecKeeper
+
+    return SpecKeeper
+
+
+def _extras() -> tuple[type[Metrics], Callable[[Mapping[str, str]], str], type[LiveFeed],
+                       type[Panels]]:
+    """What only /metrics and the GPU page use, imported off the event loop."""
+    from nvplugin.observe.exposition import Metrics, node_name
+    from nvplugin.web.feed import LiveFeed
+    from nvplugin.web.panels import Panels
+
+    return Metrics, node_name, LiveFeed, Panels
 
 
 def _loopback_v4(host: str) -> str:
     return "127.0.0.1" if host == "localhost" else host
+

@@ -47,6 +47,8 @@ class Config:
     # relative to it (`/host` in the image, whose --dev-root is the host's / mounted there).
     host_root: Path = Path(DEFAULT_HOST_ROOT)
     log_level: str = "info"
+    # Build the running driver's volume in the background after start-up and driver changes.
+    prebuild: bool = True
     # Where Docker looks for plugin spec files; only used when socket_dir is not Docker's default.
     spec_dir: Path = Path(SPEC_DIR)
     plugin_name: str = PLUGIN_NAME
@@ -145,6 +147,9 @@ _SWITCHES: tuple[tuple[str, str, str], ...] = (
     ("--keep-old-volumes", "NVP_KEEP_OLD_VOLUMES",
      "keep the volumes of older drivers after an upgrade (default: each is removed once no "
      "container mounts it)"),
+    ("--no-prebuild", "NVP_NO_PREBUILD",
+     "do not build the running driver's volume in the background after start-up and after a "
+     "driver change (the first container that needs it builds it)"),
 )
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
@@ -264,6 +269,7 @@ def config_from_namespace(ns: argparse.Namespace) -> Config:
         health_recovery_s=parse_duration(ns.health_recovery, "--health-recovery"),
         cdi_dir=Path(ns.cdi_dir) if ns.cdi_dir else None,
         cdi_kind=ns.cdi_kind,
+        prebuild=not _switch(ns.no_prebuild, ENVIRONMENT["--no-prebuild"]),
     )
 
 

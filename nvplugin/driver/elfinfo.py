@@ -1,8 +1,13 @@
-"""ELF facts discovery needs, read with pyelftools: class, machine, SONAME, NEEDED, ABI tag.
+"""ELF facts discovery needs: class, machine, SONAME, NEEDED, ABI tag.
 
 `inspect(path)` is the only function that touches the file; everything else is a pure predicate
 over `ElfFacts`. A file that is not ELF or is damaged raises `ElfError` naming it, so discovery
 can skip it with a reason instead of aborting (1.0 failed the whole volume on one bad file).
+
+Ordinary driver files (program headers, the dynamic table, the GNU ABI note) are read directly;
+pyelftools reads the unusual ones and words the damage reports. It is imported only then: it
+costs the daemon about 20 ms of start-up and 3-5 MB of memory (it pulls in `pdb` and its
+`construct` copy), and no file of the fake host or the H200's driver needs it.
 """
 
 from __future__ import annotations
@@ -10,15 +15,15 @@ from __future__ import annotations
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from elftools.common.exceptions import ELFError as _PyElfError
-from elftools.elf.dynamic import DynamicSegment
-from elftools.elf.elffile import ELFFile
+from typing import TYPE_CHECKING, BinaryIO
 
 from nvplugin.core.errors import ElfError, RootEscapeError, UnsafeFileError
 from nvplugin.driver.hostroot import HostRoot
+
+if TYPE_CHECKING:
+    from elftools.elf.elffile import ELFFile
 
 # e_machine -> (arch name, as in ldcache.ARCHES)
 MACHINES: dict[str, str] = {
@@ -45,24 +50,27 @@ class ElfFacts:
 
 
 def inspect(path: str, *, abi_tag: bool = False, fd: int | None = None) -> ElfFacts:
-    """Read one file's ELF facts; the ABI note (a section lookup) only when asked.
+    """Read one file's ELF facts; the ABI note only when asked.
 
     With `fd`, the facts come from that open file (discovery opens it inside the driver root)
     and `path` only names it; without, `path` is opened (tests, tools).
 
-    The program headers and dynamic table of an ordinary library are read directly (pyelftools
-    builds its parsers per file, about 1 ms each, and discovery reads dozens of files); anything
-    unusual, and the ABI note, goes through pyelftools, which also words the damage reports.
+    The program headers, dynamic table and notes of an ordinary library are read directly
+    (pyelftools builds its parsers per file, about 1 ms each, and discovery reads dozens of
+    files); anything unusual goes through pyelftools, which also words the damage reports.
     """
-    if not abi_tag:
-        try:
-            with _reader(path, fd) as f:
-                return _inspect_fast(path, f)
-        except _Unusual:
-            pass
-        except OSError as err:
-            raise ElfError(f"{path}: cannot read: {err.strerror or err}") from err
+    try:
+        with _reader(path, fd) as f:
+            return _inspect_fast(path, f, abi_tag)
+    except _Unusual:
+        pass
+    except OSError as err:
+        raise ElfError(f"{path}: cannot read: {err.strerror or err}") from err
     return _inspect_pyelftools(path, abi_tag, fd)
+
+
+def _not_elf(path: str, magic: bytes) -> ElfError:
+    return ElfError(f"{path}: not an ELF file (starts with {magic!r})")
 
 
 def _reader(path: str, fd: int | None) -> BinaryIO:
@@ -75,11 +83,14 @@ def _reader(path: str, fd: int | None) -> BinaryIO:
 
 
 def _inspect_pyelftools(path: str, abi_tag: bool, fd: int | None = None) -> ElfFacts:
+    from elftools.common.exceptions import ELFError as PyElfError  # see the module docstring
+    from elftools.elf.elffile import ELFFile
+
     try:
         with _reader(path, fd) as f:
             magic = f.read(4)
             if magic != b"\x7fELF":
-                raise ElfError(f"{path}: not an ELF file (starts with {magic!r})")
+                raise _not_elf(path, magic)
             f.seek(0)
             elf = ELFFile(f)
             bits = elf.elfclass
@@ -89,7 +100,7 @@ def _inspect_pyelftools(path: str, abi_tag: bool, fd: int | None = None) -> ElfF
             abi = _abi_tag(elf, path) if abi_tag else None
     except ElfError:
         raise
-    except (_PyElfError, struct.error, ValueError, OSError, EOFError, UnicodeDecodeError,
+    except (PyElfError, struct.error, ValueError, OSError, EOFError, UnicodeDecodeError,
             KeyError, IndexError, AttributeError, TypeError) as err:
         # pyelftools reports damage through several exception types; all mean "unusable".
         raise ElfError(f"{path}: damaged ELF file ({type(err).__name__}: {err})") from err
@@ -120,13 +131,15 @@ _LAYOUT = {
 }
 
 
-def _inspect_fast(path: str, f: BinaryIO) -> ElfFacts:
+def _inspect_fast(path: str, f: BinaryIO, abi_tag: bool) -> ElfFacts:
     ident = f.read(64)
-    if len(ident) < 52 or ident[:4] != b"\x7fELF" or ident[4] not in (1, 2):
+    if ident[:4] != b"\x7fELF":
+        raise _not_elf(path, ident[:4])
+    if len(ident) < 52 or ident[4] not in (1, 2):
         raise _Unusual
     bits = 32 * ident[4]
-    header, phdr, dyn, (i_type, i_off, i_vaddr, i_filesz) = _LAYOUT[
-        (ident[4], "<" if ident[5] == 1 else ">")]
+    endian = "<" if ident[5] == 1 else ">"
+    header, phdr, dyn, (i_type, i_off, i_vaddr, i_filesz) = _LAYOUT[(ident[4], endian)]
     e_type, e_machine, _version, e_phoff, e_phentsize, e_phnum = struct.unpack_from(
         header, ident)
     if e_type not in _E_TYPE or e_machine not in _E_MACHINE:
@@ -136,15 +149,49 @@ def _inspect_fast(path: str, f: BinaryIO) -> ElfFacts:
     table = f.read(e_phnum * e_phentsize)
     if e_phentsize < size or len(table) != e_phnum * e_phentsize or e_phnum > 256:
         raise _Unusual
-    loads, dynamic = [], None
+    loads, dynamic, notes = [], None, []
     for i in range(e_phnum):
         ph = struct.unpack_from(phdr, table, i * e_phentsize)
         if ph[i_type] == 1:
             loads.append((ph[i_vaddr], ph[i_off], ph[i_filesz]))
         elif ph[i_type] == 2:
             dynamic = (ph[i_off], ph[i_filesz])
+        elif ph[i_type] == 4:
+            notes.append((ph[i_off], ph[i_filesz], ph[_P_ALIGN]))
     soname, needed = (_dynamic_fast(f, dyn, dynamic, loads) if dynamic else (None, ()))
-    return _facts(path, bits, _E_MACHINE[e_machine], _E_TYPE[e_type], soname, needed, None)
+    abi = _abi_note_fast(f, endian, notes) if abi_tag else None
+    return _facts(path, bits, _E_MACHINE[e_machine], _E_TYPE[e_type], soname, needed, abi)
+
+
+_P_ALIGN = 7  # p_align's place in both classes' program header
+_NT_GNU_ABI_TAG = 1
+
+
+def _abi_note_fast(f: BinaryIO, endian: str, notes: list[tuple[int, int, int]],
+                   ) -> tuple[int, int, int, int] | None:
+    """The GNU ABI note from the PT_NOTE segments (the linker puts .note.ABI-tag in one)."""
+    if not notes:
+        raise _Unusual  # no note segment: let pyelftools look for the section
+    for offset, filesz, align in notes:
+        if filesz > 1 << 16:
+            raise _Unusual
+        f.seek(offset)
+        raw = f.read(filesz)
+        pad = 8 if align == 8 else 4
+        at = 0
+        while at + 12 <= len(raw):
+            namesz, descsz, note_type = struct.unpack_from(f"{endian}III", raw, at)
+            name_at = at + 12
+            desc_at = name_at + -(-namesz // pad) * pad
+            at = desc_at + -(-descsz // pad) * pad
+            if at > len(raw):
+                raise _Unusual
+            if raw[name_at:name_at + namesz] == b"GNU\0" and note_type == _NT_GNU_ABI_TAG:
+                if descsz < 16:
+                    raise _Unusual  # pyelftools words what is wrong with it
+                os_, major, minor, patch = struct.unpack_from(f"{endian}IIII", raw, desc_at)
+                return (os_, major, minor, patch)
+    return None
 
 
 def _dynamic_fast(f: BinaryIO, dyn: str, dynamic: tuple[int, int],
@@ -183,6 +230,8 @@ def _dynamic_fast(f: BinaryIO, dyn: str, dynamic: tuple[int, int],
 
 
 def _dynamic(elf: ELFFile) -> tuple[str | None, tuple[str, ...]]:
+    from elftools.elf.dynamic import DynamicSegment
+
     # The PT_DYNAMIC segment, not the .dynamic section: a program header walk is a few entries,
     # a section lookup parses every section header (3-5x slower on driver libraries).
     dynamic = next((s for s in elf.iter_segments() if isinstance(s, DynamicSegment)), None)
@@ -235,6 +284,11 @@ class ElfMemo:
     def __init__(self, max_entries: int = 4096) -> None:
         self._facts: dict[tuple[object, ...], ElfFacts] = {}
         self._max_entries = max_entries
+        self.reads = 0  # files read, and the seconds that took: for discovery's debug line
+        self.read_seconds = 0.0
+
+    def __len__(self) -> int:
+        return len(self._facts)
 
     def inspect(self, root: HostRoot, inner: str, *, abi_tag: bool = False,
                 ) -> tuple[ElfFacts, tuple[int, int]]:
@@ -250,7 +304,12 @@ class ElfMemo:
                 if facts is None:
                     if len(self._facts) >= self._max_entries:
                         self._facts.clear()
-                    facts = self._facts[key] = inspect(host, abi_tag=abi_tag, fd=f.fd)
+                    started = time.perf_counter()
+                    try:
+                        facts = self._facts[key] = inspect(host, abi_tag=abi_tag, fd=f.fd)
+                    finally:
+                        self.reads += 1
+                        self.read_seconds += time.perf_counter() - started
         except UnsafeFileError as err:
             raise ElfError(err.message) from err
         except (OSError, RootEscapeError) as err:

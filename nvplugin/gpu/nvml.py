@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import importlib.metadata
 import logging
 import os
 import re
@@ -128,6 +127,8 @@ _reported_missing: set[str] = set()
 
 @functools.cache
 def _pynvml_version() -> str:
+    import importlib.metadata  # only to word a rare warning: it costs 1-2 MB and 10 ms to import
+
     try:
         return importlib.metadata.version("nvidia-ml-py")
     except importlib.metadata.PackageNotFoundError:

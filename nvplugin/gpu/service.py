@@ -1,11 +1,17 @@
 """The GPU service the daemon and the REST API use: NVML off the event loop.
 
 All NVML calls run on one dedicated thread (NVML handles belong to the process; one thread keeps
-the calls ordered), except the slow PCIe throughput sampling, which has its own thread so that a
-~20 ms-per-GPU sample never delays a status request. The inventory's driver/CUDA versions and the
-control nodes change only when a driver (un)loads, yet reading them takes a thread hop (NVML, stat
-calls) that would be most of a docker/cli or gpu/info request's cost: they are served up to
-`RECENT_MAX_AGE_S` old, and a refresh forgets them.
+the calls ordered), except the slow ones, which have a side thread so that they never delay a
+status request: PCIe throughput sampling (~20 ms per GPU) and CUDA's memory sizes (a child
+process, cuda.py). The inventory's driver/CUDA versions and the control nodes change only when a
+driver (un)loads, yet reading them takes a thread hop (NVML, stat calls) that would be most of a
+docker/cli or gpu/info request's cost: they are served up to `RECENT_MAX_AGE_S` old, and a
+refresh forgets them.
+
+The daemon starts the first load with `begin` before its event loop (and its web stack) exists:
+NVML's init is C code that runs while Python imports, and on a big host it is the slowest step
+of start-up. `ready()` takes its result. CUDA's sizes come later than the GPUs: only the
+inventory (gpu/info) waits for them, never a docker/cli or a status request.
 
 `nvml_library=None` (the daemon's case) finds libnvidia-ml under the driver root on every
 (re)load, so a refresh after a driver upgrade shuts the old NVML down, unloads it and loads the
@@ -19,12 +25,13 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from nvplugin.core.errors import NvmlError
+from nvplugin.core.phases import Phases
 from nvplugin.core.single_flight import Recent
 from nvplugin.driver import discovery
 from nvplugin.gpu import devnodes, selection
@@ -61,13 +68,15 @@ class GpuService:
         self._cuda = cuda  # None: Constant, Shared and L2 Cache stay N/A (one-shot commands)
         self.reason: str | None = "NVML has not been loaded yet"
         self._nvml_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml")
-        self._sampler_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml-pcie")
+        self._side_thread = ThreadPoolExecutor(1, thread_name_prefix="nvml-side")
         self._session: NvmlSession | None = None
         self._gpus: tuple[Gpu, ...] = ()
         self._cache: StatusCache | None = None
         self._lock = asyncio.Lock()
         self._inventory = Recent(self._read_inventory, RECENT_MAX_AGE_S, clock)
         self._control_nodes = Recent(self._read_control_nodes, RECENT_MAX_AGE_S, clock)
+        self._opening: Future[tuple[NvmlSession, tuple[Gpu, ...]]] | None = None
+        self._sizes: Future[CudaReport] | None = None  # CUDA's answer, not yet in `_gpus`
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: tuple[threading.Thread, threading.Event] | None = None
@@ -81,6 +90,49 @@ class GpuService:
                       clock=clock, cuda=cuda)
         await service.refresh()
         return service
+
+    @classmethod
+    def begin(cls, *, driver_root: Path, dev_root: Path, phases: Phases,
+              cuda: CudaProperties | None = None) -> GpuService:
+        """Start loading NVML on the NVML thread now, without an event loop, in 1.0's order:
+        nvidia-uvm (the control nodes), the library (found under the driver root), the GPUs;
+        CUDA's sizes meanwhile on the side thread. `available` and `reason` mean nothing until
+        `await ready()`."""
+        service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=None, cuda=cuda)
+        service._opening = service._nvml_thread.submit(service._first_open, phases)
+        service._read_sizes(phases)
+        return service
+
+    def _first_open(self, phases: Phases) -> tuple[NvmlSession, tuple[Gpu, ...]]:
+        with phases.span("nvidia-uvm"):
+            devnodes.load_uvm(self.dev_root, self.driver_root)
+        return self._open(phases)
+
+    def _read_sizes(self, phases: Phases) -> None:
+        """CUDA's child process, on the side thread (idle: the PCIe sampler starts with the
+        first status request, which waits for `ready()`)."""
+        if self._cuda is not None:
+            cuda = self._cuda
+
+            def read() -> CudaReport:
+                with phases.span("CUDA sizes (child process)"):
+                    return cuda.read()
+
+            self._sizes = self._side_thread.submit(read)
+
+    async def ready(self) -> None:
+        """Wait for the load `begin` started; at once when there is none (any more)."""
+        opening = self._opening
+        if opening is None:
+            return
+        async with self._lock:
+            await self._adopt_opening()
+
+    async def _adopt_opening(self) -> None:
+        """Under the lock: take the result of `begin`'s load, if no caller has yet."""
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            await self._adopt(asyncio.wrap_future(opening))
 
     @property
     def available(self) -> bool:
@@ -100,41 +152,62 @@ class GpuService:
     # -- lifecycle
 
     async def refresh(self) -> None:
-        """(Re)load NVML and re-read the static inventory (start-up, SIGHUP, driver change)."""
+        """(Re)load NVML and re-read the static inventory, CUDA's sizes included (`start`,
+        SIGHUP, driver change)."""
         async with self._lock:
+            await self._adopt_opening()  # a SIGHUP during start-up: close that session too
             await self._stop()
-            # CUDA's child process runs while NVML opens: start-up waits for the slower one.
-            cuda = (asyncio.ensure_future(asyncio.to_thread(self._cuda.read))
-                    if self._cuda is not None else None)
-            try:
-                session, gpus = await self._call(self._open)
-            except NvmlError as err:
-                self.reason = err.message
-                if cuda is not None:
-                    await cuda  # without NVML there is no GPU to give the sizes to
-                return
-            if cuda is not None:
-                gpus = _with_cuda(gpus, await cuda)
-            self._session, self._gpus, self.reason = session, gpus, None
-            self._cache = StatusCache(
-                functools.partial(self._call, session.read_status, time.time),
-                functools.partial(self._call, session.read_pcie, executor=self._sampler_thread),
-            )
-            if self._listeners:
-                self._start_events(session)
+            phases = Phases()
+            self._read_sizes(phases)  # CUDA's child process runs while NVML opens
+            await self._adopt(self._call(self._open, phases))
+        # Complete before returning (only start-up, through `begin`, serves without them).
+        # Without NVML there is no GPU to give them to: this only waits for the child.
+        await self._sizes_merged()
 
-    def _open(self) -> tuple[NvmlSession, tuple[Gpu, ...]]:
+    async def _adopt(self, opened: Awaitable[tuple[NvmlSession, tuple[Gpu, ...]]]) -> None:
+        try:
+            session, gpus = await opened
+        except NvmlError as err:
+            self.reason = err.message
+            return
+        self._session, self._gpus, self.reason = session, gpus, None
+        self._cache = StatusCache(
+            functools.partial(self._call, session.read_status, time.time),
+            functools.partial(self._call, session.read_pcie, executor=self._side_thread),
+        )
+        if self._listeners:
+            self._start_events(session)
+
+    def _open(self, phases: Phases) -> tuple[NvmlSession, tuple[Gpu, ...]]:
         # Found again on every (re)load: after a driver upgrade the file named at start-up is
         # gone, and loading it (or keeping it) is 1.0's "nvidia_driver_<old> missing".
-        library = self.nvml_library or discovery.find_nvml_library(self.driver_root)
-        session = NvmlSession.open(library, driver_root=self.driver_root, dev_root=self.dev_root)
+        with phases.span("NVML library lookup"):
+            library = self.nvml_library or discovery.find_nvml_library(self.driver_root)
+        with phases.span("NVML load and init"):
+            session = NvmlSession.open(library, driver_root=self.driver_root,
+                                       dev_root=self.dev_root)
         log.debug("NVML loaded from %s", session.path)
         try:
-            gpus = session.read_gpus()
+            with phases.span("GPU inventory"):
+                gpus = session.read_gpus()
         except NvmlError:
             session.close()
             raise
         return session, devnodes.with_mig_access(gpus, self.driver_root, self.dev_root)
+
+    async def _sizes_merged(self) -> None:
+        """CUDA's sizes in `_gpus`, once per load (the first caller merges, others wait)."""
+        pending = self._sizes
+        if pending is None:
+            return
+        async with self._lock:
+            if self._sizes is not pending:
+                return  # merged by another caller, or a refresh started anew
+            report = await asyncio.wrap_future(pending)
+            self._sizes = None
+            if self._session is not None:
+                self._gpus = _with_cuda(self._gpus, report)
+                self._inventory.forget()
 
     async def _stop(self) -> None:
         """Stop every NVML user, then shut NVML down: the sampler task first, then the session,
@@ -153,17 +226,21 @@ class GpuService:
 
     async def close(self) -> None:
         async with self._lock:
+            await self._adopt_opening()
             await self._stop()
         # Both threads are idle now; joining them still must not block the event loop.
-        for executor in (self._sampler_thread, self._nvml_thread):
+        for executor in (self._side_thread, self._nvml_thread):
             await asyncio.to_thread(executor.shutdown, True)
 
     # -- queries
 
     async def inventory(self) -> GpuInventory:
-        """The GPUs read at the last refresh, with driver and CUDA versions at most 1 s old."""
+        """The GPUs read at the last refresh, with CUDA's memory sizes (waits for them) and
+        driver and CUDA versions at most 1 s old."""
         self._require()
+        await self._sizes_merged()
         return await self._inventory.get()
+
 
     async def _read_inventory(self) -> GpuInventory:
         session = self._require()

@@ -29,7 +29,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -53,7 +52,6 @@ MIB = 1 << 20
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                    5.0, 10.0)
 BUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -124,29 +122,11 @@ class Metrics:
         return web.Response(body=await self.page(),
                             headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
-    def middleware(self, histogram: Histogram, *, with_method: bool) -> Middleware:
-        """Times every request of an app into `histogram` by route pattern (bounded labels)."""
-
-        @web.middleware
-        async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
-            started = time.perf_counter()
-            code = 500
-            try:
-                response = await handler(request)
-                code = response.status
-                return response
-            except web.HTTPException as exc:
-                code = exc.status
-                raise
-            finally:
-                resource = request.match_info.route.resource
-                route = resource.canonical if resource is not None else "unmatched"
-                labels = [route]
-                if with_method:
-                    labels.append(request.method if request.method in METHODS else "other")
-                histogram.labels(*labels, str(code)).observe(time.perf_counter() - started)
-
-        return timed
+    def record_request(self, listener: str, labels: tuple[str, ...], seconds: float) -> None:
+        """One request's duration (timed by observe/timing.py): `listener` is "rest" (labels
+        route, method, code) or "plugin" (route, code)."""
+        histogram = self.rest_seconds if listener == "rest" else self.plugin_seconds
+        histogram.labels(*labels).observe(seconds)
 
 
 class _StateCollector(Collector):
@@ -204,9 +184,3 @@ def _containers(observation: Observation) -> Iterator[Metric]:
     yield memory
     yield processes
 
-
-def make_metrics_app(metrics: Metrics) -> web.Application:
-    """`--metrics-listen`: `/metrics` alone, so the rest of the API need not be exposed."""
-    app = web.Application()
-    app.router.add_get("/metrics", metrics.handle)
-    return app

@@ -5,10 +5,12 @@ sibling and renamed into place, so a crash or a concurrent reader never sees hal
 asyncio lock per volume makes a burst of Create/Mount requests for a new volume wait for a
 single build. A lock lives only while someone holds or awaits it: Docker may ask about any name,
 and a table keyed by every version ever asked about would only grow. Only the current driver's
-version can be built, lazily, by whichever of Create, Mount, Path or Get comes first after a start
-or upgrade. Volumes of other versions (an older driver's) are served while they exist and, unless
-`keep_old`, removed once no container mounts them: `collect_old` after an upgrade, and the last
-Unmount of one.
+version can be built: by `prebuild()` in the background (the daemon calls it after a start or an
+upgrade, so the first container finds the volume ready), or by whichever of Create, Mount, Path
+or Get comes first. A request that arrives during a prebuild waits for that build under the
+version's lock, and raises its I/O priority back from idle: one build, never two. Volumes of other
+versions (an older driver's) are served while they exist and, unless `keep_old`, removed once no
+container mounts them: `collect_old` after an upgrade, and the last Unmount of one.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 from nvplugin.core.atomicfile import fsync_dir
 from nvplugin.core.errors import (
@@ -38,6 +41,7 @@ from nvplugin.core.errors import (
     VolumesDirBusy,
     VolumeVersionError,
 )
+from nvplugin.core.ioprio import IdleIo
 from nvplugin.driver.manifest import Manifest
 from nvplugin.volumes.build import build_volume
 from nvplugin.volumes.clone import Cloner
@@ -46,11 +50,17 @@ from nvplugin.volumes.names import KIND, VERSION_RE, VolumeInfo, parse_name
 from nvplugin.volumes.usage import DiskUsage, disk_usage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 LOCK_FILE = ".lock"
 _LEFTOVER_RE = re.compile(r"^\..+\.(tmp|rm)-[0-9a-f]+$")
 
 ManifestProvider = Callable[[], Manifest]
+Ready = Callable[[], Awaitable[None]]
+
+
+async def _no_wait() -> None:
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +97,14 @@ class VolumeStore:
 
     def __init__(self, volumes_dir: Path, manifest_provider: ManifestProvider,
                  cloner: Cloner | None = None, *, keep_old: bool = False,
-                 on_build: BuildListener | None = None) -> None:
+                 on_build: BuildListener | None = None, ready: Ready = _no_wait) -> None:
+        """`ready()` is awaited before the first read of the manifest: the daemon serves
+        before its first discovery has finished."""
         self.volumes_dir = Path(volumes_dir)
         self.kind_dir = self.volumes_dir / KIND
         self._provider = manifest_provider
+        self._ready = ready
+        self._background: dict[str, IdleIo] = {}  # prebuilds in progress, by version
         self.cloner = cloner or Cloner()
         self.keep_old = keep_old
         self.mounts = MountTable(self.volumes_dir / STATE_FILE)
@@ -166,6 +180,7 @@ class VolumeStore:
 
     async def mount(self, name: str, mount_id: str) -> str:
         version = parse_name(name)
+        self._hurry(version)
         async with self._lock(version):
             # Built (or found) and counted under one hold of the lock: a Remove racing this
             # Mount either ran before, and the current driver's volume is built again, or
@@ -253,6 +268,25 @@ class VolumeStore:
                  version, current, usage.describe())
         return OldVolume(name, removed=True, usage=usage)
 
+    async def prebuild(self) -> None:
+        """Build the current driver's volume now, at idle I/O priority, unless it exists.
+        Never raises for the driver or the build: a request for the volume reports those."""
+        try:
+            version = (await self._current_manifest()).version
+        except NvpluginError as err:
+            log.debug("No volume to prebuild: %s", err.message)
+            return
+        name = f"{KIND}_{version}"
+        # Registered before the lock is taken: a request arriving from now on hurries it.
+        idle = self._background[version] = IdleIo()
+        try:
+            await self._ensure(name, version, background=idle)
+        except NvpluginError as err:
+            log.warning("Could not prebuild volume %s: %s", name, err.message)
+        finally:
+            if self._background.get(version) is idle:
+                del self._background[version]
+
     # -- helpers -----------------------------------------------------------------------------
     def path_of(self, version: str) -> Path:
         return self.kind_dir / version
@@ -275,14 +309,19 @@ class VolumeStore:
     async def _exists(self, version: str) -> bool:
         return await asyncio.to_thread(self.path_of(version).is_dir)
 
-    async def _ensure(self, name: str, version: str, explicit: bool = False) -> None:
-        """Build the volume if it is absent and is the current driver's; else say why not."""
+    async def _ensure(self, name: str, version: str, explicit: bool = False,
+                      background: IdleIo | None = None) -> None:
+        """Build the volume if it is absent and is the current driver's; else say why not.
+        With `background`, the build runs at idle I/O priority until a request hurries it."""
         if await self._exists(version):
             return
+        if background is None:
+            self._hurry(version)
         async with self._lock(version):
-            await self._ensure_locked(name, version, explicit)
+            await self._ensure_locked(name, version, explicit, background)
 
-    async def _ensure_locked(self, name: str, version: str, explicit: bool = False) -> None:
+    async def _ensure_locked(self, name: str, version: str, explicit: bool = False,
+                             background: IdleIo | None = None) -> None:
         """`_ensure`, with `version`'s lock held."""
         if await self._exists(version):
             return  # built by the request we waited for
@@ -295,19 +334,27 @@ class VolumeStore:
             raise VolumeNotFound(f"no such volume: {name}")
         started = time.monotonic()
         try:
-            size = await asyncio.to_thread(self._build, manifest, name)
+            size = await _to_the_end(asyncio.to_thread(self._build, manifest, name, background))
         except Exception:
             self._report(name, time.monotonic() - started, 0, ok=False)
             raise
         self.builds += 1
         took = time.monotonic() - started
         self._report(name, took, size, ok=True)
-        log.info("Built volume %s from %d files in %.0f ms", name, len(manifest.entries),
-                 took * 1000)
+        log.info("Built volume %s from %d files in %.0f ms%s", name, len(manifest.entries),
+                 took * 1000, "" if background is None else " in the background"
+                 + (", hurried by a request" if background.hurried else ""))
 
-    def _build(self, manifest: Manifest, name: str) -> int:
-        """Build (blocking); the bytes of the files placed, measured in the same thread."""
-        path = build_volume(manifest, self.kind_dir, name, self.cloner)
+    def _hurry(self, version: str) -> None:
+        """A request waits for `version`: a prebuild of it in progress is idle work no more."""
+        if (prebuild := self._background.get(version)) is not None:
+            prebuild.hurry()
+
+    def _build(self, manifest: Manifest, name: str, background: IdleIo | None) -> int:
+        """Build (blocking; at idle I/O priority for a prebuild); the bytes of the files
+        placed, measured in the same thread."""
+        with background.running() if background is not None else contextlib.nullcontext():
+            path = build_volume(manifest, self.kind_dir, name, self.cloner)
         size = 0
         for entry in manifest.entries:
             with contextlib.suppress(OSError):
@@ -319,6 +366,7 @@ class VolumeStore:
             self._on_build(BuildReport(name=name, seconds=seconds, size=size, ok=ok))
 
     async def _current_manifest(self) -> Manifest:
+        await self._ready()
         try:
             return await asyncio.to_thread(self._provider)
         except NvpluginError:
@@ -356,3 +404,14 @@ class VolumeStore:
             raise VolumeError(f"cannot remove {KIND}_{version}: {path}: {err.strerror}") from err
         fsync_dir(self.kind_dir)
         shutil.rmtree(doomed, ignore_errors=True)
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T]) -> T:
+    """Await a build that a cancellation (a prebuild at shutdown) cannot stop: its thread runs
+    on, so the caller keeps the volume's lock until it ends, and `close()` waits for it."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 WATCH_WINDOW_S = 60.0
 MAX_CLIENTS = 256
 CLIENT_QUEUE = 30  # messages; about half a minute of samples
-RETRY_MS = 2000  # how soon a page's EventSource reconnects after losing the stream
 # Volumes, doctor and the inventory change rarely: read every few ticks, not every second, so a
 # tick is one status read, one encoding and a write per page.
 PANELS_EVERY = 5

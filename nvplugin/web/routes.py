@@ -6,6 +6,10 @@ Assets are the package's own files, read once at start-up into memory (about 75 
 up by exact name, so no part of a URL ever reaches a file path. Every answer forbids other
 origins, inline script and framing (Content-Security-Policy): the page loads nothing from
 anywhere but this daemon.
+
+The routes are mounted before the REST listener starts; the page itself (its feed and assets)
+arrives after the sockets answer (`Later`): a page request waits for it, and this module
+imports nothing heavy meanwhile.
 """
 
 from __future__ import annotations
@@ -14,16 +18,18 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from nvplugin.core.later import Later
 from nvplugin.web import documents
-from nvplugin.web.feed import RETRY_MS, LiveFeed
 
-PAGE = "index.html"
+if TYPE_CHECKING:
+    from nvplugin.web.feed import LiveFeed
+
+PAGE_FILE = "index.html"
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
                  ".txt": "text/plain", ".LICENSE": "text/plain"}
 SECURITY_HEADERS = {
@@ -37,8 +43,7 @@ SECURITY_HEADERS = {
 WATCHED_PATHS = frozenset({"/gpu/status", "/gpu/status/json", "/v1.0/gpu/status",
                            "/v1.0/gpu/status/json", "/metrics"})
 
-FEED = web.AppKey("gpu_page_feed", LiveFeed)
-ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("gpu_page_assets")
+RETRY_MS = 2000  # how soon a page's EventSource reconnects after losing the stream
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -49,8 +54,21 @@ class Asset:
     etag: str
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """What the routes serve: the shared feed and the assets."""
+
+    feed: LiveFeed
+    assets: dict[str, Asset]
+
+
+PAGE: web.AppKey[Later[Page]] = web.AppKey("gpu_page")
+
+
 def load_assets() -> dict[str, Asset]:
     """The page and every file under `static/`, by file name. Blocking (start-up, in a thread)."""
+    from importlib import resources
+
     found: dict[str, Asset] = {}
     pending = [resources.files("nvplugin.web") / "static"]
     while pending:
@@ -67,8 +85,8 @@ def load_assets() -> dict[str, Asset]:
     return found
 
 
-def _file(request: web.Request, name: str) -> web.Response:
-    asset: Asset | None = request.app[ASSETS].get(name)
+def _file(request: web.Request, page: Page, name: str) -> web.Response:
+    asset: Asset | None = page.assets.get(name)
     if asset is None:
         raise web.HTTPNotFound()
     # no-cache: revalidate each time (a 304 when unchanged), so an upgraded daemon's page
@@ -81,17 +99,18 @@ def _file(request: web.Request, name: str) -> web.Response:
 
 
 async def page(request: web.Request) -> web.Response:
-    request.app[FEED].touch()
-    return _file(request, PAGE)
+    loaded = await request.app[PAGE].get()
+    loaded.feed.touch()
+    return _file(request, loaded, PAGE_FILE)
 
 
 async def asset(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    return _file(request, name if name != PAGE else "")
+    return _file(request, await request.app[PAGE].get(), name if name != PAGE_FILE else "")
 
 
 async def state(request: web.Request) -> web.Response:
-    feed = request.app[FEED]
+    feed = (await request.app[PAGE].get()).feed
     feed.touch()
     body = json.dumps(await feed.hello(), separators=(",", ":"), allow_nan=False)
     return web.Response(text=body + "\n", content_type="application/json",
@@ -99,7 +118,7 @@ async def state(request: web.Request) -> web.Response:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    feed = request.app[FEED]
+    feed = (await request.app[PAGE].get()).feed
     client = feed.subscribe()  # TooManyPages (an NvpluginError) answers 503
     try:
         response = web.StreamResponse(headers={
@@ -117,14 +136,14 @@ async def events(request: web.Request) -> web.StreamResponse:
         feed.unsubscribe(client)
 
 
-def watching(feed: LiveFeed) -> Middleware:
+def watching(page: Later[Page]) -> Middleware:
     """A status request or a scrape also counts as watching: the history keeps up with it.
     Also for the metrics-only listener (`--metrics-listen`)."""
 
     @web.middleware
     async def watch(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in WATCHED_PATHS:
-            feed.touch()
+        if request.path in WATCHED_PATHS and (loaded := page.now()) is not None:
+            loaded.feed.touch()
         return await handler(request)
 
     return watch
@@ -138,17 +157,17 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 )
 
 
-def mount(app: web.Application, feed: LiveFeed, assets: dict[str, Asset]) -> None:
-    """Add the page to the REST app (before it starts); its streams end when the app shuts down,
-    so the daemon's graceful stop never waits on an open page."""
-    app[FEED] = feed
-    app[ASSETS] = assets
-    app.middlewares.append(watching(feed))
+def mount(app: web.Application, page: Later[Page]) -> None:
+    """Add the page to the REST app (before it starts; the page may arrive later); its streams
+    end when the app shuts down, so the daemon's graceful stop never waits on an open page."""
+    app[PAGE] = page
+    app.middlewares.append(watching(page))
     for path, handler in ROUTES:
         # HEAD of a stream would hold a client slot open for an answer with no body.
         app.router.add_get(path, handler, allow_head=handler is not events)
 
     async def end_streams(_: web.Application) -> None:
-        await feed.end_streams()
+        if (loaded := page.now()) is not None:
+            await loaded.feed.end_streams()
 
     app.on_shutdown.append(end_streams)

@@ -60,7 +60,9 @@ def driver_modes(root: Path) -> None:
 
 @pytest.fixture
 def daemon(running_plugin) -> PluginDaemon:
-    started = running_plugin()
+    # No background build: these tests change the driver's files and the volumes directory
+    # under a running daemon, and a build in progress would race them.
+    started = running_plugin(extra_args=("--no-prebuild",))
     driver_modes(started.driver_root)
     return started
 

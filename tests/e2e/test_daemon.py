@@ -67,14 +67,15 @@ def test_host_without_a_driver_starts_and_answers_503(plugin_daemon_factory, tmp
     daemon: PluginDaemon = plugin_daemon_factory(
         driver_root=empty_root, dev_root=empty_root, volumes_dir=tmp_path / "volumes", env={})
     daemon.start()
-    log = daemon.log()
-    assert "NVIDIA driver not found: " in log and "GPU endpoints will answer 503" in log
-    # One line says it; nothing else warns about the same missing driver.
-    assert [line for line in log.splitlines() if "WARN" in line or "unavailable" in line] == []
     for route in ("/v1.0/gpu/info", "/v1.0/gpu/status/json", "/v1.0/docker/cli", "/gpu/info/json"):
         status, body = http_get(daemon.url + route)
         assert status == 503, route
         assert body.strip() and "Traceback" not in body and len(body.strip().splitlines()) == 1
+    # Logged by start-up's background half, before the first GPU request is answered.
+    log = daemon.log()
+    assert "NVIDIA driver not found: " in log and "GPU endpoints will answer 503" in log
+    # One line says it; nothing else warns about the same missing driver.
+    assert [line for line in log.splitlines() if "WARN" in line or "unavailable" in line] == []
     reply = _unix_post(daemon.socket_path, "/Plugin.Activate")
     assert reply is not None and b'"VolumeDriver"' in reply
     created = _plugin_call(daemon.socket_path, "/VolumeDriver.Create",
@@ -238,13 +239,15 @@ def test_driver_upgrade_is_seen_without_a_restart(running_plugin, fake_host_fact
         config["gpus"][0]["cuda_attributes"]["l2_cache_size"] = 40 << 20
         host.nvml_config.write_text(json.dumps(config))
 
-        def new_volume_served() -> bool:
-            answer = _plugin_call(daemon.socket_path, "/VolumeDriver.Get",
-                                  {"Name": f"nvidia_driver_{new}"})
-            return new in ((answer.get("Volume") or {}).get("Mountpoint") or "")
-
-        assert wait_for(new_volume_served, timeout=30), daemon.log()[-3000:]
+        # The new driver's volume is built in the background, before anyone asks for it.
+        assert wait_for(lambda: f"Built volume nvidia_driver_{new} from" in daemon.log(),
+                        timeout=30), daemon.log()[-3000:]
+        answer = _plugin_call(daemon.socket_path, "/VolumeDriver.Get",
+                              {"Name": f"nvidia_driver_{new}"})
+        assert new in answer["Volume"]["Mountpoint"]
         log = daemon.log()
+        built = [line for line in log.splitlines() if "Built volume" in line]
+        assert [line.endswith("in the background") for line in built] == [True, True]
         assert f"NVIDIA driver changed from {old} to {new}" in log
         assert "Driver volume unavailable" not in log
         info = http_get(daemon.url + "/v1.0/gpu/info")[1]
@@ -287,7 +290,8 @@ def test_refused_second_daemon_leaves_the_first_ones_spec_file(plugin_daemon_fac
     first = plugin_daemon_factory(driver_root=root, dev_root=root, volumes_dir=tmp_path / "v1",
                                   env={}, socket_dir=tmp_path / "s1")
     first.start()
-    assert spec.read_text() == f"unix://{first.socket_path}\n"
+    # Written last, once both listeners are up: a moment after the port first answers.
+    assert wait_for(lambda: spec.exists() and spec.read_text() == f"unix://{first.socket_path}\n")
     second = plugin_daemon_factory(driver_root=root, dev_root=root, volumes_dir=tmp_path / "v2",
                                    env={}, socket_dir=tmp_path / "s2", port=first.port)
     with pytest.raises(RuntimeError, match="exited 1"):

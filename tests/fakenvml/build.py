@@ -8,6 +8,7 @@ Config schema (the file named by `$FAKE_NVML_CONFIG`, re-read whenever it is rep
                 missing_functions ["nvmlDeviceGetNumGpuCores", …] (answer FUNCTION_NOT_FOUND),
                 pcie_delay_ms 20 (sleep per nvmlDeviceGetPcieThroughput call),
                 call_delay_ms 1 (sleep at the start of every call: makes on-loop calls visible),
+                init_delay_ms 500 (nvmlInit sleeps this long, as a big host's driver takes),
                 process_names {"<pid>": "name" or an error name} (nvmlSystemGetProcessName;
                 a PID missing: NOT_FOUND), gpus [...],
                 events_file "/path/events.jsonl" (FakeNvml.write sets it: FakeNvml.events_path)

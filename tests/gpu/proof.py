@@ -36,6 +36,7 @@ from tests.gpu.report import (
     SMI_METRICS,
     SMI_STATIC,
     Report,
+    bench_summary,
     check_bind_mounts,
     check_cdi_spec,
     compare_affinity,
@@ -51,6 +52,7 @@ from tests.gpu.report import (
     compare_visible,
     container_samples,
     count_gpus,
+    first_run_problems,
     format_summary,
     ldconfig_driver_libraries,
     ldd_paths,
@@ -69,6 +71,7 @@ from tests.gpu.report import (
     proc_bus_dir,
     proc_device_minor,
     skip_reason,
+    start_up_problems,
     topo_matrix_text,
     vm_rss_kib,
     volume_leftovers,
@@ -100,6 +103,10 @@ ISOLATION = ("NV_GPU=1: nvidia-smi -L and vecadd see exactly GPU 1",
              "NV_GPU=<GPU 1's UUID prefix>: exactly GPU 1")
 CONCURRENT = "two containers run vecadd at once, each on its own GPU"
 STATUS_ALL = "gpu/status/json answers for every GPU"
+LEAN_START_UP = ("start-up and memory within issue 18's targets (bench_startup: ready, RSS, "
+                 "flat over 10,000 requests of every route)")
+LEAN_FIRST_RUN = ("the first nvidia-docker run after a start costs no more than later ones "
+                  "(bench_first_run, cold page cache)")
 CUDA_SIZES = "gpu/info Constant, Shared, L2 Cache match the CUDA runtime; cuInit kept out"
 AFFINITY = "gpu/info CPU Affinity matches sysfs (numa_node, /sys/devices/system/node)"
 OLD_VOLUMES = "an old driver's volume: doctor shows its space, gc (through the daemon) removes it"
@@ -1005,6 +1012,32 @@ class Proof:
         finally:
             shutil.rmtree(profile, ignore_errors=True)
 
+    def lean_start_up(self) -> None:
+        """Issue 18: start-up and memory against floors measured in the same run, and the first
+        `nvidia-docker run` after a start against later ones. The benches start their own
+        daemons (the second on Docker's plugin socket), so the proof's own is stopped for them
+        and started again after."""
+        self.stop_daemon()
+        try:
+            start_up = sh(sys.executable, str(REPO / "bench/bench_startup.py"), "--driver-root",
+                          "/", "--runs", "7", "--requests", "10000", timeout=1800)
+            first_run = sh(sys.executable, str(REPO / "bench/bench_first_run.py"),
+                           "--driver-root", "/", "--runs", "3", "--drop-caches", timeout=1800)
+        finally:
+            self.start_daemon("daemon start to ready (after the issue 18 benches)")
+        for name, result, problems_of in (
+                (LEAN_START_UP, start_up, start_up_problems),
+                (LEAN_FIRST_RUN, first_run, first_run_problems)):
+            figures = bench_summary(result.stdout)
+            if figures is None:
+                self.report.add(name, False, f"no SUMMARY line (exit {result.returncode}):\n"
+                                f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+                continue
+            for key, value in figures.items():
+                self.report.timings[f"issue 18: {key}"] = f"{value:g}"
+            problems = problems_of(figures)
+            self.report.add(name, not problems, "\n".join([result.stdout.strip(), *problems]))
+
     def steps(self) -> tuple[Callable[[], Any], ...]:
         return (self.install, self.start_daemon, self.check_info, self.check_smi_fields,
                 self.check_cuda_sizes, self.check_affinity, self.check_identity,
@@ -1013,7 +1046,7 @@ class Proof:
                 self.page_live, self.metrics_live, self.selection_and_refusal, self.isolation,
                 self.concurrent,
                 self.cdi_podman, self.old_volumes, self.driver_upgrade,
-                self.restart_while_running, self.timings,
+                self.restart_while_running, self.lean_start_up, self.timings,
                 self.status_all_gpus)
 
     def run(self) -> int:

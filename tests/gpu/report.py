@@ -794,3 +794,52 @@ def compare_reload(before: Sequence[Mapped], after: Sequence[Mapped], old_inode:
         problems.append(f"after: mapped {after}: the old library stays mapped beside the new "
                         "one (it could not be unloaded)")
     return problems
+# Issue 18's targets, checked on the benches' SUMMARY lines.
+START_UP_MARGIN_MS = 50.0  # ready within this of the Python + aiohttp floor ...
+V1_FACTOR = 1.2  # ... or within this many times 1.0.1's ready, whichever is larger
+RSS_MARGIN_MIB = 10.0  # RSS within this of the Python + aiohttp + pynvml floor
+FLAT_MIB = 1.0  # RSS growth over 10,000 requests of every route that still counts as flat
+FIRST_RUN_MARGIN = (50.0, 0.2)  # first run within max(50 ms, 20 % of the later runs) of them
+
+
+def bench_summary(output: str) -> dict[str, float] | None:
+    """The figures a bench prints on its last `SUMMARY {json}` line, or None without one."""
+    lines = [line for line in output.splitlines() if line.startswith("SUMMARY ")]
+    if not lines:
+        return None
+    try:
+        figures = json.loads(lines[-1].removeprefix("SUMMARY "))
+    except ValueError:
+        return None
+    return {k: float(v) for k, v in figures.items()} if isinstance(figures, dict) else None
+
+
+def start_up_problems(figures: Mapping[str, float]) -> list[str]:
+    """bench_startup's figures against issue 18's targets; [] when every one is met."""
+    problems = []
+    target = max(figures["floor_imports_ms"] + START_UP_MARGIN_MS,
+                 V1_FACTOR * figures["v1_ready_ms"])
+    if figures["ready_ms"] > target:
+        problems.append(f"ready in {figures['ready_ms']:.0f} ms, over the target {target:.0f} ms "
+                        f"(floor {figures['floor_imports_ms']:.0f} ms + {START_UP_MARGIN_MS:.0f}, "
+                        f"or {V1_FACTOR} x 1.0.1's {figures['v1_ready_ms']:.0f} ms)")
+    if "rss_mib" in figures:
+        over = figures["rss_mib"] - figures["floor_rss_mib"]
+        if over > RSS_MARGIN_MIB:
+            problems.append(f"RSS {figures['rss_mib']:.1f} MiB is {over:.1f} MiB over the "
+                            f"floor's {figures['floor_rss_mib']:.1f} (target +{RSS_MARGIN_MIB:g})")
+        if figures["growth_mib"] > FLAT_MIB:
+            problems.append(f"RSS grew {figures['growth_mib']:.1f} MiB over "
+                            f"{figures['requests_per_route']:.0f} requests of every route")
+    return problems
+
+
+def first_run_problems(figures: Mapping[str, float]) -> list[str]:
+    """bench_first_run's figures: the first run after a start (the prebuild done) against the
+    later ones; [] when it costs no more than they do (within the margin)."""
+    first, later = figures["prebuild_first_ms"], figures["prebuild_later_ms"]
+    margin = max(FIRST_RUN_MARGIN[0], FIRST_RUN_MARGIN[1] * later)
+    if first - later > margin:
+        return [f"the first run after a start took {first:.0f} ms against {later:.0f} ms for "
+                f"later ones (+{first - later:.0f} ms, allowed +{margin:.0f})"]
+    return []

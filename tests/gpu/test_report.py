@@ -8,12 +8,15 @@ from tests.gpu import report
 from tests.gpu.proof import parse_args
 from tests.gpu.report import (
     Report,
+    bench_summary,
     compare_info,
+    first_run_problems,
     format_summary,
     ldd_paths,
     missing_files,
     parse_smi_csv,
     percentile,
+    start_up_problems,
 )
 
 SMI = """index, uuid, name, pci.bus_id, memory.total [MiB], driver_version
@@ -269,3 +272,59 @@ def test_compare_reload_wants_only_the_new_file_mapped():
     kept = report.compare_reload([old], [old], 1311, 2422, lib)
     assert "NVML was not reloaded from the new file" in kept[0] and len(kept) == 2
     assert "before" in report.compare_reload([], [new], 1311, 2422, lib)[0]
+# The SUMMARY lines of bench_startup.py and bench_first_run.py, as they print them.
+START_UP = ('SUMMARY {"ready_ms": 233.9, "socket_ms": 220.7, "floor_bare_ms": 20.8, '
+            '"floor_imports_ms": 188.6, "nvml_init_ms": 0.2, "target_ms": 278.4, '
+            '"v1_ready_ms": 232.0, "rss_mib": 42.1, "floor_rss_mib": 36.0, '
+            '"floor_nvml_rss_mib": 36.1, "rss_end_mib": 43.2, "growth_mib": 0.1, '
+            '"requests_per_route": 10000, "threads": 8}')
+FIRST_RUN = ('SUMMARY {"prebuild_first_ms": 410.0, "prebuild_later_ms": 395.0, '
+             '"no_prebuild_first_ms": 3890.0, "no_prebuild_later_ms": 398.0, '
+             '"prebuild_run_at_once_first_ms": 2100.0, "prebuild_run_at_once_later_ms": 401.0, '
+             '"build_ms": 3400.0}')
+
+
+def test_bench_summary_is_the_last_summary_line():
+    text = "floors\n  python3 -c ''  20 ms\nSUMMARY {\"ready_ms\": 1}\n\n" + START_UP + "\n"
+    figures = bench_summary(text)
+    assert figures is not None and figures["ready_ms"] == 233.9 and figures["threads"] == 8.0
+    assert bench_summary("no summary here\n") is None
+    assert bench_summary("SUMMARY not json\n") is None
+
+
+def test_start_up_within_the_targets_has_no_problems():
+    figures = bench_summary(START_UP)
+    assert figures is not None and start_up_problems(figures) == []
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"ready_ms": 300.0}, "ready in 300 ms, over the target 278 ms"),  # 1.2 x 232 wins
+    ({"ready_ms": 300.0, "floor_imports_ms": 260.0}, None),  # floor + 50 = 310 wins
+    ({"rss_mib": 46.5}, "RSS 46.5 MiB is 10.5 MiB over the floor's 36.0"),
+    ({"growth_mib": 1.5}, "RSS grew 1.5 MiB over 10000 requests of every route"),
+], ids=["slow", "slow-floor", "heavy", "growing"])
+def test_start_up_targets(changes, needle):
+    figures = {**(bench_summary(START_UP) or {}), **changes}
+    problems = start_up_problems(figures)
+    assert (problems == []) if needle is None else any(needle in p for p in problems), problems
+
+
+def test_start_up_without_memory_figures_checks_the_time_only():
+    figures = {k: v for k, v in (bench_summary(START_UP) or {}).items()
+               if k.endswith("_ms")}
+    assert start_up_problems(figures) == []
+
+
+@pytest.mark.parametrize(("first", "later", "ok"), [
+    (410.0, 395.0, True),  # 15 ms over: within 50 ms
+    (500.0, 395.0, False),  # 105 ms over
+    (2300.0, 2000.0, True),  # 300 ms over, within 20 % of 2 s
+    (3890.0, 398.0, False),  # a first run that builds the volume itself
+])
+def test_first_run_margin(first, later, ok):
+    figures = {**(bench_summary(FIRST_RUN) or {}), "prebuild_first_ms": first,
+               "prebuild_later_ms": later}
+    problems = first_run_problems(figures)
+    assert (problems == []) is ok, problems
+    if not ok:
+        assert problems[0].startswith(f"the first run after a start took {first:.0f} ms")

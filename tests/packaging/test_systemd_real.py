@@ -190,10 +190,12 @@ Environment=NVP_LOG_LEVEL=debug
 
 
 def serving(host: SystemdHost, cursor: str | None) -> list[str]:
-    """The journal after `cursor` up to the daemon's last start-up line (the socket exists, and
-    so the unit is active, a little before that)."""
-    return host.wait_journal(cursor, lambda line: "Serving remote API" in line,
-                             "'Serving remote API'")
+    """The journal after `cursor` up to the line that says what NVML found: the daemon serves
+    first (1.0's start-up lines end with 'Serving remote API') and then says it (the socket
+    exists, and so the unit is active, a little before all that)."""
+    return host.wait_journal(
+        cursor, lambda line: " GPU(s), driver " in line or "GPU endpoints will answer 503" in line,
+        "'Found N GPU(s)' or 'NVIDIA driver not found'")
 
 
 def restart_serving(host: SystemdHost) -> list[str]:
@@ -248,12 +250,13 @@ def test_install_and_run_starts_the_service_on_a_fresh_host(host):
     lines = serving(host, None)
     print("\n".join(lines))
     messages = daemon_messages(lines)
-    # 1.0's start-up lines in 1.0's order; this host has no NVIDIA driver, which is one line.
+    # 1.0's start-up lines in 1.0's order; this host has no NVIDIA driver, which is one line,
+    # once the daemon serves (NVML loads while it starts to).
     assert in_order(messages, [
         "Loading NVIDIA unified memory", "Loading NVIDIA management library",
-        "Discovering GPU devices", "NVIDIA driver not found: ",
-        "Provisioning volumes at /var/lib/nvidia-docker/volumes",
+        "Discovering GPU devices", "Provisioning volumes at /var/lib/nvidia-docker/volumes",
         "Serving plugin API at /run/docker/plugins", "Serving remote API at localhost:3476",
+        "NVIDIA driver not found: ",
     ]), messages
     assert any(m.endswith("; GPU endpoints will answer 503") for m in messages), messages
     everything = host.journal()
@@ -290,9 +293,11 @@ def test_socket_and_rest_api_answer_and_the_socket_group(host):
 
 def test_a_volume_builds_from_the_fake_driver_under_the_hardening(host):
     version = host.version
+    # From before the restart: the daemon prebuilds the volume right after it starts, and that
+    # first build is the one that meets the cross-device link (the copier remembers it).
+    cursor = host.cursor()
     started = daemon_messages(use_fake_driver(host))
     assert f"Found 2 GPU(s), driver {version}" in started, started
-    cursor = host.cursor()
     plugin(host, "/VolumeDriver.Remove", {"Name": f"nvidia_driver_{version}"})
     mountpoint = ensure_volume(host)
     assert mountpoint == f"{VOLUMES}/nvidia_driver/{version}"

@@ -21,11 +21,13 @@ from nvplugin.api import rest_app
 from nvplugin.cdi.writer import SpecKeeper
 from nvplugin.core.config import Config
 from nvplugin.core.errors import NvpluginError
+from nvplugin.core.later import Later
 from nvplugin.driver import discovery
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.exposition import Metrics
 from nvplugin.observe.service import ObserveService
+from nvplugin.observe.timing import timed
 from nvplugin.volumes.store import VolumeStore
 from nvplugin.web import routes as page_routes
 from nvplugin.web.feed import LiveFeed
@@ -94,16 +96,18 @@ class LiveRest:
                               gpus=self.gpus, manifest=self.provide_manifest)
         await self.cdi.refresh("start-up")
         app = rest_app.make_app(
-            self.gpus, self.provide_manifest, config, self.cdi, observe=self.observe,
-            metrics=self.metrics.handle,
-            middlewares=[self.metrics.middleware(self.metrics.rest_seconds, with_method=True)])
+            self.gpus, self.provide_manifest, config, Later(self.cdi),
+            observe=Later(self.observe), metrics=self.metrics.handle,
+            middlewares=[timed(lambda labels, seconds: self.metrics.record_request(
+                "rest", labels, seconds), with_method=True)])
         # The GPU page, as the daemon mounts it (volumes in a directory of their own).
         self._store = VolumeStore(Path(tempfile.mkdtemp(prefix="live-rest-volumes-")),
                                   self.provide_manifest)
         await self._store.start()
         self._page = LiveFeed(self.gpus, Panels(self._store, lambda: None, None), self.observe,
                               host_root=self.host_root)
-        page_routes.mount(app, self._page, await asyncio.to_thread(page_routes.load_assets))
+        page_routes.mount(app, Later(page_routes.Page(
+            self._page, await asyncio.to_thread(page_routes.load_assets))))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from nvplugin.api.rest_app import error_middleware
+from nvplugin.core.later import Later
 from nvplugin.web import routes
 from nvplugin.web.feed import LiveFeed
 
@@ -28,7 +29,7 @@ PAGE_BUDGET = 200 * 1024  # the page and everything it loads
 async def page_client(aiohttp_client: Any, make_feed: MakeFeed) -> TestClient:
     feed = await make_feed(2, max_clients=3)
     app = web.Application(middlewares=[error_middleware])
-    routes.mount(app, feed, routes.load_assets())
+    routes.mount(app, Later(routes.Page(feed, routes.load_assets())))
     return await aiohttp_client(app)
 
 
@@ -124,7 +125,7 @@ async def test_a_page_more_than_allowed_is_refused_clearly(page_client: TestClie
 
 
 async def test_status_requests_count_as_watching(page_client: TestClient):
-    feed = page_client.app[routes.FEED]
+    feed = page_client.app[routes.PAGE].now().feed
     assert not feed.watched
     await page_client.get("/v1.0/gpu/status/json")  # 404 here (no REST routes), still a look
     assert feed.watched and feed.sampling
@@ -136,4 +137,4 @@ async def test_shutdown_ends_open_streams(page_client: TestClient):
     await page_client.app.shutdown()  # what the runner's cleanup does before draining
     rest = await asyncio.wait_for(response.content.read(), 10)  # EOF, not a hang
     assert rest == b"" or rest.startswith(b"event: ")
-    assert page_client.app[routes.FEED].clients == 0
+    assert page_client.app[routes.PAGE].now().feed.clients == 0

@@ -1,0 +1,176 @@
+"""The first `nvidia-docker run` after the daemon starts, against the runs after it.
+
+    python3 bench/bench_first_run.py [--driver-root ROOT] [--runs 3] [--later 5] [--drop-caches]
+
+Starts the daemon on Docker's plugin socket (a fresh volumes directory each time, so the driver's
+volume has to be built again), waits until it is ready and idle, then times `nvidia-docker run
+--rm --net=none IMAGE true` once, and --later times more. Three ways:
+
+* prebuild (the default): the volume is built in the background after start-up; the first run
+  comes once that build has finished, as a user's first container after a boot would;
+* --no-prebuild: the same wait, then the first run builds the volume itself (the issue's 4.5 s
+  on the H200, where the driver is on a read-only squashfs and every file is copied);
+* prebuild, run at once: the first run right after the daemon answers, joining the build in
+  progress (what is left of it is the wait).
+
+With --drop-caches the page cache is dropped before each start (a cold driver filesystem, as
+after a boot; needs root and affects the whole host). Without --driver-root, a fake driver host
+is built (root, gcc). Needs the Docker Engine. The image is made from this host's `true` and its
+libraries, labelled for the driver volume. Prints medians; asserts nothing. Target (issue 18):
+the first run costs no more than the later ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_rest import build_host  # noqa: E402
+from bench_startup import Daemon, bench_env, e2e_lock, measure_start, spawn  # noqa: E402
+
+IMAGE = "nvplugin-bench/first-run:latest"
+DOCKER_PLUGIN_DIR = Path("/run/docker/plugins")
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def ensure_image() -> None:
+    """`true` and the libraries it needs, imported as a labelled image (no registry needed)."""
+    if sh("docker", "image", "inspect", IMAGE, check=False).returncode == 0:
+        return
+    true = shutil.which("true") or "/bin/true"
+    files = {true, *re.findall(r"(/\S+) \(0x", sh("ldd", true, check=False).stdout)}
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for directory in ("bin", "dev", "proc", "sys", "tmp", "usr/local"):
+            info = tarfile.TarInfo(directory)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        for path in sorted(files):
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+        if true != "/bin/true":
+            tar.add(os.path.realpath(true), arcname="bin/true")
+    subprocess.run(["docker", "import", "-c", "LABEL com.nvidia.volumes.needed=nvidia_driver",
+                    "-", IMAGE], input=data.getvalue(), check=True, capture_output=True)
+
+
+def wrapper(port: int) -> tuple[list[str], dict[str, str]]:
+    env = {**bench_env(), "NV_HOST": f"http://127.0.0.1:{port}"}
+    env.pop("NV_GPU", None)
+    return [sys.executable, "-m", "nvplugin.wrapper", "run", "--rm", "--net=none", IMAGE,
+            "true"], env
+
+
+def timed_run(port: int) -> float:
+    argv, env = wrapper(port)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"nvidia-docker run failed: {done.stderr.strip()}")
+    return took
+
+
+def wait_for_build(daemon: Daemon, timeout: float = 600) -> float:
+    """Seconds until the daemon logs its background build (0 when it does not build)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if re.search(r"Built volume \S+ from \d+ files in \d+ ms in the background", daemon.log()):
+            return time.monotonic() - started
+        if daemon.proc.poll() is not None:
+            raise SystemExit(f"the daemon exited:\n{daemon.log()[-2000:]}")
+        time.sleep(0.05)
+    raise SystemExit("the background build did not finish")
+
+
+def one(root: Path, work: Path, env: dict[str, str], mode: str, later: int, settle: float,
+        drop_caches: bool) -> tuple[float, list[float], float]:
+    if drop_caches:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    extra = ("--no-prebuild",) if mode == "no-prebuild" else ()
+    daemon = spawn(root, work, env, log_level="info", extra=extra,
+                   socket_dir=DOCKER_PLUGIN_DIR)
+    try:
+        measure_start(daemon)
+        # Docker may remember the volume from an earlier daemon (another volumes directory):
+        # forgotten, so this daemon's own build is what the first run finds, or makes.
+        remove_volume(daemon)
+        waited = 0.0
+        if mode == "prebuild":
+            waited = wait_for_build(daemon)
+        elif mode == "no-prebuild":
+            time.sleep(settle)  # as long as a prebuild took: the same idle host
+            waited = settle
+        first = timed_run(daemon.port)
+        runs = [timed_run(daemon.port) for _ in range(later)]
+        return first, runs, waited
+    finally:
+        remove_volume(daemon)
+        daemon.stop()
+
+
+def remove_volume(daemon: Daemon) -> None:
+    answer = urllib.request.urlopen(f"{daemon.url}/v1.0/gpu/info/json", timeout=60).read()
+    version = json.loads(answer)["Version"]["Driver"]
+    sh("docker", "volume", "rm", "-f", f"nvidia_driver_{version}", check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--driver-root", type=Path)
+    parser.add_argument("--runs", type=int, default=3, help="daemon starts per way")
+    parser.add_argument("--later", type=int, default=5, help="runs after the first, per start")
+    parser.add_argument("--drop-caches", action="store_true")
+    opts = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="nvplugin-bench-first-"))
+    root = opts.driver_root or build_host(work)
+    env = bench_env()
+    ensure_image()
+    results: dict[str, list[tuple[float, list[float], float]]] = {}
+    with e2e_lock():
+        settle = 0.0
+        for _ in range(opts.runs):  # interleaved: the host's load hits every way alike
+            for mode in ("prebuild", "no-prebuild", "prebuild, run at once"):
+                result = one(root, work, env, mode, opts.later, settle, opts.drop_caches)
+                if mode == "prebuild":
+                    settle = result[2]
+                results.setdefault(mode, []).append(result)
+    print(f"driver root {root}; {opts.runs} daemon starts per way, {opts.later} later runs "
+          f"each; page cache {'dropped before each start' if opts.drop_caches else 'warm'}\n")
+    print(f"{'':24} {'first run':>12} {'later runs':>12} {'first - later':>14}")
+    summary: dict[str, float] = {}
+    for mode, rows in results.items():
+        first = statistics.median(r[0] for r in rows) * 1000
+        later = statistics.median(x for r in rows for x in r[1]) * 1000
+        print(f"{mode:<24} {first:9.0f} ms {later:9.0f} ms {first - later:+11.0f} ms")
+        key = re.sub(r"\W+", "_", mode).strip("_")
+        summary[f"{key}_first_ms"], summary[f"{key}_later_ms"] = first, later
+    waits = [r[2] for r in results["prebuild"]]
+    summary["build_ms"] = statistics.median(waits) * 1000
+    print(f"\nthe background build took {summary['build_ms']:.0f} ms after the daemon answered "
+          "(median); the first run came after it")
+    print("\nSUMMARY " + json.dumps({k: round(v, 1) for k, v in summary.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
