@@ -349,9 +349,6 @@ def test_a_set_id_driver_file_is_copied_without_its_set_id_bit(host):
     host.sh(f"chmod 4755 {source}")
     try:
         answer = plugin(host, "/VolumeDriver.Create", {"Name": name})
-        if "Operation not permitted" in str(answer.get("Err")) and source in str(answer["Err"]):
-            pytest.xfail("nvplugin/volumes/clone.py copies the set-id bits: fchmod(04755) is "
-                         f"refused under RestrictSUIDSGID=yes and the volume fails: {answer}")
         assert answer.get("Err") in (None, ""), answer
         mode = host.sh(f"stat -c %a {VOLUMES}/nvidia_driver/{version}/bin/nvidia-persistenced"
                        ).stdout.strip()
