@@ -4,7 +4,7 @@
 
 Starts the daemon on Docker's plugin socket (a fresh volumes directory each time, so the driver's
 volume has to be built again), waits until it is ready and idle, then times `nvidia-docker run
---rm --net=none IMAGE true` once, and --later times more. Three ways:
+--rm --net=none IMAGE sh -c :` once, and --later times more. Three ways:
 
 * prebuild (the default): the volume is built in the background after start-up; the first run
   comes once that build has finished, as a user's first container after a boot would;
@@ -15,7 +15,7 @@ volume has to be built again), waits until it is ready and idle, then times `nvi
 
 With --drop-caches the page cache is dropped before each start (a cold driver filesystem, as
 after a boot; needs root and affects the whole host). Without --driver-root, a fake driver host
-is built (root, gcc). Needs the Docker Engine. The image is made from this host's `true` and its
+is built (root, gcc). Needs the Docker Engine. The image is made from this host's /bin/sh and its
 libraries, labelled for the driver volume. Prints medians; asserts nothing. Target (issue 18):
 the first run costs no more than the later ones.
 """
@@ -23,15 +23,11 @@ the first run costs no more than the later ones.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.request
@@ -41,10 +37,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from bench_cdi import sh_image  # noqa: E402
 from bench_rest import build_host  # noqa: E402
 from bench_startup import Daemon, bench_env, e2e_lock, measure_start, spawn  # noqa: E402
 
-IMAGE = "nvplugin-bench/first-run:latest"
+IMAGE = "nvplugin-bench/first-run:sh"
 DOCKER_PLUGIN_DIR = Path("/run/docker/plugins")
 
 
@@ -53,30 +50,18 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def ensure_image() -> None:
-    """`true` and the libraries it needs, imported as a labelled image (no registry needed)."""
+    """The host's /bin/sh and its libraries, imported as a labelled image (no registry)."""
     if sh("docker", "image", "inspect", IMAGE, check=False).returncode == 0:
         return
-    true = shutil.which("true") or "/bin/true"
-    files = {true, *re.findall(r"(/\S+) \(0x", sh("ldd", true, check=False).stdout)}
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w") as tar:
-        for directory in ("bin", "dev", "proc", "sys", "tmp", "usr/local"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for path in sorted(files):
-            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
-        if true != "/bin/true":
-            tar.add(os.path.realpath(true), arcname="bin/true")
     subprocess.run(["docker", "import", "-c", "LABEL com.nvidia.volumes.needed=nvidia_driver",
-                    "-", IMAGE], input=data.getvalue(), check=True, capture_output=True)
+                    "-", IMAGE], input=sh_image(), check=True, capture_output=True)
 
 
 def wrapper(port: int) -> tuple[list[str], dict[str, str]]:
     env = {**bench_env(), "NV_HOST": f"http://127.0.0.1:{port}"}
     env.pop("NV_GPU", None)
     return [sys.executable, "-m", "nvplugin.wrapper", "run", "--rm", "--net=none", IMAGE,
-            "true"], env
+            "/bin/sh", "-c", ":"], env
 
 
 def timed_run(port: int) -> float:

@@ -342,7 +342,8 @@ for name in ("asyncio", "pynvml", "aiohttp", "aiohttp.web", "nvplugin.cli.main",
     before = tracemalloc.get_traced_memory()[0]
     importlib.import_module(name)
     steps.append((name, tracemalloc.get_traced_memory()[0] - before))
-base = tracemalloc.take_snapshot()
+base = tracemalloc.take_snapshot().filter_traces(
+    [tracemalloc.Filter(False, tracemalloc.__file__)])
 snaps = []
 
 ENTRY = ("/nvplugin/cli/main.py", "/nvplugin/__main__.py", "<string>")
@@ -364,7 +365,9 @@ def owner(trace):
     return "interpreter (imports)"
 
 def dump(signum, frame):
-    snap = tracemalloc.take_snapshot()
+    # Without tracemalloc's own traces: the snapshots kept here are not the daemon's.
+    snap = tracemalloc.take_snapshot().filter_traces(
+        [tracemalloc.Filter(False, tracemalloc.__file__)])
     totals = {}
     for stat in snap.compare_to(base, "traceback"):
         if stat.size_diff:

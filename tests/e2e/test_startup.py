@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from nvplugin.cli.serve import IO_THREADS
-from tests.dockerenv import PluginDaemon
+from tests.dockerenv import PluginDaemon, wait_for
 
 StartPlugin = Callable[..., PluginDaemon]
 REPO = Path(__file__).resolve().parents[2]
@@ -162,7 +162,7 @@ def test_the_running_drivers_volume_is_built_in_the_background(running_plugin: S
     daemon = running_plugin()
     version = daemon.host.version
     built = daemon.volumes_dir / "nvidia_driver" / version
-    assert _wait_for(lambda: built.is_dir() and "in the background" in daemon.log())
+    assert wait_for(lambda: built.is_dir() and "in the background" in daemon.log())
     line = next(li for li in daemon.log().splitlines() if "Built volume" in li)
     assert line.endswith("in the background") and f"nvidia_driver_{version} from" in line
     # No request asked for it (readiness probes send Activate only).
@@ -210,15 +210,6 @@ def test_threads_stay_bounded_under_a_burst(running_plugin: StartPlugin):
     assert daemon.proc is not None
     threads = len(list(Path(f"/proc/{daemon.proc.pid}/task").iterdir()))
     assert threads <= 1 + 3 + IO_THREADS
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _post(path: Path, route: str, body: dict) -> bytes:
