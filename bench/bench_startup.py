@@ -162,9 +162,10 @@ def spawn(root: Path, work: Path, env: dict[str, str], *, python_flags: tuple[st
           socket_dir: Path | None = None) -> Daemon:
     run = Path(tempfile.mkdtemp(dir=work))
     sockets, port, log_path = socket_dir or run / "sockets", free_port(), run / "daemon.log"
+    # The CDI spec in the run's directory: the host's /var/run/cdi is for the host's engines.
     argv = [sys.executable, *python_flags, "-m", "nvplugin", "--driver-root", str(root),
             "-s", str(sockets), "-d", str(run / "volumes"), "-l", f"127.0.0.1:{port}",
-            "--log-level", log_level, *extra]
+            "--cdi-dir", str(run / "cdi"), "--log-level", log_level, *extra]
     with open(log_path, "wb") as log:
         spawned = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=REPO)
@@ -390,7 +391,8 @@ def traced_heap(root: Path, work: Path, env: dict[str, str], requests: int) -> N
     port, out = free_port(), run / "traced.json"
     sockets = run / "sockets"
     argv = [sys.executable, "-c", TRACED, str(out), "--driver-root", str(root), "-s",
-            str(sockets), "-d", str(run / "volumes"), "-l", f"127.0.0.1:{port}"]
+            str(sockets), "-d", str(run / "volumes"), "-l", f"127.0.0.1:{port}",
+            "--cdi-dir", str(run / "cdi")]
     log = open(run / "daemon.log", "wb")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env, cwd=REPO)
     daemon = Daemon(proc, sockets / "nvidia-docker.sock", port, run / "daemon.log",
