@@ -14,6 +14,7 @@ Leaves the host as it found it (daemon stopped, volume removed, no CDI spec it d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -283,9 +284,11 @@ class Proof:
         if not read:
             problems.append("the daemon never logged 'Read CUDA memory sizes'")
         pid = self.daemon.pid if self.daemon is not None else 0
-        maps = Path(f"/proc/{pid}/maps").read_text() if pid else ""
-        if "libcuda" in maps:
-            problems.append("libcuda is mapped in the daemon: cuInit ran there")
+        # cuInit opens /dev/nvidia-uvm and keeps it; NVML never does. (A mapped libcuda proves
+        # nothing: NVML itself loads it to answer nvmlSystemGetCudaDriverVersion.)
+        uvm = [fd for fd in _open_files(pid) if fd.startswith("/dev/nvidia-uvm")] if pid else []
+        if uvm:
+            problems.append(f"the daemon holds {', '.join(uvm)} open: cuInit ran there")
         python = str(self.venv / "bin/python")
         where = sh(python, "-c", "from nvplugin.driver.discovery import find_cuda_library; "
                    "from nvplugin.gpu.cuda import CHILD; print(find_cuda_library('/'), CHILD)")
@@ -636,8 +639,10 @@ class Proof:
         volumes.mkdir()
         self.stop_daemon()
         started = time.monotonic()
+        # --no-prebuild: the volume plugin's background build would fill the directory; CDI
+        # itself must need no copy at all.
         self.start_daemon("daemon start to ready, fresh volumes directory",
-                          "--volumes-dir", str(volumes))
+                          "--volumes-dir", str(volumes), "--no-prebuild")
         while not CDI_SPEC.exists() and time.monotonic() - started < 30:
             time.sleep(0.02)
         try:
@@ -1053,7 +1058,7 @@ class Proof:
         listed = sh("nvidia-smi", "--query-gpu=index", "--format=csv,noheader")
         self.gpus = count_gpus(listed.stdout)
         try:
-            run_steps(self.report, self.steps(), self.gpus)
+            run_steps(self.report, select_steps(self.steps(), self.args.only), self.gpus)
         finally:
             self.cleanup()
         summary = format_summary(self.report)
@@ -1061,6 +1066,23 @@ class Proof:
         if self.args.report:
             Path(self.args.report).write_text(summary + "\n")
         return 0 if self.report.ok else 1
+
+
+SET_UP = ("install", "start_daemon")
+
+
+def select_steps(steps: Sequence[Callable[[], Any]], only: str | None,
+                 ) -> tuple[Callable[[], Any], ...]:
+    """Every step, or (--only a,b) the set-up steps and those named, in the proof's order: a
+    failed step re-run within a device lease. ValueError names a step the proof has not."""
+    if not only:
+        return tuple(steps)
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    known = {step.__name__ for step in steps}
+    if wanted - known:
+        raise ValueError(f"no such step: {', '.join(sorted(wanted - known))}; the steps are "
+                         f"{', '.join(step.__name__ for step in steps)}")
+    return tuple(s for s in steps if s.__name__ in wanted or s.__name__ in SET_UP)
 
 
 def run_steps(report: Report, steps: Sequence[Callable[[], Any]], gpu_count: int) -> None:
@@ -1102,6 +1124,15 @@ def _capture(url: str, seconds: float) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
+def _open_files(pid: int) -> list[str]:
+    """What the process's file descriptors point at (/proc/<pid>/fd)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.append(os.readlink(fd))
+    return found
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -1134,6 +1165,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--report", help="also write the summary to this file")
     parser.add_argument("--keep-log", help="copy the daemon's log to this file")
     parser.add_argument("--page-dir", help="save the GPU page's HTML, state and stream here")
+    parser.add_argument("--only", help="run only these steps (comma-separated method names; "
+                        "install and start_daemon always run)")
     return parser.parse_args(argv)
 
 

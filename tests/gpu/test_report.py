@@ -328,3 +328,20 @@ def test_first_run_margin(first, later, ok):
     assert (problems == []) is ok, problems
     if not ok:
         assert problems[0].startswith(f"the first run after a start took {first:.0f} ms")
+
+
+def test_only_runs_the_set_up_and_the_named_steps_in_order():
+    from tests.gpu.proof import select_steps
+
+    def install() -> None: ...
+    def start_daemon() -> None: ...
+    def build_image() -> None: ...
+    def cdi_podman() -> None: ...
+    def timings() -> None: ...
+
+    steps = (install, start_daemon, build_image, cdi_podman, timings)
+    assert select_steps(steps, None) == steps
+    assert select_steps(steps, "cdi_podman, build_image") == (install, start_daemon, build_image,
+                                                              cdi_podman)
+    with pytest.raises(ValueError, match="no such step: nope; the steps are install, "):
+        select_steps(steps, "nope,timings")
