@@ -300,8 +300,8 @@ def _mount_id(mountinfo: str, path: Path) -> str | None:
     return best[1] if best else None
 
 
-def _daemon_mounts_differ(pid: int, source: Path, target: Path) -> bool | None:
-    """Whether the daemon sees `source` and `target` on different mounts (link() then fails
+def _mounts_differ(pid: int | str, source: Path, target: Path) -> bool | None:
+    """Whether process `pid` sees `source` and `target` on different mounts (link() then fails
     with EXDEV even on one filesystem, as under systemd's ReadWritePaths=); None if unknown."""
     try:
         mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
@@ -315,7 +315,10 @@ def _placement(source: Path, target: Path, daemon_pid: int | None = None) -> str
     """What a volume build will do: a hard link from the driver into the directory, tried
     here; and where the running daemon sees the two on different mounts, a copy whatever this
     process could do."""
-    if daemon_pid is not None and _daemon_mounts_differ(daemon_pid, source, target):
+    # Only the daemon's own namespace splitting them is news: on different mounts here too
+    # (another filesystem), the link tried below says so itself.
+    if daemon_pid is not None and _mounts_differ(daemon_pid, source, target) \
+            and _mounts_differ("self", source, target) is False:
         return (f"will be copied (reflinked where supported): the running daemon (pid "
                 f"{daemon_pid}) sees {target} as a mount of its own (a sandbox such as the "
                 "unit's ReadWritePaths=), and hard links cannot cross mounts")

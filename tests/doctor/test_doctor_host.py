@@ -21,6 +21,7 @@ from nvplugin.cli import doctor
 from tests.dockerenv import PluginDaemon, free_port, wait_for
 from tests.fakenvml.build import append_event, write_config
 from tests.requirements import need_tool
+from tests.volumes.conftest import mounted
 
 REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
@@ -203,6 +204,22 @@ def test_placement_follows_the_running_daemons_own_mounts(running_plugin, tmp_pa
     probe = volumes / "probe-link"
     os.link(daemon.host.root / "etc/ld.so.cache", probe)
     probe.unlink()
+
+
+def test_placement_on_another_filesystem_says_so_not_sandbox(running_plugin, tmp_path):
+    """A volumes dir on another filesystem (as the H200's squashfs driver against its disk) is on
+    another mount for everyone: the link's own failure explains the copy, not a sandbox."""
+    volumes = tmp_path / "tmpfs-volumes"
+    volumes.mkdir()
+    with mounted("-t", "tmpfs", "tmpfs", str(volumes)):
+        daemon = running_plugin(volumes_dir=volumes)
+        driver_modes(daemon.driver_root)
+        _rc, checks = doctor_for(daemon)
+        daemon.stop()
+    detail = checks["volumes-dir"]["detail"]
+    assert "will be copied (reflinked where supported): hard link from another " \
+           "filesystem failed (Invalid cross-device link)" in detail, detail
+    assert "a mount of its own" not in detail
 
 
 def test_mount_of_a_path_in_mountinfo():
