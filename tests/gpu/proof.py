@@ -284,11 +284,17 @@ class Proof:
         if not read:
             problems.append("the daemon never logged 'Read CUDA memory sizes'")
         pid = self.daemon.pid if self.daemon is not None else 0
-        # cuInit opens /dev/nvidia-uvm and keeps it; NVML never does. (A mapped libcuda proves
-        # nothing: NVML itself loads it to answer nvmlSystemGetCudaDriverVersion.)
+        # cuInit opens /dev/nvidia-uvm and keeps it. NVML may too (the H200 showed two open in
+        # the daemon), so the daemon is held against a process making the daemon's NVML calls
+        # (init, CUDA version, an event set): more uvm handles than that one means cuInit ran.
+        # A mapped libcuda proves nothing: NVML loads it for nvmlSystemGetCudaDriverVersion.
         uvm = [fd for fd in _open_files(pid) if fd.startswith("/dev/nvidia-uvm")] if pid else []
-        if uvm:
-            problems.append(f"the daemon holds {', '.join(uvm)} open: cuInit ran there")
+        baseline = sh(str(self.venv / "bin/python"), "-c", NVML_ONLY_UVM).stdout.strip()
+        lines.append(f"/dev/nvidia-uvm handles: daemon {len(uvm)}, a process using NVML "
+                     f"only {baseline or '?'}")
+        if not baseline.isdigit() or len(uvm) > int(baseline):
+            problems.append(f"the daemon holds {len(uvm)} /dev/nvidia-uvm handle(s), more than "
+                            f"NVML alone ({baseline or 'unknown'}): cuInit ran there")
         python = str(self.venv / "bin/python")
         where = sh(python, "-c", "from nvplugin.driver.discovery import find_cuda_library; "
                    "from nvplugin.gpu.cuda import CHILD; print(find_cuda_library('/'), CHILD)")
@@ -1122,6 +1128,21 @@ def _capture(url: str, seconds: float) -> str:
                 break
             chunks.append(chunk)
     return b"".join(chunks).decode(errors="replace")
+
+
+# A process making the daemon's NVML calls, printing how many /dev/nvidia-uvm handles it holds.
+NVML_ONLY_UVM = (
+    "import os, pynvml\n"
+    "pynvml.nvmlInit(); pynvml.nvmlSystemGetCudaDriverVersion()\n"
+    "s = pynvml.nvmlEventSetCreate()\n"
+    "for i in range(pynvml.nvmlDeviceGetCount()):\n"
+    "    h = pynvml.nvmlDeviceGetHandleByIndex(i)\n"
+    "    try: pynvml.nvmlDeviceRegisterEvents(h, pynvml.nvmlDeviceGetSupportedEventTypes(h), s)\n"
+    "    except pynvml.NVMLError: pass\n"
+    "fds = [os.readlink(f'/proc/self/fd/{f}') for f in os.listdir('/proc/self/fd')\n"
+    "       if os.path.exists(f'/proc/self/fd/{f}')]\n"
+    "print(sum(f.startswith('/dev/nvidia-uvm') for f in fds))\n"
+)
 
 
 def _open_files(pid: int) -> list[str]:
