@@ -158,18 +158,10 @@ class Daemon:
                 ready=self.ready)
             # The GPU page lives on the REST listener; its feed loads after the sockets answer.
             page_routes.mount(rest_app, self.page)
-            rest_runner = web.AppRunner(rest_app, access_log=None,
-                                        shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-            await rest_runner.setup()
-            self._cleanups.append(rest_runner.cleanup)
+            rest_runner = await self._serve_tcp(
+                rest_app, address, f"the remote API at {cfg.listen}",
+                "choose another address with -l, or -l '' to disable it")
             host, port = address
-            try:
-                await web.TCPSite(rest_runner, _loopback_v4(host), port).start()
-            except OSError as err:
-                raise NvpluginError(
-                    f"cannot serve the remote API at {cfg.listen}: {err.strerror or err}; "
-                    "choose another address with -l, or -l '' to disable it"
-                ) from err
             if host == "localhost":
                 # Also ::1 where the host has IPv6; hosts and containers without it are common,
                 # so only the IPv4 loopback is required.
@@ -310,6 +302,15 @@ class Daemon:
         app.router.add_get(METRICS_PATH, self._metrics_page)
         if watched:  # a scrape of the metrics-only listener counts as watching the page too
             app.middlewares.append(page_routes.watching(self.page))
+        await self._serve_tcp(
+            app, address, f"metrics at {cfg.metrics_listen}",
+            "choose another address with --metrics-listen, or '' to serve them only with the API")
+        log.info("Serving metrics at %s", cfg.metrics_listen)
+
+    async def _serve_tcp(self, app: web.Application, address: tuple[str, int], what: str,
+                         fix: str) -> web.AppRunner:
+        """`app` on `address` (localhost as 127.0.0.1), cleaned up at shutdown; a port that
+        cannot be bound is a start-up error naming `what` and the `fix`."""
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         self._cleanups.append(runner.cleanup)
@@ -317,11 +318,8 @@ class Daemon:
         try:
             await web.TCPSite(runner, _loopback_v4(host), port).start()
         except OSError as err:
-            raise NvpluginError(
-                f"cannot serve metrics at {cfg.metrics_listen}: {err.strerror or err}; choose "
-                "another address with --metrics-listen, or '' to serve them only with the API"
-            ) from err
-        log.info("Serving metrics at %s", cfg.metrics_listen)
+            raise NvpluginError(f"cannot serve {what}: {err.strerror or err}; {fix}") from err
+        return runner
 
     async def _merge_cuda_sizes(self) -> None:
         with contextlib.suppress(NvpluginError):  # NVML went away meanwhile: the next load
