@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus, P2PLink
-from nvplugin.observe.records import ContainerRef, GpuHealth
+
+if TYPE_CHECKING:  # only their fields are read: their module loads after the sockets answer
+    from nvplugin.observe.records import ContainerRef, GpuHealth
 
 
 def go_json(value: Any) -> str:

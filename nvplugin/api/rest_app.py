@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvplugin.api import json_docs, launch_args, text_pages
-from nvplugin.cdi.build import device_arguments
-from nvplugin.cdi.spec import Spec
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError, NvmlError, NvpluginError, SelectionError
 from nvplugin.core.later import Later
@@ -27,7 +25,10 @@ from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.records import GpuInventory, GpuStatus
 from nvplugin.gpu.selection import Selection, means_all
-from nvplugin.observe.records import ContainerRef, GpuHealth
+
+if TYPE_CHECKING:  # the records behind these sources load after the sockets answer
+    from nvplugin.cdi.spec import Spec
+    from nvplugin.observe.records import ContainerRef, GpuHealth
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -231,6 +232,9 @@ async def _cdi_devices(request: web.Request) -> tuple[str, ...]:
     chosen = _healthy_only(await _observe(request), dev, asked)  # and its choice of every GPU
     source = await request.app[CDI].get()
     source.current()  # no spec for engines to resolve the names in: 503, with the reason
+    # Loaded with the spec's keeper (off the loop, after the sockets answer): a dict lookup.
+    from nvplugin.cdi.build import device_arguments
+
     return device_arguments(source.kind, chosen, means_all(dev) and chosen == asked)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -218,6 +219,9 @@ class Daemon:
         finally:
             settled.set_result(None)
             self.phases.spans["ready"] = (0.0, self.phases.since_origin())
+            # cli/main turned collection off for start-up; its garbage (~2,000 objects of the
+            # imports) goes with the first full collection.
+            gc.enable()
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         with self.phases.span("CDI spec"):
             await self._keep_cdi_spec(observe)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nvplugin.core.text import escape_controls
 from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
-from nvplugin.observe.records import ContainerRef, GpuHealth
 from nvplugin.web.history import SERIES, row_of
 
-Containers = Mapping[int, ContainerRef | None]  # PID -> its container, from attribution
+if TYPE_CHECKING:  # only their fields are read: their module loads after the sockets answer
+    from nvplugin.observe.records import ContainerRef, GpuHealth
+
+Containers = Mapping[int, "ContainerRef | None"]  # PID -> its container, from attribution
 Starts = Mapping[int, float]  # PID -> when it started (UNIX time)
 
 

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 # choice: anything else (doctor, list, the engine client, metrics, pages, CDI, ...) must load
 # when it is used, or after "Serving remote API".
 SERVING_PATH = {
-    "nvplugin", "nvplugin.cli", "nvplugin.cli.main", "nvplugin.cli.serve",
+    "nvplugin", "nvplugin.cli", "nvplugin.cli.lean_import", "nvplugin.cli.main",
+    "nvplugin.cli.serve",
     "nvplugin.core", "nvplugin.core.atomicfile", "nvplugin.core.config", "nvplugin.core.errors",
     "nvplugin.core.hostpath", "nvplugin.core.ioprio", "nvplugin.core.later", "nvplugin.core.logs",
     "nvplugin.core.names", "nvplugin.core.phases", "nvplugin.core.regularfile",
@@ -47,16 +48,18 @@ SERVING_PATH = {
     "nvplugin.api", "nvplugin.api.json_docs", "nvplugin.api.launch_args", "nvplugin.api.plugin",
     "nvplugin.api.plugin_socket", "nvplugin.api.rest_app", "nvplugin.api.tabwriter",
     "nvplugin.api.text_pages",
-    # the CDI records and builder the cdi routes use (the spec's keeper loads later)
-    "nvplugin.cdi", "nvplugin.cdi.build", "nvplugin.cdi.names", "nvplugin.cdi.spec",
-    # records and the light middleware only: health, /metrics and the page load later
-    "nvplugin.observe", "nvplugin.observe.records", "nvplugin.observe.timing",
+    # CDI's name rules (the kind is checked with the arguments): its records, builder and
+    # keeper load after the sockets answer, with the spec's keeper
+    "nvplugin.cdi", "nvplugin.cdi.names",
+    # the light middleware only: health and its records, /metrics and the page load later
+    "nvplugin.observe", "nvplugin.observe.timing",
     "nvplugin.web", "nvplugin.web.documents", "nvplugin.web.history", "nvplugin.web.routes",
 }
 # Loaded after the sockets answer: GPU health (with the Engine client behind container names),
 # the CDI spec's keeper, the metrics registry and the GPU page.
 LATER = ("nvplugin.observe.service", "nvplugin.engine.client", "nvplugin.observe.exposition",
-         "prometheus_client", "nvplugin.web.feed", "nvplugin.web.panels", "nvplugin.cdi.writer")
+         "prometheus_client", "nvplugin.web.feed", "nvplugin.web.panels", "nvplugin.cdi.writer",
+         "nvplugin.cdi.build", "nvplugin.cdi.spec", "nvplugin.observe.records")
 # Standard modules the daemon has no use for at start-up, each costing milliseconds and
 # megabytes (importlib.metadata pulls in zipfile and csv; pyelftools pulls in pdb).
 HEAVY_STDLIB = {"importlib.metadata", "zipfile", "csv", "pdb", "tracemalloc", "multiprocessing",
