@@ -13,6 +13,13 @@ volume has to be built again), waits until it is ready and idle, then times `nvi
 * prebuild, run at once: the first run right after the daemon answers, joining the build in
   progress (what is left of it is the wait).
 
+--parts then splits the first run: after one more start (prebuild, build done), each part of
+an `nvidia-docker run` is timed on its own, first and again, in the order a run does them:
+`docker/cli` from the daemon, the volume's create through Docker, a plain `docker run` of the
+same image (Docker's own cost), the same with only the GPU devices, with only the volume, and
+the whole `nvidia-docker run`; a part whose first time is above its later ones is where the
+first run's extra goes.
+
 With --drop-caches the page cache is dropped before each start (a cold driver filesystem, as
 after a boot; needs root and affects the whole host). Without --driver-root, a fake driver host
 is built (root, gcc). Needs the Docker Engine. The image is made from this host's /bin/sh and its
@@ -31,6 +38,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +121,66 @@ def one(root: Path, work: Path, env: dict[str, str], mode: str, later: int, sett
         daemon.stop()
 
 
+def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:4])} ... failed: {done.stderr.strip()[-500:]}")
+    return took
+
+
+def timed_get(url: str) -> float:
+    started = time.perf_counter()
+    urllib.request.urlopen(url, timeout=60).read()
+    return time.perf_counter() - started
+
+
+def parts(root: Path, work: Path, env: dict[str, str], later: int, drop_caches: bool) -> None:
+    """Each part of the first run after a start, timed first and then `later` more times."""
+    if drop_caches:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    daemon = spawn(root, work, env, log_level="info", socket_dir=DOCKER_PLUGIN_DIR)
+    try:
+        measure_start(daemon)
+        remove_volume(daemon)
+        wait_for_build(daemon)
+        cli = json.loads(urllib.request.urlopen(f"{daemon.url}/v1.0/docker/cli/json",
+                                                timeout=60).read())
+        devices = [f"--device={d}" for d in cli["Devices"]]
+        volume = cli["Volumes"][0]
+        name = volume.split(":")[0]
+        plain = ["docker", "run", "--rm", "--net=none", IMAGE, "/bin/sh", "-c", ":"]
+        with_devices = plain[:4] + devices + plain[4:]
+        with_volume = [*plain[:4], f"--volume={volume}", *plain[4:]]
+        argv, wrapper_env = wrapper(daemon.port)
+        steps: list[tuple[str, Callable[[], float]]] = [
+            ("docker/cli from the daemon", lambda: timed_get(f"{daemon.url}/v1.0/docker/cli")),
+            ("docker volume create (the plugin's Create)",
+             lambda: timed(["docker", "volume", "create", "-d", "nvidia-docker", name])),
+            ("docker run, plain", lambda: timed(plain)),
+            ("docker run --device (the GPU's nodes)", lambda: timed(with_devices)),
+            ("docker run --volume (the driver volume)", lambda: timed(with_volume)),
+            ("nvidia-docker run", lambda: timed(argv, wrapper_env)),
+        ]
+        rows = []
+        for label, step in steps:
+            first = step()
+            again = statistics.median(step() for _ in range(later))
+            rows.append((label, first, again))
+    finally:
+        remove_volume(daemon)
+        daemon.stop()
+    print(f"\nthe first run's parts, after one more start (build done; page cache "
+          f"{'dropped' if drop_caches else 'warm'}); each part first, then the median of "
+          f"{later} more\n")
+    print(f"{'':44} {'first':>9} {'later':>9} {'first - later':>14}")
+    for label, first, again in rows:
+        print(f"{label:<44} {first * 1000:6.0f} ms {again * 1000:6.0f} ms "
+              f"{(first - again) * 1000:+11.0f} ms")
+
+
 def remove_volume(daemon: Daemon) -> None:
     answer = urllib.request.urlopen(f"{daemon.url}/v1.0/gpu/info/json", timeout=60).read()
     version = json.loads(answer)["Version"]["Driver"]
@@ -125,6 +193,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="daemon starts per way")
     parser.add_argument("--later", type=int, default=5, help="runs after the first, per start")
     parser.add_argument("--drop-caches", action="store_true")
+    parser.add_argument("--parts", action="store_true", help="then split the first run")
     opts = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nvplugin-bench-first-"))
     root = opts.driver_root or build_host(work)
@@ -153,6 +222,9 @@ def main() -> int:
     summary["build_ms"] = statistics.median(waits) * 1000
     print(f"\nthe background build took {summary['build_ms']:.0f} ms after the daemon answered "
           "(median); the first run came after it")
+    if opts.parts:
+        with e2e_lock():
+            parts(root, work, env, opts.later, opts.drop_caches)
     print("\nSUMMARY " + json.dumps({k: round(v, 1) for k, v in summary.items()}))
     return 0
 
