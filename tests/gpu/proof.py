@@ -1033,7 +1033,8 @@ class Proof:
             start_up = sh(sys.executable, str(REPO / "bench/bench_startup.py"), "--driver-root",
                           "/", "--runs", "7", "--requests", "10000", timeout=1800)
             first_run = sh(sys.executable, str(REPO / "bench/bench_first_run.py"),
-                           "--driver-root", "/", "--runs", "3", "--drop-caches", timeout=1800)
+                           "--driver-root", "/", "--runs", "3", "--drop-caches", "--parts",
+                           timeout=1800)
         finally:
             self.start_daemon("daemon start to ready (after the issue 18 benches)")
         for name, result, problems_of in (
