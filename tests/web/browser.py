@@ -24,11 +24,17 @@ CHROMIUM_FLAGS = ("--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-def chromium_path() -> str:
-    found = next((p for p in CHROMIUM_CANDIDATES if Path(p).is_file()), None)
-    found = found or shutil.which("chromium")
-    need(found is not None, "Debian's chromium (apt-get install chromium)")
+def browser_path(candidates: tuple[str, ...], package: str) -> str:
+    """The first of `candidates` installed (by path, then on PATH by its name); skips, or fails
+    in CI, naming Debian's `package` when none is."""
+    found = next((p for p in candidates if Path(p).is_file()), None)
+    found = found or next(filter(None, (shutil.which(Path(p).name) for p in candidates)), None)
+    need(found is not None, f"Debian's {package} (apt-get install {package})")
     return str(found)
+
+
+def chromium_path() -> str:
+    return browser_path(CHROMIUM_CANDIDATES, "chromium")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,15 @@ pytestmark = [pytest.mark.docker, pytest.mark.root]
 
 SHOTS_ENV = "NVP_PAGE_SCREENSHOTS"  # a directory to keep the screenshots in, besides tmp_path
 WAIT_MS = 15_000
+# Each card's live fields, by data-field, and where gpu/status/json has the same number.
+LIVE_FIELDS = {"temperature_c": ("Temperature",), "power_w": ("Power",),
+               "memory_used_mib": ("Memory", "GlobalUsed"), "util_gpu": ("Utilization", "GPU"),
+               "clock_sm_mhz": ("Clocks", "Cores"), "clock_mem_mhz": ("Clocks", "Memory")}
+# The focused element, as the keyboard tests compare it: 'chart:<name>' or '<TAG>:<its text>'.
+FOCUSED_JS = ("(() => { const e = document.activeElement;"
+              " return (e.dataset.chart ? 'chart:' : e.tagName + ':') +"
+              " (e.dataset.chart || e.textContent.trim()); })()")
+POWER_CHART = '[data-gpu="0"] figure[data-chart="power"]'
 
 
 def status_json(daemon: PluginDaemon) -> list[dict[str, Any]]:
@@ -26,8 +36,58 @@ def status_json(daemon: PluginDaemon) -> list[dict[str, Any]]:
         return json.loads(answer.read())["Devices"]
 
 
+def expected_live(device: dict[str, Any]) -> dict[str, str]:
+    """gpu/status/json's numbers for one device, as its card shows them, by data-field."""
+    expected = {}
+    for field, keys in LIVE_FIELDS.items():
+        value: Any = device
+        for key in keys:
+            value = value[key]
+        expected[field] = str(value)
+    return expected
+
+
+def expected_panels(daemon: PluginDaemon) -> dict[str, str]:
+    """Text each panel holds: doctor's NVML check passed, the driver's volume, and the CDI spec
+    the daemon keeps (as GET /cdi/spec serves it)."""
+    assert daemon.host is not None
+    with urllib.request.urlopen(daemon.url + "/v1.0/cdi/spec", timeout=10) as answer:
+        spec = json.loads(answer.read())
+    return {'#doctor-checks [data-check="nvml"]': "PASS",
+            "#volumes-rows": f"nvidia_driver_{daemon.host.version}",
+            "#cdi": f"{daemon.cdi_path}: cdiVersion {spec['cdiVersion']}, kind {spec['kind']}, "
+                    f"{len(spec['devices'])} devices"}
+
+
+def edit_nvml(daemon: PluginDaemon, edit: Callable[[dict[str, Any]], object]) -> None:
+    """Change the fake NVML's config in place (atomically: the fake reads it on every call)."""
+    assert daemon.host is not None
+    config = json.loads(daemon.host.nvml_config.read_text())
+    edit(config)
+    tmp = daemon.host.nvml_config.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config))
+    tmp.replace(daemon.host.nvml_config)
+
+
+def assert_tab_order(focused: list[str]) -> None:
+    """Tab reaches the skip link first, then every GPU's link, then the charts."""
+    assert focused[0] == "A:Skip to the GPUs"
+    assert "A:GPU 0" in focused and "A:GPU 1" in focused
+    assert "chart:util" in focused
+
+
+def assert_power_label(label: str | None) -> None:
+    """The chart says in words what it shows."""
+    assert label is not None and label.startswith("GPU 0 Power: Draw ") and "limit 700 W" in label
+
+
+def value_at(gpu: int, field: str) -> str:
+    """The selector of a live value on a GPU's card."""
+    return f'[data-gpu="{gpu}"] [data-field="{field}"] .v'
+
+
 def shown(page: Any, gpu: int, field: str) -> str:
-    return page.inner_text(f'[data-gpu="{gpu}"] [data-field="{field}"] .v')
+    return page.inner_text(value_at(gpu, field))
 
 
 def keep(shot: Path) -> None:
@@ -60,25 +120,15 @@ def test_page_shows_both_gpus_live(running_plugin, browser: Browser, tmp_path: P
     assert f"driver {daemon.host.version}" in page.inner_text("h1")
 
     # Live numbers are gpu/status/json's.
-    fields = {"temperature_c": ("Temperature",), "power_w": ("Power",),
-              "memory_used_mib": ("Memory", "GlobalUsed"), "util_gpu": ("Utilization", "GPU"),
-              "clock_sm_mhz": ("Clocks", "Cores"), "clock_mem_mhz": ("Clocks", "Memory")}
     for device in status_json(daemon):
-        for field, keys in fields.items():
-            value: Any = device
-            for key in keys:
-                value = value[key]
-            assert shown(page, device["Index"], field) == str(value), field
+        for field, value in expected_live(device).items():
+            assert shown(page, device["Index"], field) == value, field
 
     # A value changed in the fake NVML appears without a reload, in the card and the chart's
     # caption (the text alternative).
     page.evaluate("window.notReloaded = true")
-    config = json.loads(daemon.host.nvml_config.read_text())
-    config["gpus"][1]["temperature"] = 77
-    config["gpus"][1]["power_usage_mw"] = 512_000
-    tmp = daemon.host.nvml_config.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config))
-    tmp.replace(daemon.host.nvml_config)
+    edit_nvml(daemon, lambda config: config["gpus"][1].update(temperature=77,
+                                                              power_usage_mw=512_000))
     page.wait_for_selector('[data-gpu="1"] [data-field="temperature_c"] .v:text-is("77")',
                            timeout=WAIT_MS)
     assert page.evaluate("window.notReloaded") is True
@@ -88,13 +138,8 @@ def test_page_shows_both_gpus_live(running_plugin, browser: Browser, tmp_path: P
 
     # Volumes and doctor's findings are there too.
     page.wait_for_selector('#doctor-checks [data-check="nvml"]', timeout=30_000)
-    assert "PASS" in page.inner_text('#doctor-checks [data-check="nvml"]')
-    assert f"nvidia_driver_{daemon.host.version}" in page.inner_text("#volumes-rows")
-    cdi = page.inner_text("#cdi")  # the spec the daemon keeps, as GET /cdi/spec serves it
-    with urllib.request.urlopen(daemon.url + "/v1.0/cdi/spec", timeout=10) as answer:
-        spec = json.loads(answer.read())
-    assert f"{daemon.cdi_path}: cdiVersion {spec['cdiVersion']}, kind {spec['kind']}, " \
-        f"{len(spec['devices'])} devices" in cdi
+    for selector, text in expected_panels(daemon).items():
+        assert text in page.inner_text(selector), selector
 
     shot = tmp_path / "gpu-page.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -112,20 +157,12 @@ def test_page_at_phone_width_and_by_keyboard(running_plugin, browser: Browser, t
     # Nothing wider than the screen: no sideways scrolling of the page itself.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
 
-    # Tab reaches the skip link first, then every GPU's link, then the charts.
     focused = []
     for _ in range(12):
         page.keyboard.press("Tab")
-        focused.append(page.evaluate(
-            "(() => { const e = document.activeElement;"
-            " return (e.dataset.chart ? 'chart:' : e.tagName + ':') +"
-            " (e.dataset.chart || e.textContent.trim()); })()"))
-    assert focused[0] == "A:Skip to the GPUs"
-    assert "A:GPU 0" in focused and "A:GPU 1" in focused
-    assert "chart:util" in focused
-    # Each chart says in words what it shows.
-    label = page.get_attribute('[data-gpu="0"] figure[data-chart="power"]', "aria-label")
-    assert label is not None and label.startswith("GPU 0 Power: Draw ") and "limit 700 W" in label
+        focused.append(page.evaluate(FOCUSED_JS))
+    assert_tab_order(focused)
+    assert_power_label(page.get_attribute(POWER_CHART, "aria-label"))
 
     shot = tmp_path / "gpu-page-phone.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -151,12 +188,12 @@ def test_a_container_using_a_gpu_appears_by_name(running_plugin, browser: Browse
     try:
         container.reload()
         pid = int(container.attrs["State"]["Pid"])
-        config = json.loads(daemon.host.nvml_config.read_text())
-        config["gpus"][1]["processes"] = [{"pid": pid, "used_memory": 1536 << 20}]
-        config["process_names"] = {str(pid): "sleep"}
-        tmp = daemon.host.nvml_config.with_suffix(".tmp")
-        tmp.write_text(json.dumps(config))
-        tmp.replace(daemon.host.nvml_config)
+
+        def attach(config: dict[str, Any]) -> None:
+            config["gpus"][1]["processes"] = [{"pid": pid, "used_memory": 1536 << 20}]
+            config["process_names"] = {str(pid): "sleep"}
+
+        edit_nvml(daemon, attach)
 
         page = browser.page(viewport={"width": 1280, "height": 900})
         page.goto(daemon.url + "/")
