@@ -29,6 +29,12 @@ FOCUSED_JS = ("(() => { const e = document.activeElement;"
               " return (e.dataset.chart ? 'chart:' : e.tagName + ':') +"
               " (e.dataset.chart || e.textContent.trim()); })()")
 POWER_CHART = '[data-gpu="0"] figure[data-chart="power"]'
+# The charts wider than their box (their right edge cut off), as 'GPU:chart'.
+OVERFLOWING_CHARTS_JS = (
+    "[...document.querySelectorAll('figure[data-chart]')]"
+    ".filter((f) => f.querySelector('.uplot').offsetWidth > f.querySelector('.plot').clientWidth)"
+    ".map((f) => f.closest('[data-gpu]').dataset.gpu + ':' + f.dataset.chart)")
+CHARTS_FIT_JS = f"() => {OVERFLOWING_CHARTS_JS}.length === 0"
 
 
 def status_json(daemon: PluginDaemon) -> list[dict[str, Any]]:
@@ -140,6 +146,7 @@ def test_page_shows_both_gpus_live(running_plugin, browser: Browser, tmp_path: P
     page.wait_for_selector('#doctor-checks [data-check="nvml"]', timeout=30_000)
     for selector, text in expected_panels(daemon).items():
         assert text in page.inner_text(selector), selector
+    page.wait_for_function(CHARTS_FIT_JS, timeout=WAIT_MS)
 
     shot = tmp_path / "gpu-page.png"
     page.screenshot(path=str(shot), full_page=True)
@@ -156,6 +163,7 @@ def test_page_at_phone_width_and_by_keyboard(running_plugin, browser: Browser, t
     page.wait_for_selector('[data-gpu="1"] figure[data-chart="pcie"] canvas', timeout=WAIT_MS)
     # Nothing wider than the screen: no sideways scrolling of the page itself.
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    assert page.evaluate(OVERFLOWING_CHARTS_JS) == []
 
     focused = []
     for _ in range(12):
@@ -163,6 +171,11 @@ def test_page_at_phone_width_and_by_keyboard(running_plugin, browser: Browser, t
         focused.append(page.evaluate(FOCUSED_JS))
     assert_tab_order(focused)
     assert_power_label(page.get_attribute(POWER_CHART, "aria-label"))
+    # Charts follow a window resize (a phone turned sideways).
+    page.set_viewport_size({"width": 844, "height": 390})
+    page.wait_for_function(CHARTS_FIT_JS, timeout=WAIT_MS)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function(CHARTS_FIT_JS, timeout=WAIT_MS)
 
     shot = tmp_path / "gpu-page-phone.png"
     page.screenshot(path=str(shot), full_page=True)

@@ -104,6 +104,20 @@
     return cols;
   }
 
+  // Each chart is as wide as its box, whatever changes that: a window resize, or the page's
+  // scrollbar appearing once the content is taller than the window (no resize event then; the
+  // chart's right edge was cut off in Firefox).
+  const plotWidth = (plot) => Math.max(plot.clientWidth, 200);
+  const charts = new WeakMap(); // plot box -> its uPlot
+  const resizes = new ResizeObserver((observed) => {
+    for (const { target } of observed) {
+      const chart = charts.get(target);
+      if (chart && target.clientWidth && chart.width !== plotWidth(target)) {
+        chart.setSize({ width: plotWidth(target), height: 150 });
+      }
+    }
+  });
+
   function buildChart(grid, entry, spec) {
     const caption = el("figcaption");
     const plot = el("div", { class: "plot", "aria-hidden": "true" });
@@ -117,12 +131,14 @@
     const y = spec.range ? { range: spec.range }
       : { range: (u, lo, hi) => [0, Math.max(hi || 0, top || 0, limit || 0, 1)] };
     const chart = new uPlot({
-      width: Math.max(plot.clientWidth || grid.clientWidth || 300, 200), height: 150,
+      width: plotWidth(plot), height: 150,
       series, scales: { x: { time: true, range: () => windowRange() }, y }, legend: { show: true, live: false },
       axes: [{ size: 30 }, { size: 56, values: (u, ticks) => ticks.map(compact) }],
       cursor: { drag: { x: false, y: false } },
     }, chartData(entry, spec), plot);
-    return { spec, chart, caption, figure };
+    charts.set(plot, chart);
+    resizes.observe(plot);
+    return { spec, chart, caption, figure, plot };
   }
 
   function captionText(entry, chart) {
@@ -162,7 +178,9 @@
   }
 
   function rebuildGpus(state, history) {
-    for (const entry of cards.values()) entry.charts.forEach((c) => c.chart.destroy());
+    for (const entry of cards.values()) {
+      entry.charts.forEach((c) => { resizes.unobserve(c.plot); c.chart.destroy(); });
+    }
     $("gpus").replaceChildren();
     $("nav").querySelectorAll(".gpu-link").forEach((n) => n.remove());
     cards = new Map();
@@ -297,18 +315,6 @@
   }
 
   // -- wiring ------------------------------------------------------------------------------
-  let resizeQueued = false;
-  window.addEventListener("resize", () => {
-    if (resizeQueued) return;
-    resizeQueued = true;
-    requestAnimationFrame(() => {
-      resizeQueued = false;
-      for (const entry of cards.values()) {
-        for (const c of entry.charts) c.chart.setSize({ width: c.figure.clientWidth - 2, height: 150 });
-      }
-    });
-  });
-
   const stream = new EventSource("page/events");
   const connection = $("connection");
   stream.addEventListener("open", () => { connection.textContent = "Live: updated every second"; });
