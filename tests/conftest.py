@@ -9,6 +9,6 @@ _HERE = Path(__file__).parent
 pytest_plugins = [
     module
     for module in ("tests.fakehost.fixtures", "tests.fakenvml.fixtures", "tests.dockerenv",
-                   "tests.web.browser", "tests.podmanenv")
+                   "tests.web.browser", "tests.web.firefox", "tests.podmanenv")
     if (_HERE.parent / (module.replace(".", "/") + ".py")).exists()
 ]
