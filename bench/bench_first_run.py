@@ -104,9 +104,6 @@ def one(root: Path, work: Path, env: dict[str, str], mode: str, later: int, sett
                    socket_dir=DOCKER_PLUGIN_DIR)
     try:
         measure_start(daemon)
-        # Docker may remember the volume from an earlier daemon (another volumes directory):
-        # forgotten, so this daemon's own build is what the first run finds, or makes.
-        remove_volume(daemon)
         waited = 0.0
         if mode == "prebuild":
             waited = wait_for_build(daemon)
@@ -144,7 +141,6 @@ def parts(root: Path, work: Path, env: dict[str, str], later: int, drop_caches: 
     daemon = spawn(root, work, env, log_level="info", socket_dir=DOCKER_PLUGIN_DIR)
     try:
         measure_start(daemon)
-        remove_volume(daemon)
         wait_for_build(daemon)
         cli = json.loads(urllib.request.urlopen(f"{daemon.url}/v1.0/docker/cli/json",
                                                 timeout=60).read())
@@ -181,6 +177,21 @@ def parts(root: Path, work: Path, env: dict[str, str], later: int, drop_caches: 
               f"{(first - again) * 1000:+11.0f} ms")
 
 
+def forget_volume(root: Path, work: Path, env: dict[str, str]) -> None:
+    """Docker may remember the volume from an earlier daemon (another volumes directory): it
+    is forgotten before the first start, through a daemon that builds nothing, so each start's
+    own build is what its first run finds, or makes. (Removed after a start, it would remove
+    the volume that start's prebuild may already have made.) Each start removes it again
+    before it stops."""
+    daemon = spawn(root, work, env, log_level="info", extra=("--no-prebuild",),
+                   socket_dir=DOCKER_PLUGIN_DIR)
+    try:
+        measure_start(daemon)
+        remove_volume(daemon)
+    finally:
+        daemon.stop()
+
+
 def remove_volume(daemon: Daemon) -> None:
     answer = urllib.request.urlopen(f"{daemon.url}/v1.0/gpu/info/json", timeout=60).read()
     version = json.loads(answer)["Version"]["Driver"]
@@ -201,6 +212,7 @@ def main() -> int:
     ensure_image()
     results: dict[str, list[tuple[float, list[float], float]]] = {}
     with e2e_lock():
+        forget_volume(root, work, env)
         settle = 0.0
         for _ in range(opts.runs):  # interleaved: the host's load hits every way alike
             for mode in ("prebuild", "no-prebuild", "prebuild, run at once"):
