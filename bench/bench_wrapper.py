@@ -2,10 +2,10 @@
 
     python3 bench/bench_wrapper.py [--runs 15] [--nv-host URL] [--image TAG]
 
-- rewrite overhead: `nvidia-docker run --rm --net=none IMG true` against `docker run` with the very
-  arguments the wrapper would exec (devices and driver volume included), so the difference is the
-  wrapper alone: interpreter start, imports, one image inspect and one volume create (over
-  `nvplugin.engine.transport`, no docker SDK), two REST calls to the daemon;
+- rewrite overhead: `nvidia-docker run --rm --net=none IMG /bin/sh -c :` against `docker run`
+  with the very arguments the wrapper would exec (devices and driver volume included), so the
+  difference is the wrapper alone: interpreter start, imports, one image inspect and one volume
+  create (over `nvplugin.engine.transport`, no docker SDK), two REST calls to the daemon;
 - pass-through overhead: `nvidia-docker ps` against `docker ps`.
 
 Needs the Docker Engine and a plugin daemon at --nv-host (default $NV_HOST or localhost:3476).
@@ -18,14 +18,12 @@ Runs alternate between the two commands; medians are printed with ratios. No ass
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 import urllib.request
@@ -35,10 +33,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_cdi import sh_image  # noqa: E402
 
 from nvplugin.wrapper import nvidia_docker  # noqa: E402
 
-IMAGE = "nvplugin-bench/busybox:gpu"
+IMAGE = "nvplugin-bench/wrapper:sh"
 STUB_VOLUME = "nvbench_driver_0.0"
 
 
@@ -52,21 +53,14 @@ def wrapper_command() -> list[str]:
 
 
 def ensure_image(tag: str) -> None:
-    """A labelled busybox image made with `docker import` (no registry needed)."""
+    """A labelled image of the host's /bin/sh made with `docker import` (no registry needed;
+    GPU hosts have no busybox)."""
     if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
         return
-    busybox = next(p for p in ("/bin/busybox", "/usr/bin/busybox") if Path(p).is_file())
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        tar.add(busybox, arcname="bin/busybox")
-        for applet in ("sh", "true", "ls"):
-            link = tarfile.TarInfo(f"bin/{applet}")
-            link.type, link.linkname = tarfile.SYMTYPE, "busybox"
-            tar.addfile(link)
     subprocess.run(
         ["docker", "import", "-c", "LABEL com.nvidia.volumes.needed=nvidia_driver",
          "-c", 'CMD ["/bin/sh"]', "-", tag],
-        input=buffer.getvalue(), check=True, capture_output=True,
+        input=sh_image(), check=True, capture_output=True,
     )  # fmt: skip
 
 
@@ -183,7 +177,7 @@ def main() -> int:
     env["NV_HOST"] = url
     ensure_image(args.image)
 
-    run_args = ["run", "--rm", "--net=none", args.image, "true"]
+    run_args = ["run", "--rm", "--net=none", args.image, "/bin/sh", "-c", ":"]
     final = final_argv(run_args, env)
     print(f"daemon {url}; wrapper command: {' '.join(wrapper_command())}")
     print(f"final docker argv: {' '.join(final)}\n")
