@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_cdi import sh_image  # noqa: E402
 from bench_rest import build_host  # noqa: E402
 from bench_startup import Daemon, bench_env, e2e_lock, measure_start, spawn  # noqa: E402
+from bench_wrapper import timed  # noqa: E402
 
 IMAGE = "nvplugin-bench/first-run:sh"
 DOCKER_PLUGIN_DIR = Path("/run/docker/plugins")
@@ -73,13 +74,13 @@ def wrapper(port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def timed_run(port: int) -> float:
-    argv, env = wrapper(port)
-    started = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"nvidia-docker run failed: {done.stderr.strip()}")
-    return took
+    return timed(*wrapper(port))
+
+
+def drop_page_cache() -> None:
+    """A cold driver filesystem, as after a boot (root; the whole host)."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 def wait_for_build(daemon: Daemon, timeout: float = 600) -> float:
@@ -97,8 +98,7 @@ def wait_for_build(daemon: Daemon, timeout: float = 600) -> float:
 def one(root: Path, work: Path, env: dict[str, str], mode: str, later: int, settle: float,
         drop_caches: bool) -> tuple[float, list[float], float]:
     if drop_caches:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        drop_page_cache()
     extra = ("--no-prebuild",) if mode == "no-prebuild" else ()
     daemon = spawn(root, work, env, log_level="info", extra=extra,
                    socket_dir=DOCKER_PLUGIN_DIR)
@@ -118,15 +118,6 @@ def one(root: Path, work: Path, env: dict[str, str], mode: str, later: int, sett
         daemon.stop()
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    took = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:4])} ... failed: {done.stderr.strip()[-500:]}")
-    return took
-
-
 def timed_get(url: str) -> float:
     started = time.perf_counter()
     urllib.request.urlopen(url, timeout=60).read()
@@ -136,8 +127,7 @@ def timed_get(url: str) -> float:
 def parts(root: Path, work: Path, env: dict[str, str], later: int, drop_caches: bool) -> None:
     """Each part of the first run after a start, timed first and then `later` more times."""
     if drop_caches:
-        subprocess.run(["sync"], check=True)
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        drop_page_cache()
     daemon = spawn(root, work, env, log_level="info", socket_dir=DOCKER_PLUGIN_DIR)
     try:
         measure_start(daemon)
@@ -154,10 +144,10 @@ def parts(root: Path, work: Path, env: dict[str, str], later: int, drop_caches: 
         steps: list[tuple[str, Callable[[], float]]] = [
             ("docker/cli from the daemon", lambda: timed_get(f"{daemon.url}/v1.0/docker/cli")),
             ("docker volume create (the plugin's Create)",
-             lambda: timed(["docker", "volume", "create", "-d", "nvidia-docker", name])),
-            ("docker run, plain", lambda: timed(plain)),
-            ("docker run --device (the GPU's nodes)", lambda: timed(with_devices)),
-            ("docker run --volume (the driver volume)", lambda: timed(with_volume)),
+             lambda: timed(["docker", "volume", "create", "-d", "nvidia-docker", name], env)),
+            ("docker run, plain", lambda: timed(plain, env)),
+            ("docker run --device (the GPU's nodes)", lambda: timed(with_devices, env)),
+            ("docker run --volume (the driver volume)", lambda: timed(with_volume, env)),
             ("nvidia-docker run", lambda: timed(argv, wrapper_env)),
         ]
         rows = []

@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_rest import build_host, rss_mib  # noqa: E402
+from bench_wrapper import timed  # noqa: E402
 
 V1_READY_MS = 232.0  # nvidia-docker 1.0.1 on the H200, start to first docker/cli (issue 18)
 FLOOR_IMPORTS = "import aiohttp, pynvml"
@@ -76,12 +77,6 @@ def mib(kib: float) -> str:
 
 
 # ---------------------------------------------------------------- floors
-
-
-def timed_run(argv: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
 
 
 def rss_of(code: str, env: dict[str, str]) -> int:
@@ -119,9 +114,9 @@ class Floors:
 def floors(runs: int, env: dict[str, str], nvml_library: str | None) -> Floors:
     bare, imports, lean, nvml = [], [], [], []
     for _ in range(runs):  # interleaved: load on the host hits all four alike
-        bare.append(timed_run([sys.executable, "-c", ""], env))
-        imports.append(timed_run([sys.executable, "-c", FLOOR_IMPORTS], env))
-        lean.append(timed_run([sys.executable, "-c", LEAN_IMPORTS], env))
+        bare.append(timed([sys.executable, "-c", ""], env))
+        imports.append(timed([sys.executable, "-c", FLOOR_IMPORTS], env))
+        lean.append(timed([sys.executable, "-c", LEAN_IMPORTS], env))
         out = subprocess.run([sys.executable, "-c", NVML_FLOOR, nvml_library or ""], env=env,
                              check=True, capture_output=True, text=True).stdout.split()
         nvml.append(float(out[1]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -124,8 +125,6 @@ def test_the_standard_library_is_put_back_even_after_an_error(system_cas: Path) 
 def test_the_daemon_imports_aiohttp_that_way() -> None:
     """A fresh interpreter, as `serve` starts: aiohttp's verified client context holds no
     parsed certificate, and the stdlib method is back afterwards."""
-    import subprocess
-
     code = ("import ssl\nfrom nvplugin.cli.lean_import import ca_directory_only\n"
             "original = ssl.SSLContext.load_default_certs\n"
             "with ca_directory_only():\n    from nvplugin.cli import serve\n"
