@@ -9,9 +9,13 @@ the real NVML. Prints, each as figures and ratios:
 1. floors, each a fresh interpreter (median of --runs): `python3 -c ''`, `python3 -c 'import
    aiohttp, pynvml'`, and NVML's own load + init (`nvmlInitWithFlags` on the library the daemon
    would load), with the RSS of each;
-2. the daemon, started --runs times: until its plugin socket answers Activate, and until the
-   first `docker/cli` answers 200 (it waits for NVML and discovery); the phases it logs (ms after
-   the program started, overlapping: NVML loads on its own thread during the imports); then an
+2. the daemon, restarted --runs times on a volumes directory where the driver's volume is
+   built (as on a host's every boot but the first after a driver change), each round
+   interleaved with a round of the floors: until its plugin socket answers Activate, and until
+   the first `docker/cli` answers 200 (it waits for NVML and discovery); the same for a first
+   start (an empty volumes directory: it builds the volume after it is ready, and that build
+   is waited for and flushed before the next figure); the phases it logs (ms after the program
+   started, overlapping: NVML loads on its own thread during the imports); then an
    `-X importtime` summary by package, next to the floor's;
 3. memory: where the daemon's RSS goes (/proc/<pid>/smaps: Python heap and arenas, glibc's main
    heap, thread stacks, libraries), the Python heap by package at import (tracemalloc) and the
@@ -111,22 +115,35 @@ class Floors:
     rss_nvml: int
 
 
-def floors(runs: int, env: dict[str, str], nvml_library: str | None) -> Floors:
-    bare, imports, lean, nvml = [], [], [], []
-    for _ in range(runs):  # interleaved: load on the host hits all four alike
-        bare.append(timed([sys.executable, "-c", ""], env))
-        imports.append(timed([sys.executable, "-c", FLOOR_IMPORTS], env))
-        lean.append(timed([sys.executable, "-c", LEAN_IMPORTS], env))
-        out = subprocess.run([sys.executable, "-c", NVML_FLOOR, nvml_library or ""], env=env,
-                             check=True, capture_output=True, text=True).stdout.split()
-        nvml.append(float(out[1]))
-    nvml_rss_code = (f"import ctypes, pynvml, aiohttp\nlib = ctypes.CDLL({nvml_library!r})\n"
-                     "pynvml.nvmlLib = lib\npynvml.nvmlInitWithFlags(0)")
-    return Floors(bare=statistics.median(bare), imports=statistics.median(imports),
-                  lean_imports=statistics.median(lean),
-                  nvml_init=statistics.median(nvml),
-                  rss_bare=rss_of("", env), rss_imports=rss_of(FLOOR_IMPORTS, env),
-                  rss_nvml=rss_of(nvml_rss_code, env))
+class FloorRuns:
+    """The floors, one fresh interpreter of each per round; the rounds interleave with the
+    daemon's starts, so load on the host hits every figure alike."""
+
+    def __init__(self, env: dict[str, str], nvml_library: str | None) -> None:
+        self.env, self.nvml_library = env, nvml_library
+        self.bare: list[float] = []
+        self.imports: list[float] = []
+        self.lean: list[float] = []
+        self.nvml: list[float] = []
+
+    def round(self) -> None:
+        env = self.env
+        self.bare.append(timed([sys.executable, "-c", ""], env))
+        self.imports.append(timed([sys.executable, "-c", FLOOR_IMPORTS], env))
+        self.lean.append(timed([sys.executable, "-c", LEAN_IMPORTS], env))
+        out = subprocess.run([sys.executable, "-c", NVML_FLOOR, self.nvml_library or ""],
+                             env=env, check=True, capture_output=True, text=True).stdout.split()
+        self.nvml.append(float(out[1]))
+
+    def medians(self) -> Floors:
+        env, library = self.env, self.nvml_library
+        nvml_rss_code = (f"import ctypes, pynvml, aiohttp\nlib = ctypes.CDLL({library!r})\n"
+                         "pynvml.nvmlLib = lib\npynvml.nvmlInitWithFlags(0)")
+        return Floors(bare=statistics.median(self.bare), imports=statistics.median(self.imports),
+                      lean_imports=statistics.median(self.lean),
+                      nvml_init=statistics.median(self.nvml),
+                      rss_bare=rss_of("", env), rss_imports=rss_of(FLOOR_IMPORTS, env),
+                      rss_nvml=rss_of(nvml_rss_code, env))
 
 
 # ---------------------------------------------------------------- the daemon
@@ -161,12 +178,14 @@ def free_port() -> int:
 
 def spawn(root: Path, work: Path, env: dict[str, str], *, python_flags: tuple[str, ...] = (),
           log_level: str = "debug", extra: tuple[str, ...] = (),
-          socket_dir: Path | None = None) -> Daemon:
+          socket_dir: Path | None = None, volumes: Path | None = None) -> Daemon:
+    """A daemon with its own sockets, port and CDI directory; `volumes` (default: a fresh
+    directory, so the start builds the driver's volume) as its volumes directory."""
     run = Path(tempfile.mkdtemp(dir=work))
     sockets, port, log_path = socket_dir or run / "sockets", free_port(), run / "daemon.log"
     # The CDI spec in the run's directory: the host's /var/run/cdi is for the host's engines.
     argv = [sys.executable, *python_flags, "-m", "nvplugin", "--driver-root", str(root),
-            "-s", str(sockets), "-d", str(run / "volumes"), "-l", f"127.0.0.1:{port}",
+            "-s", str(sockets), "-d", str(volumes or run / "volumes"), "-l", f"127.0.0.1:{port}",
             "--cdi-dir", str(run / "cdi"), "--log-level", log_level, *extra]
     with open(log_path, "wb") as log:
         spawned = time.perf_counter()
@@ -234,6 +253,20 @@ def measure_start(daemon: Daemon) -> Start:
         time.sleep(0.01)
     return Start(socket_at - daemon.spawned, ready_at - daemon.spawned,
                  found.group(1) if found else "(no start-up line)")
+
+
+def start_once(root: Path, work: Path, env: dict[str, str], volumes: Path | None) -> Start:
+    """One start, timed; with a fresh volumes directory (None), the build it starts after it is
+    ready is waited for and written out before the next figure."""
+    daemon = spawn(root, work, env, volumes=volumes)
+    try:
+        start = measure_start(daemon)
+        if volumes is None:
+            wait_built(daemon)
+    finally:
+        daemon.stop()
+    os.sync()
+    return start
 
 
 def phase_medians(lines: list[str]) -> list[tuple[str, float, float]]:
@@ -579,16 +612,27 @@ def main() -> int:
 
     library = discovery.find_nvml_library(root)
     with e2e_lock():
-        floor = floors(opts.runs, env, library)
-        starts = []
+        floor_runs = FloorRuns(env, library)
+        # A restart finds the driver's volume built (the volumes directory persists, as
+        # /var/lib/nvidia-docker/volumes does); a first start finds none and builds it after
+        # it is ready. Each first start's build is waited for and flushed before the next
+        # figure, so no start shares the host with an earlier start's copy.
+        volumes = work / "volumes"
+        first = spawn(root, work, env, volumes=volumes, log_level="info")
+        try:
+            measure_start(first)
+            wait_built(first)
+        finally:
+            first.stop()
+        starts, fresh = [], []
         for _ in range(opts.runs):
-            daemon = spawn(root, work, env)
-            try:
-                starts.append(measure_start(daemon))
-            finally:
-                daemon.stop()
+            floor_runs.round()
+            starts.append(start_once(root, work, env, volumes))
+            fresh.append(start_once(root, work, env, None))
+        floor = floor_runs.medians()
         socket_ms = statistics.median(s.socket for s in starts)
         ready = statistics.median(s.ready for s in starts)
+        fresh_ready = statistics.median(s.ready for s in fresh)
         print(f"driver root {root}, NVML {library}; {opts.runs} runs each, medians\n")
         print("floors (fresh interpreters)")
         print(f"  python3 -c ''                       {ms(floor.bare)}")
@@ -600,7 +644,10 @@ def main() -> int:
         print(f"  plugin socket answers Activate      {ms(socket_ms)}  "
               f"(min {ms(min(s.socket for s in starts)).strip()})")
         print(f"  first docker/cli answer (ready)     {ms(ready)}  "
-              f"(min {ms(min(s.ready for s in starts)).strip()})")
+              f"(min {ms(min(s.ready for s in starts)).strip()}, "
+              f"max {ms(max(s.ready for s in starts)).strip()})")
+        print(f"  the same, a first start (no volume yet; built after ready) {ms(fresh_ready)}  "
+              f"(min {ms(min(s.ready for s in fresh)).strip()})")
         print(f"  ready - import floor                {ms(ready - floor.imports)}  "
               f"(ratio {ready / floor.imports:.2f}x)")
         print(f"  ready - that floor without the CA bundle  {ms(ready - floor.lean_imports)}  "
@@ -616,6 +663,7 @@ def main() -> int:
             print(f"    {name:<24} {a:6.0f} - {b:6.0f}")
         importtime_summary(root, work, env)
         summary = {"ready_ms": ready * 1000, "socket_ms": socket_ms * 1000,
+                   "first_start_ready_ms": fresh_ready * 1000,
                    "floor_bare_ms": floor.bare * 1000, "floor_imports_ms": floor.imports * 1000,
                    "floor_lean_imports_ms": floor.lean_imports * 1000,
                    "nvml_init_ms": floor.nvml_init * 1000, "target_ms": target * 1000,

@@ -167,6 +167,13 @@ async def _observe(request: web.Request) -> ObserveSource | None:
     return None if later is None else await later.get()
 
 
+def _health_now(request: web.Request) -> ObserveSource | None:
+    """GPU health as far as it is known, never waited for: until it watches (it loads after
+    docker/cli is ready), no GPU is known unhealthy, as when it has just started."""
+    later = request.app[OBSERVE]
+    return None if later is None else later.now()
+
+
 def _healthy_only(observe: ObserveSource | None, spec: str | None,
                   chosen: Selection) -> Selection:
     """Every GPU (`dev` absent, '', `all`, `*`) means every healthy one: a GPU that had a
@@ -191,7 +198,7 @@ async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
     gpus = await _gpus(request)
     # absent, "", "*": every GPU; MIG devices get their parent's node and their access nodes
     spec = request.query.get("dev")
-    selected = devnodes.selection_nodes(_healthy_only(await _observe(request), spec,
+    selected = devnodes.selection_nodes(_healthy_only(_health_now(request), spec,
                                                       gpus.select(spec)))
     # The volume is named after the driver files the daemon discovered (and can build), which
     # also saves an NVML call per request; no files means no volume to offer: 503.
@@ -229,7 +236,7 @@ async def cdi_spec(request: web.Request) -> web.Response:
 async def _cdi_devices(request: web.Request) -> tuple[str, ...]:
     dev = request.query.get("dev")
     asked = (await _gpus(request)).select(dev)  # docker/cli's grammar and 400s
-    chosen = _healthy_only(await _observe(request), dev, asked)  # and its choice of every GPU
+    chosen = _healthy_only(_health_now(request), dev, asked)  # and its choice of every GPU
     source = await request.app[CDI].get()
     source.current()  # no spec for engines to resolve the names in: 503, with the reason
     # Loaded with the spec's keeper (off the loop, after the sockets answer): a dict lookup.

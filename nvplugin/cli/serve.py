@@ -108,8 +108,8 @@ class Daemon:
         return 0
 
     async def ready(self) -> None:
-        """Wait for start-up's background half: NVML loaded (or known to be missing), GPU health
-        watched and the driver's files discovered once. Returns at once after that."""
+        """Wait for start-up's background half: NVML loaded (or known to be missing) and the
+        driver's files discovered once. Returns at once after that."""
         if self._settled is not None:
             await asyncio.shield(self._settled)
 
@@ -182,12 +182,10 @@ class Daemon:
         log.info("Serving plugin API at %s", self.config.socket_dir)
 
     async def _settle(self, settled: asyncio.Future[None]) -> None:
-        """Start-up's background half: NVML's result, GPU health, the first discovery (then
-        `settled`); then what only some requests use, the watcher and the prebuild. A bug here
-        stops the daemon with exit status 1, as one in `_start` does."""
+        """Start-up's background half: NVML's result and the first discovery (then `settled`:
+        docker/cli answers); then GPU health, what only some requests use, the watcher and the
+        prebuild. A bug here stops the daemon with exit status 1, as one in `_start` does."""
         try:
-            # Imported while NVML initialises: health needs both.
-            observing = asyncio.ensure_future(asyncio.to_thread(_observe_parts, self.config))
             await self.gpus.ready()
             if self.gpus.available:
                 log.info("Found %d GPU(s), driver %s", len(self.gpus.gpus),
@@ -197,24 +195,13 @@ class Daemon:
             else:
                 log.warning("NVIDIA driver not found: %s; GPU endpoints will answer 503",
                             self.gpus.reason)
-            with self.phases.span("GPU health"):
-                service_class, lister = await observing
-                observe = service_class(
-                    self.gpus, host_root=self.config.host_root,
-                    ignore_xids=self.config.health_ignore_xids,
-                    recovery_s=self.config.health_recovery_s, list_containers=lister)
-                await observe.start()
-                self._health = observe
-                self.observe.set(observe)
             with self.phases.span("driver discovery"):
                 await self.driver.refresh()
             if self.driver.error is not None and self.gpus.available:
                 # Without a driver at all, the line above already said so.
                 log.warning("Driver volume unavailable: %s", self.driver.error)
         except Exception as err:
-            log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
-            self.failed = True
-            self.stopping.set()
+            self._start_failed(err)
             return
         finally:
             settled.set_result(None)
@@ -222,6 +209,14 @@ class Daemon:
             # cli/main turned collection off for start-up; its garbage (~2,000 objects of the
             # imports) goes with the first full collection.
             gc.enable()
+        # GPU health is not on docker/cli's path: until it watches, no GPU is known unhealthy,
+        # which is also all it knows once it starts (it learns from NVML's events and reads).
+        try:
+            with self.phases.span("GPU health"):
+                observe = await self._watch_health()
+        except Exception as err:
+            self._start_failed(err)
+            return
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         with self.phases.span("CDI spec"):
             await self._keep_cdi_spec(observe)
@@ -232,6 +227,24 @@ class Daemon:
         # The last line of start-up: everything it does is done (the prebuild aside).
         log.debug("Start-up took %.0f ms (ms after the program started: %s)",
                   self.phases.since_origin() * 1000, self.phases.summary())
+
+    async def _watch_health(self) -> ObserveService:
+        """GPU health (and the Engine client behind container names), imported off the loop;
+        the health and attribution routes wait for it meanwhile."""
+        service_class, lister = await asyncio.to_thread(_observe_parts, self.config)
+        observe = service_class(
+            self.gpus, host_root=self.config.host_root,
+            ignore_xids=self.config.health_ignore_xids,
+            recovery_s=self.config.health_recovery_s, list_containers=lister)
+        await observe.start()
+        self._health = observe
+        self.observe.set(observe)
+        return observe
+
+    def _start_failed(self, err: Exception) -> None:
+        log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+        self.failed = True
+        self.stopping.set()
 
     async def _keep_cdi_spec(self, observe: ObserveService) -> None:
         """The CDI spec written for the engines that read it (cdi/writer.py), kept true from now
@@ -402,7 +415,7 @@ class Daemon:
 
 def _observe_parts(cfg: Config) -> tuple[type[ObserveService], ContainerLister | None]:
     """GPU health's module (and the Engine client behind container names), imported off the
-    event loop while NVML initialises, and the container lister (reads Docker's config)."""
+    event loop, and the container lister (reads Docker's config)."""
     from nvplugin.observe.service import ObserveService, docker_lister
 
     try:

@@ -3,6 +3,7 @@ gpu/status/json appends after 1.0's keys (which, like the text page, stay as the
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -11,6 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from nvplugin.api import rest_app
 from nvplugin.core.config import Config
+from nvplugin.core.later import Later
 from nvplugin.gpu.records import EVENT_XID, GpuEvent
 from nvplugin.observe.health import HealthTracker
 from nvplugin.observe.records import ContainerRef, GpuHealth
@@ -80,6 +82,26 @@ async def test_a_gpu_named_is_given_healthy_or_not(client, observed, query):
     response = await client.get("/v1.0/docker/cli" + query)
     assert response.status == 200
     assert (await response.text()).endswith("--device=/dev/nvidia1")
+
+
+async def test_docker_cli_does_not_wait_for_health_to_load(aiohttp_client, observed):
+    """Health loads after docker/cli is ready: meanwhile no GPU is known unhealthy (as when it
+    has just started), and once it is there its verdicts count. Its own routes wait for it."""
+    inventory, statuses = records.v1_sample_host()
+    later: Later[Observed] = Later()
+    client = await aiohttp_client(rest_app.make_app(
+        RecordGpus(inventory, statuses), lambda: MANIFEST, Config(), RecordCdi(),
+        observe=later))
+    response = await asyncio.wait_for(client.get("/v1.0/docker/cli"), 5)
+    assert await response.text() == DOCKER_ALL
+    status = asyncio.ensure_future(client.get("/v1.0/gpu/status/json"))
+    await asyncio.sleep(0.1)
+    assert not status.done()
+    observed.xid(1, 79)
+    later.set(observed)
+    assert (await asyncio.wait_for(status, 5)).status == 200
+    response = await client.get("/v1.0/docker/cli")
+    assert await response.text() == DOCKER_ALL.removesuffix(" --device=/dev/nvidia1")
 
 
 async def test_an_ignored_xid_leaves_the_gpu_in(client, observed):
