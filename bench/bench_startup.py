@@ -523,11 +523,19 @@ async def _burst(count: int, request: Callable[[], object], width: int = 8) -> N
     await asyncio.gather(*(worker() for _ in range(width)))
 
 
-def bench_env() -> dict[str, str]:
+def bench_env(pycache: Path | None = None) -> dict[str, str]:
     """This checkout first on the path, and whatever the caller had after it (the GPU host
-    brings its wheels that way)."""
+    brings its wheels that way). With `pycache`, bytecode is kept there for every module, ours
+    and the dependencies', as an installed package has it (pip compiles at install): a host
+    with PYTHONDONTWRITEBYTECODE=1 (the GPU host sets it) and packages installed without
+    bytecode would otherwise compile them at every start, floors and daemon alike (pynvml
+    alone, ~45 ms there)."""
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    if pycache is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return env
 
 
 def memory(root: Path, work: Path, env: dict[str, str], floor: Floors,
@@ -603,15 +611,15 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="nvplugin-bench-startup-"))
     root = opts.driver_root or build_host(work)
-    env = bench_env()
-    # Bytecode as an installed package has it (pip compiles at install): a checkout run with
-    # PYTHONDONTWRITEBYTECODE=1 would compile every module at every start (35 ms here).
+    env = bench_env(work / "pycache")
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "nvplugin")],
-                   check=True)
+                   check=True, env=env)
     from nvplugin.driver import discovery
 
     library = discovery.find_nvml_library(root)
     with e2e_lock():
+        floor_runs = FloorRuns(env, library)
+        floor_runs.round()  # unmeasured: the floors' bytecode is written
         floor_runs = FloorRuns(env, library)
         # A restart finds the driver's volume built (the volumes directory persists, as
         # /var/lib/nvidia-docker/volumes does); a first start finds none and builds it after
@@ -630,6 +638,12 @@ def main() -> int:
             starts.append(start_once(root, work, env, volumes))
             fresh.append(start_once(root, work, env, None))
         floor = floor_runs.medians()
+        # Each start against the floor of its own round: the host's pace drifts between rounds
+        # (on the GPU host the floor's median moved 360 to 490 ms from one run to the next).
+        over_floor = statistics.median(
+            start.ready - imports for start, imports in zip(starts, floor_runs.imports))
+        over_lean = statistics.median(
+            start.ready - lean for start, lean in zip(starts, floor_runs.lean))
         socket_ms = statistics.median(s.socket for s in starts)
         ready = statistics.median(s.ready for s in starts)
         fresh_ready = statistics.median(s.ready for s in fresh)
@@ -648,21 +662,24 @@ def main() -> int:
               f"max {ms(max(s.ready for s in starts)).strip()})")
         print(f"  the same, a first start (no volume yet; built after ready) {ms(fresh_ready)}  "
               f"(min {ms(min(s.ready for s in fresh)).strip()})")
-        print(f"  ready - import floor                {ms(ready - floor.imports)}  "
-              f"(ratio {ready / floor.imports:.2f}x)")
-        print(f"  ready - that floor without the CA bundle  {ms(ready - floor.lean_imports)}  "
-              f"(ratio {ready / floor.lean_imports:.2f}x: what is the daemon's own)")
+        print(f"  ready - import floor, each start against its round's  {ms(over_floor)}  "
+              f"(medians' ratio {ready / floor.imports:.2f}x)")
+        print(f"  ready - that floor without the CA bundle  {ms(over_lean)}  "
+              f"(medians' ratio {ready / floor.lean_imports:.2f}x: what is the daemon's own)")
         serial = floor.imports + floor.nvml_init
         print(f"  import floor + NVML init floor      {ms(serial)}  (what a serial start "
               f"cannot beat; ready/that {ready / serial:.2f}x)")
         target = max(floor.imports + 0.050, 1.2 * V1_READY_MS / 1000)
-        print(f"  target: max(floor + 50 ms, 1.2 x 1.0.1's {V1_READY_MS:.0f} ms on the H200) = "
-              f"{ms(target).strip()}: {'met' if ready <= target else 'NOT met'}")
+        met = over_floor <= 0.050 or ready <= 1.2 * V1_READY_MS / 1000
+        print(f"  target: within 50 ms of the floor (each start against its round's), or "
+              f"within 1.2 x 1.0.1's {V1_READY_MS:.0f} ms on the H200: "
+              f"{'met' if met else 'NOT met'}")
         print("  phases (ms after the program started, medians; they overlap):")
         for name, a, b in phase_medians([s.phases for s in starts]):
             print(f"    {name:<24} {a:6.0f} - {b:6.0f}")
         importtime_summary(root, work, env)
         summary = {"ready_ms": ready * 1000, "socket_ms": socket_ms * 1000,
+                   "ready_over_floor_ms": over_floor * 1000,
                    "first_start_ready_ms": fresh_ready * 1000,
                    "floor_bare_ms": floor.bare * 1000, "floor_imports_ms": floor.imports * 1000,
                    "floor_lean_imports_ms": floor.lean_imports * 1000,
