@@ -641,9 +641,9 @@ def main() -> int:
         # Each start against the floor of its own round: the host's pace drifts between rounds
         # (on the GPU host the floor's median moved 360 to 490 ms from one run to the next).
         over_floor = statistics.median(
-            start.ready - imports for start, imports in zip(starts, floor_runs.imports))
+            s.ready - imports for s, imports in zip(starts, floor_runs.imports, strict=True))
         over_lean = statistics.median(
-            start.ready - lean for start, lean in zip(starts, floor_runs.lean))
+            start.ready - lean for start, lean in zip(starts, floor_runs.lean, strict=True))
         socket_ms = statistics.median(s.socket for s in starts)
         ready = statistics.median(s.ready for s in starts)
         fresh_ready = statistics.median(s.ready for s in fresh)

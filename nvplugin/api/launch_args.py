@@ -40,6 +40,8 @@ def volume_kinds(spec: str | None) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class DockerArgs:
+    """The docker run arguments that give a container its GPUs and the driver volume."""
+
     volume_driver: str
     volumes: tuple[str, ...]  # name:mountpoint:options
     devices: tuple[str, ...]  # path, or host path:path when the Docker host has it elsewhere

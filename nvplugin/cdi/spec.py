@@ -61,6 +61,8 @@ class Mount:
 
 @dataclass(frozen=True, slots=True)
 class Edits:
+    """What a CDI device or the spec adds to a container: device nodes and mounts."""
+
     nodes: tuple[Node, ...] = ()
     mounts: tuple[Mount, ...] = ()
 
@@ -79,6 +81,8 @@ class Edits:
 
 @dataclass(frozen=True, slots=True)
 class Device:
+    """One CDI device: its name and its edits."""
+
     name: str
     edits: Edits
 

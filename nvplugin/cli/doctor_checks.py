@@ -43,6 +43,8 @@ class Name(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Check:
+    """One doctor finding: what was checked, how it went, and the fix."""
+
     check: str
     status: str
     detail: str

@@ -190,8 +190,6 @@ class Daemon:
             if self.gpus.available:
                 log.info("Found %d GPU(s), driver %s", len(self.gpus.gpus),
                          await self.gpus.driver_version())
-                # gpu/info waits for CUDA's sizes; docker/cli and status do not.
-                self._spawn(self._merge_cuda_sizes())
             else:
                 log.warning("NVIDIA driver not found: %s; GPU endpoints will answer 503",
                             self.gpus.reason)
@@ -209,6 +207,11 @@ class Daemon:
             # cli/main turned collection off for start-up; its garbage (~2,000 objects of the
             # imports) goes with the first full collection.
             gc.enable()
+        if self.gpus.available:
+            # gpu/info waits for CUDA's sizes; docker/cli and status do not. Its child process
+            # would have shared the host with start-up's imports.
+            self.gpus.read_cuda_sizes(self.phases)
+            self._spawn(self._merge_cuda_sizes())
         # GPU health is not on docker/cli's path: until it watches, no GPU is known unhealthy,
         # which is also all it knows once it starts (it learns from NVML's events and reads).
         try:

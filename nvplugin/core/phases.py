@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class Phases:
+    """Named spans of start-up, in seconds after `origin`."""
+
     origin: float = field(default_factory=time.monotonic)
     clock: Callable[[], float] = time.monotonic
     # name -> (start, end), seconds after `origin`; written by one thread per name

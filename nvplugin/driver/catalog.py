@@ -20,6 +20,8 @@ from nvplugin.driver.manifest import Kind
 
 @dataclass(frozen=True, slots=True)
 class Component:
+    """One kind of driver file 1.0's inventory lists, and why it is taken."""
+
     # lib: name stem; bin: file name; config: glob under share/ or etc/; firmware: glob
     pattern: str
     kind: Kind

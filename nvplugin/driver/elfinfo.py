@@ -39,6 +39,8 @@ _GL_LOADER_NEEDS = re.compile(r"^(libnvidia-e?glcore\.so|libGLdispatch\.so)")
 
 @dataclass(frozen=True, slots=True)
 class ElfFacts:
+    """What discovery needs of one ELF file's headers."""
+
     path: str
     bits: int  # 32 or 64
     machine: str  # pyelftools' e_machine name, e.g. EM_X86_64

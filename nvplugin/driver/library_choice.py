@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
+    """A library found under the driver root, read as ELF, before the choice."""
+
     inner: str  # real file, in-root path (symlinks resolved)
     source: str  # the same file's host path
     found: str  # how it was found, for the reasons

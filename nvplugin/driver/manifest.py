@@ -50,6 +50,8 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
+    """The driver's files for one version: what the volume and the CDI spec are made of."""
+
     version: str  # driver version, e.g. 580.159.04
     entries: tuple[Entry, ...] = ()
     links: tuple[Link, ...] = ()

@@ -37,6 +37,8 @@ class EngineAccessDenied(DockerError):
 
 @dataclass(frozen=True, slots=True)
 class ImageFacts:
+    """What the wrapper needs of an image: its ID, labels and environment."""
+
     id: str
     labels: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)

@@ -89,6 +89,8 @@ class Gpu:
 
 @dataclass(frozen=True, slots=True)
 class Process:
+    """A process using a GPU, as NVML lists it."""
+
     pid: int
     name: str
     memory_used_mib: int | None
@@ -174,6 +176,8 @@ class GpuEvent:
 
 @dataclass(frozen=True, slots=True)
 class DriverVersions:
+    """The running driver's version and the CUDA version it supports."""
+
     driver: str  # e.g. 580.159.04
     cuda: str | None  # e.g. 13.0, from nvmlSystemGetCudaDriverVersion_v2
 

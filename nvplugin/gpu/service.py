@@ -10,8 +10,10 @@ refresh forgets them.
 
 The daemon starts the first load with `begin` before its event loop (and its web stack) exists:
 NVML's init is C code that runs while Python imports, and on a big host it is the slowest step
-of start-up. `ready()` takes its result. CUDA's sizes come later than the GPUs: only the
-inventory (gpu/info) waits for them, never a docker/cli or a status request.
+of start-up. `ready()` takes its result. CUDA's sizes come later than the GPUs: the daemon asks
+for them (`read_cuda_sizes`) once docker/cli can answer, since the child process is ~0.3 s of
+a CPU and the kernel's time on an H200 that start-up's imports were sharing; only the inventory
+(gpu/info) waits for them, never a docker/cli or a status request.
 
 `nvml_library=None` (the daemon's case) finds libnvidia-ml under the driver root on every
 (re)load, so a refresh after a driver upgrade shuts the old NVML down, unloads it and loads the
@@ -95,12 +97,11 @@ class GpuService:
     def begin(cls, *, driver_root: Path, dev_root: Path, phases: Phases,
               cuda: CudaProperties | None = None) -> GpuService:
         """Start loading NVML on the NVML thread now, without an event loop, in 1.0's order:
-        nvidia-uvm (the control nodes), the library (found under the driver root), the GPUs;
-        CUDA's sizes meanwhile on the side thread. `available` and `reason` mean nothing until
-        `await ready()`."""
+        nvidia-uvm (the control nodes), the library (found under the driver root), the GPUs.
+        `available` and `reason` mean nothing until `await ready()`; CUDA's sizes wait for
+        `read_cuda_sizes`."""
         service = cls(driver_root=driver_root, dev_root=dev_root, nvml_library=None, cuda=cuda)
         service._opening = service._nvml_thread.submit(service._first_open, phases)
-        service._read_sizes(phases)
         return service
 
     def _first_open(self, phases: Phases) -> tuple[NvmlSession, tuple[Gpu, ...]]:
@@ -108,9 +109,9 @@ class GpuService:
             devnodes.load_uvm(self.dev_root, self.driver_root)
         return self._open(phases)
 
-    def _read_sizes(self, phases: Phases) -> None:
-        """CUDA's child process, on the side thread (idle: the PCIe sampler starts with the
-        first status request, which waits for `ready()`)."""
+    def read_cuda_sizes(self, phases: Phases) -> None:
+        """Start CUDA's child process on the side thread (idle until the first status request
+        starts the PCIe sampler); the inventory waits for its answer."""
         if self._cuda is not None:
             cuda = self._cuda
 
@@ -158,7 +159,7 @@ class GpuService:
             await self._adopt_opening()  # a SIGHUP during start-up: close that session too
             await self._stop()
             phases = Phases()
-            self._read_sizes(phases)  # CUDA's child process runs while NVML opens
+            self.read_cuda_sizes(phases)  # CUDA's child process runs while NVML opens
             await self._adopt(self._call(self._open, phases))
         # Complete before returning (only start-up, through `begin`, serves without them).
         # Without NVML there is no GPU to give them to: this only waits for the child.

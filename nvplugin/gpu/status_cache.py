@@ -29,6 +29,8 @@ SlowReader = Callable[[], Awaitable[dict[int, tuple[int | None, int | None]]]]
 
 @dataclass(frozen=True, slots=True)
 class _Sample:
+    """One PCIe throughput reading of every GPU."""
+
     taken: float  # `clock` time when the read finished
     wall: float  # the same moment as a UNIX time, for GpuStatus.pcie_sampled_at
     values: dict[int, tuple[int | None, int | None]]

@@ -34,6 +34,8 @@ Reading = Callable[[GpuStatus, GpuTelemetry], "float | int | None"]
 
 @dataclass(frozen=True, slots=True)
 class Field:
+    """One dcgm-exporter metric: its name, type, help and how it is read."""
+
     name: str
     type: str  # "gauge" or "counter", as dcgm-exporter declares it
     help: str

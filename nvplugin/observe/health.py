@@ -23,6 +23,8 @@ from nvplugin.observe.xids import xid_text
 
 @dataclass(slots=True)
 class _State:
+    """One GPU's health as the tracker holds it."""
+
     index: int
     since: float
     healthy: bool = True

@@ -25,6 +25,8 @@ class ContainerRef:
 
 @dataclass(frozen=True, slots=True)
 class GpuHealth:
+    """One GPU's health as the API and the page show it."""
+
     index: int
     uuid: str
     healthy: bool

@@ -21,6 +21,8 @@ MAX_MOUNT_ID = 256  # Docker's are 64 hex digits
 
 @dataclass(frozen=True, slots=True)
 class VolumeInfo:
+    """A volume as the plugin protocol's List and Get describe it."""
+
     name: str
     mountpoint: str
     created_at: str | None = None  # RFC 3339, UTC

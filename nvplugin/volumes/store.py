@@ -78,6 +78,8 @@ BuildListener = Callable[[BuildReport], None]
 
 @dataclass(slots=True)
 class _VersionLock:
+    """The lock on one driver version's volume, and how many hold or wait for it."""
+
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # the holder and the waiters
 

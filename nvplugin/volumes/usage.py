@@ -18,6 +18,8 @@ BLOCK = 512  # st_blocks' unit
 
 @dataclass(frozen=True, slots=True)
 class DiskUsage:
+    """The disk space a volume's files take."""
+
     total: int  # bytes allocated to the volume's files
     freed: int  # of those, bytes no link outside the volume keeps: what removal frees
 

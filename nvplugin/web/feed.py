@@ -51,6 +51,8 @@ class TooManyPages(NvpluginError):
 
 @dataclass(eq=False, slots=True)
 class Client:
+    """One page's event stream: the messages waiting for it."""
+
     queue: asyncio.Queue[bytes | None] = field(
         default_factory=lambda: asyncio.Queue(CLIENT_QUEUE))
 

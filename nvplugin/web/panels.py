@@ -48,6 +48,8 @@ Findings = Callable[[], Awaitable[Sequence[Finding]]]
 
 @dataclass(frozen=True, slots=True)
 class TreeSize:
+    """The files under a directory and the bytes they take."""
+
     files: int
     bytes: int
 

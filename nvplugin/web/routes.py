@@ -49,6 +49,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class Asset:
+    """One static file of the page, in memory."""
+
     body: bytes
     content_type: str
     etag: str

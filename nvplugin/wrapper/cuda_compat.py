@@ -35,6 +35,8 @@ _TRUE = frozenset({"1", "t", "T", "true", "TRUE", "True"})
 
 @dataclass(frozen=True, slots=True)
 class Term:
+    """One term of an image's NVIDIA_REQUIRE_CUDA: a rule, an operator, a value."""
+
     rule: str
     op: str
     value: str
