@@ -32,6 +32,7 @@ from nvplugin.api.plugin import make_app as make_plugin_app
 from nvplugin.api.plugin_socket import start_plugin_site
 from nvplugin.api.rest_app import METRICS_PATH, CdiSource, ObserveSource
 from nvplugin.api.rest_app import make_app as make_rest_app
+from nvplugin.core import heap
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DockerError, NvpluginError
 from nvplugin.core.later import Later
@@ -227,6 +228,8 @@ class Daemon:
         self._prebuild()
         with self.phases.span("metrics and GPU page"):
             await self._load_extras(observe)
+        # What NVML's init and start-up freed goes back to the kernel (core/heap.py).
+        await asyncio.to_thread(heap.release_free_heap)
         # The last line of start-up: everything it does is done (the prebuild aside).
         log.debug("Start-up took %.0f ms (ms after the program started: %s)",
                   self.phases.since_origin() * 1000, self.phases.summary())
