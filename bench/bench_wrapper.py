@@ -24,6 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -169,6 +170,11 @@ def main() -> int:
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NV_GPU", None)
+    # Bytecode kept as an installed package has it (pip compiles at install), written by the
+    # warm-up run: with PYTHONDONTWRITEBYTECODE=1 (the GPU host sets it) the wrapper would
+    # compile its modules at every run, which no installed wrapper does.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="nvplugin-bench-wrapper-")
     url = args.nv_host
     if args.stub or not reachable(url):
         if not args.stub:

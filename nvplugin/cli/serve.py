@@ -32,7 +32,6 @@ from nvplugin.api.plugin import make_app as make_plugin_app
 from nvplugin.api.plugin_socket import start_plugin_site
 from nvplugin.api.rest_app import METRICS_PATH, CdiSource, ObserveSource
 from nvplugin.api.rest_app import make_app as make_rest_app
-from nvplugin.core import heap
 from nvplugin.core.config import Config
 from nvplugin.core.errors import DockerError, NvpluginError
 from nvplugin.core.later import Later
@@ -229,7 +228,7 @@ class Daemon:
         with self.phases.span("metrics and GPU page"):
             await self._load_extras(observe)
         # What NVML's init and start-up freed goes back to the kernel (core/heap.py).
-        await asyncio.to_thread(heap.release_free_heap)
+        await asyncio.to_thread(_release_free_heap)
         # The last line of start-up: everything it does is done (the prebuild aside).
         log.debug("Start-up took %.0f ms (ms after the program started: %s)",
                   self.phases.since_origin() * 1000, self.phases.summary())
@@ -447,6 +446,13 @@ def _extras() -> tuple[type[Metrics], Callable[[Mapping[str, str]], str], type[L
     from nvplugin.web.panels import Panels
 
     return Metrics, node_name, LiveFeed, Panels
+
+
+def _release_free_heap() -> None:
+    """core/heap.py, loaded after start-up (nothing before the sockets answer needs it)."""
+    from nvplugin.core import heap
+
+    heap.release_free_heap()
 
 
 def _loopback_v4(host: str) -> str:
