@@ -68,6 +68,7 @@ LEAN_IMPORTS = ("from nvplugin.cli.lean_import import ca_directory_only\n"
 E2E_LOCK = Path("/run/lock/nvplugin-docker-e2e.lock")
 REST_ROUTES = ("gpu/info", "gpu/info/json", "gpu/status", "gpu/status/json", "docker/cli",
                "docker/cli/json", "mesos/cli", "driver/files")
+CPU_SNIPPET = "import time; print(time.thread_time())"
 RSS_SNIPPET = ("import re; print(re.search(r'VmRSS:\\s+(\\d+)', "
                "open('/proc/self/status').read()).group(1))")
 
@@ -123,6 +124,7 @@ class FloorRuns:
         self.env, self.nvml_library = env, nvml_library
         self.bare: list[float] = []
         self.imports: list[float] = []
+        self.lean_cpu: list[float] = []  # the lean floor's CPU seconds at the end
         self.lean: list[float] = []
         self.nvml: list[float] = []
 
@@ -130,6 +132,11 @@ class FloorRuns:
         env = self.env
         self.bare.append(timed([sys.executable, "-c", ""], env))
         self.imports.append(timed([sys.executable, "-c", FLOOR_IMPORTS], env))
+        # The CPU time of the floor's one thread once its imports are done, as the daemon logs
+        # its main thread's at ready (interpreter start-up included, exit not).
+        out = subprocess.run([sys.executable, "-c", f"{LEAN_IMPORTS}\n{CPU_SNIPPET}"], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        self.lean_cpu.append(float(out.split()[-1]))
         self.lean.append(timed([sys.executable, "-c", LEAN_IMPORTS], env))
         out = subprocess.run([sys.executable, "-c", NVML_FLOOR, self.nvml_library or ""],
                              env=env, check=True, capture_output=True, text=True).stdout.split()
@@ -223,9 +230,12 @@ def http_get(port: int, route: str) -> int | None:
 
 @dataclass
 class Start:
+    """One start's figures, from the spawn."""
+
     socket: float  # spawn -> Activate answered
     ready: float  # spawn -> first docker/cli 200
     phases: str
+    cpu: float | None  # the main thread's CPU seconds until ready, as the daemon logs them
 
 
 def measure_start(daemon: Daemon) -> Start:
@@ -246,13 +256,14 @@ def measure_start(daemon: Daemon) -> Start:
     if socket_at is None or ready_at is None:
         raise SystemExit(f"the daemon did not become ready:\n{daemon.log()[-3000:]}")
     for _ in range(500):
-        found = re.search(r"Start-up took \d+ ms \(ms after the program started: (.*)\)$",
-                          daemon.log(), re.M)
+        found = re.search(r"Start-up took \d+ ms \(ms after the program started: (.*?)"
+                          r"(?:; main thread CPU (\d+) ms until ready)?\)$", daemon.log(), re.M)
         if found:
             break
         time.sleep(0.01)
     return Start(socket_at - daemon.spawned, ready_at - daemon.spawned,
-                 found.group(1) if found else "(no start-up line)")
+                 found.group(1) if found else "(no start-up line)",
+                 int(found.group(2)) / 1000 if found and found.group(2) else None)
 
 
 def start_once(root: Path, work: Path, env: dict[str, str], volumes: Path | None) -> Start:
@@ -666,6 +677,15 @@ def main() -> int:
               f"(medians' ratio {ready / floor.imports:.2f}x)")
         print(f"  ready - that floor without the CA bundle  {ms(over_lean)}  "
               f"(medians' ratio {ready / floor.lean_imports:.2f}x: what is the daemon's own)")
+        cpus = [s.cpu for s in starts if s.cpu is not None]
+        ready_cpu = statistics.median(cpus) if cpus else None
+        floor_cpu = statistics.median(floor_runs.lean_cpu)
+        if ready_cpu is not None:
+            # CPU time moves less with the host's load than the times above: the steadier
+            # figure for comparing two builds of the daemon on a busy host.
+            print(f"  main thread CPU until ready         {ms(ready_cpu)}  (the floor without "
+                  f"the CA bundle: {ms(floor_cpu).strip()}, "
+                  f"{(ready_cpu - floor_cpu) * 1000:+.1f} ms)")
         serial = floor.imports + floor.nvml_init
         print(f"  import floor + NVML init floor      {ms(serial)}  (what a serial start "
               f"cannot beat; ready/that {ready / serial:.2f}x)")
@@ -680,6 +700,8 @@ def main() -> int:
         importtime_summary(root, work, env)
         summary = {"ready_ms": ready * 1000, "socket_ms": socket_ms * 1000,
                    "ready_over_floor_ms": over_floor * 1000,
+                   "floor_lean_cpu_ms": floor_cpu * 1000,
+                   **({"ready_cpu_ms": ready_cpu * 1000} if ready_cpu is not None else {}),
                    "first_start_ready_ms": fresh_ready * 1000,
                    "floor_bare_ms": floor.bare * 1000, "floor_imports_ms": floor.imports * 1000,
                    "floor_lean_imports_ms": floor.lean_imports * 1000,

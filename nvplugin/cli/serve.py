@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -204,6 +205,9 @@ class Daemon:
         finally:
             settled.set_result(None)
             self.phases.spans["ready"] = (0.0, self.phases.since_origin())
+            # The main thread's CPU time so far, interpreter start-up included: unlike the
+            # times, it hardly moves with the host's load (bench/bench_startup.py).
+            ready_cpu = time.thread_time()
             # cli/main turned collection off for start-up; its garbage (~2,000 objects of the
             # imports) goes with the first full collection.
             gc.enable()
@@ -230,8 +234,9 @@ class Daemon:
         # What NVML's init and start-up freed goes back to the kernel (core/heap.py).
         await asyncio.to_thread(_release_free_heap)
         # The last line of start-up: everything it does is done (the prebuild aside).
-        log.debug("Start-up took %.0f ms (ms after the program started: %s)",
-                  self.phases.since_origin() * 1000, self.phases.summary())
+        log.debug("Start-up took %.0f ms (ms after the program started: %s; main thread CPU "
+                  "%.0f ms until ready)", self.phases.since_origin() * 1000,
+                  self.phases.summary(), ready_cpu * 1000)
 
     async def _watch_health(self) -> ObserveService:
         """GPU health (and the Engine client behind container names), imported off the loop;

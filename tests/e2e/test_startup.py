@@ -193,6 +193,7 @@ def test_start_up_phases_are_one_debug_line(running_plugin: StartPlugin):
                   "volume store", "plugin socket", "REST socket", "GPU health",
                   "driver discovery", "ready", "metrics and GPU page"):
         assert f" {phase} " in line, phase
+    assert re.search(r"; main thread CPU \d+ ms until ready\)$", line), line
     assert "ELF files read in" in daemon.log()
 
 
