@@ -57,6 +57,8 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_rest import build_host, rss_mib  # noqa: E402
 from bench_wrapper import timed  # noqa: E402
 
+from tests.unixhttp import unix_post  # noqa: E402
+
 V1_READY_MS = 232.0  # nvidia-docker 1.0.1 on the H200, start to first docker/cli (issue 18)
 FLOOR_IMPORTS = "import aiohttp, pynvml"
 # The same imports as the daemon makes them: aiohttp's unused client contexts without the CA
@@ -200,21 +202,6 @@ def spawn(root: Path, work: Path, env: dict[str, str], *, python_flags: tuple[st
     return Daemon(proc, sockets / "nvidia-docker.sock", port, log_path, spawned)
 
 
-def unix_request(path: Path, route: str, body: bytes = b"") -> bytes | None:
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(60)
-            sock.connect(str(path))
-            sock.sendall(f"POST {route} HTTP/1.0\r\nContent-Length: {len(body)}\r\n\r\n".encode()
-                         + body)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            return data
-    except OSError:
-        return None
-
-
 def http_get(port: int, route: str) -> int | None:
     """One GET over a fresh connection; None while nothing listens. Waits for the answer."""
     try:
@@ -243,7 +230,7 @@ def measure_start(daemon: Daemon) -> Start:
     deadline = time.perf_counter() + 60
     socket_at = ready_at = None
     while time.perf_counter() < deadline and daemon.proc.poll() is None:
-        if socket_at is None and unix_request(daemon.socket_path, "/Plugin.Activate"):
+        if socket_at is None and unix_post(daemon.socket_path, "/Plugin.Activate", timeout=60):
             socket_at = time.perf_counter()
         if socket_at is not None:
             status = http_get(daemon.port, "/v1.0/docker/cli")

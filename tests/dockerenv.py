@@ -28,6 +28,7 @@ import docker
 import pytest
 
 from tests.requirements import in_ci, need, need_root
+from tests.unixhttp import unix_post
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 BUSYBOX_APPLETS = (
@@ -236,7 +237,7 @@ class PluginDaemon:
         raise RuntimeError(f"plugin daemon did not become ready:\n{self.log()}")
 
     def ready(self) -> bool:
-        return _unix_post(self.socket_path, "/Plugin.Activate") is not None and tcp_ok(self.port)
+        return unix_post(self.socket_path, "/Plugin.Activate") is not None and tcp_ok(self.port)
 
     def stop(self, sig: int = 15, timeout: float = 30.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
@@ -256,20 +257,6 @@ class PluginDaemon:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")
-
-
-def _unix_post(path: Path, route: str) -> bytes | None:
-    try:
-        with socket.socket(socket.AF_UNIX) as sock:
-            sock.settimeout(2)
-            sock.connect(str(path))
-            sock.sendall(f"POST {route} HTTP/1.0\r\nContent-Length: 0\r\n\r\n".encode())
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            return data if data.startswith(b"HTTP/1.") else None
-    except OSError:
-        return None
 
 
 def tcp_ok(port: int) -> bool:

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from nvplugin import __version__
-from tests.dockerenv import PluginDaemon, _unix_post, free_port, wait_for
+from tests.dockerenv import PluginDaemon, free_port, wait_for
 from tests.fakehost.build import write_ld_cache
 from tests.requirements import need_root
+from tests.unixhttp import unix_post
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,7 +77,7 @@ def test_host_without_a_driver_starts_and_answers_503(plugin_daemon_factory, tmp
     assert "NVIDIA driver not found: " in log and "GPU endpoints will answer 503" in log
     # One line says it; nothing else warns about the same missing driver.
     assert [line for line in log.splitlines() if "WARN" in line or "unavailable" in line] == []
-    reply = _unix_post(daemon.socket_path, "/Plugin.Activate")
+    reply = unix_post(daemon.socket_path, "/Plugin.Activate")
     assert reply is not None and b'"VolumeDriver"' in reply
     created = _plugin_call(daemon.socket_path, "/VolumeDriver.Create",
                            {"Name": "nvidia_driver_580.159.04"})
@@ -152,7 +153,7 @@ def test_empty_listen_address_disables_the_rest_api(plugin_daemon_factory, tmp_p
     log = open(tmp_path / "log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO)
     try:
-        assert wait_for(lambda: _unix_post(daemon.socket_path, "/Plugin.Activate") is not None)
+        assert wait_for(lambda: unix_post(daemon.socket_path, "/Plugin.Activate") is not None)
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
     finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from nvplugin.cli.serve import IO_THREADS
 from tests.dockerenv import PluginDaemon, wait_for
+from tests.unixhttp import unix_post
 
 StartPlugin = Callable[..., PluginDaemon]
 REPO = Path(__file__).resolve().parents[2]
@@ -217,14 +217,7 @@ def test_threads_stay_bounded_under_a_burst(running_plugin: StartPlugin):
 
 
 def _post(path: Path, route: str, body: dict) -> bytes:
-    payload = json.dumps(body).encode()
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(30)
-        sock.connect(str(path))
-        sock.sendall(f"POST {route} HTTP/1.0\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
-                     + payload)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return data
-
+    """A plugin call with a JSON body, as Docker makes it; the test fails if nothing answers."""
+    answer = unix_post(path, route, json.dumps(body).encode(), timeout=30)
+    assert answer is not None, f"no answer to {route} on {path}"
+    return answer

@@ -33,9 +33,10 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.dockerenv import E2E_LOCK, PLUGIN_SOCKET_DIR, _unix_post, free_port
+from tests.dockerenv import E2E_LOCK, PLUGIN_SOCKET_DIR, free_port
 from tests.packaging import image
 from tests.requirements import need, need_root
+from tests.unixhttp import unix_post
 
 pytestmark = [pytest.mark.docker, pytest.mark.root]
 
@@ -125,7 +126,7 @@ def wait_until_serving(container, timeout: float = 120.0) -> None:
             time.sleep(1)
             container.start()
             continue
-        if "Serving plugin API" in logs and _unix_post(
+        if "Serving plugin API" in logs and unix_post(
                 PLUGIN_SOCKET_DIR / "nvidia-docker.sock", "/Plugin.Activate"):
             return
         time.sleep(0.2)

@@ -14,8 +14,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon, _unix_post, wait_for
+from tests.dockerenv import DockerEngine, ImageFactory, PluginDaemon, wait_for
 from tests.requirements import need_tool
+from tests.unixhttp import unix_post
 
 pytestmark = pytest.mark.docker
 MOUNT = "/usr/local/nvidia"
@@ -152,7 +153,7 @@ def test_garbage_on_the_socket_leaves_the_daemon_healthy(
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(65536):
                 pass
-    assert _unix_post(daemon.socket_path, "/Plugin.Activate")
+    assert unix_post(daemon.socket_path, "/Plugin.Activate")
     name = f"nvidia_driver_{daemon.host.version}"
     docker_engine.client.volumes.create(name, driver="nvidia-docker").remove()
     assert daemon.proc is not None and daemon.proc.poll() is None

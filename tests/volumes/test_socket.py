@@ -20,8 +20,8 @@ from nvplugin.api.plugin_socket import SOCKET_GROUP, start_plugin_site
 from nvplugin.core.config import Config
 from nvplugin.core.errors import ConfigError
 from nvplugin.volumes.store import VolumeStore
-from tests.dockerenv import _unix_post
 from tests.requirements import need, need_root, need_tool
+from tests.unixhttp import unix_post
 from tests.volumes.conftest import Plugin
 
 
@@ -49,7 +49,7 @@ async def test_socket_access_spec_file_and_removal(store: VolumeStore, tmp_path:
     assert st.st_gid == groups.get("docker", os.getegid())
     assert stat.S_IMODE(cfg.socket_dir.stat().st_mode) == 0o755
     assert cfg.spec_path.read_text() == f"unix://{cfg.socket_path}\n"
-    answer = await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    answer = await asyncio.to_thread(unix_post, cfg.socket_path, "/Plugin.Activate")
     assert answer is not None and answer.endswith(b'{"Implements":["VolumeDriver"]}\n')
     await site.close()
     await runner.cleanup()
@@ -87,7 +87,7 @@ async def test_a_stale_socket_is_replaced(store: VolumeStore, tmp_path: Path):
     dead.close()  # bound, never listened, closed: what a killed daemon leaves
     runner = await _runner(store)
     site = await start_plugin_site(runner, cfg)
-    assert await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    assert await asyncio.to_thread(unix_post, cfg.socket_path, "/Plugin.Activate")
     await site.close()
     await runner.cleanup()
 
@@ -101,7 +101,7 @@ async def test_a_live_socket_is_refused_and_left_alone(store: VolumeStore, tmp_p
     with pytest.raises(ConfigError, match=rf"already serving {cfg.socket_path}: stop it first"):
         await start_plugin_site(second_runner, cfg)
     await second_runner.cleanup()
-    assert await asyncio.to_thread(_unix_post, cfg.socket_path, "/Plugin.Activate")
+    assert await asyncio.to_thread(unix_post, cfg.socket_path, "/Plugin.Activate")
     assert cfg.spec_path.exists()
     await first.close()
     await first_runner.cleanup()
