@@ -135,8 +135,11 @@ class Daemon:
         # drains requests) runs first, then what start-up's background half made.
         self._cleanups.append(self._close_background)
         await self._listen()
-        # The rest after the sockets answer: what it imports and reads waits its turn.
+        # The rest after the sockets answer: what it imports and reads waits its turn. It starts
+        # before the spec file is written (a socket outside Docker's directory), whose write and
+        # fsync then overlap the first discovery instead of delaying docker/cli's first answer.
         self._spawn(self._settle(self._settled))
+        await self.plugin_site.publish_spec(cfg)  # last: see its docstring
 
     async def _listen(self) -> None:
         cfg = self.config
@@ -151,7 +154,6 @@ class Daemon:
         if address is None:
             await self._serve_plugin(plugin_runner)
             log.info("Remote API disabled (empty listen address)")
-            await self.plugin_site.publish_spec(cfg)
             return
         with self.phases.span("REST socket"):
             rest_app = make_rest_app(
@@ -174,7 +176,6 @@ class Daemon:
         # never shows a socket for a daemon about to exit. The log keeps 1.0's line order.
         await self._serve_plugin(plugin_runner)
         log.info("Serving remote API at %s", cfg.listen)
-        await self.plugin_site.publish_spec(cfg)
 
     async def _serve_plugin(self, runner: web.AppRunner) -> None:
         with self.phases.span("plugin socket"):
