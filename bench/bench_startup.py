@@ -7,8 +7,9 @@ fake NVML; needs root and gcc); with it (`--driver-root /` on a GPU host), uses 
 the real NVML. Prints, each as figures and ratios:
 
 1. floors, each a fresh interpreter (median of --runs): `python3 -c ''`, `python3 -c 'import
-   aiohttp, pynvml'`, and NVML's own load + init (`nvmlInitWithFlags` on the library the daemon
-   would load), with the RSS of each;
+   aiohttp, pynvml'` (the issue's floor; also without aiohttp's CA bundle, as the daemon imports
+   it, and with aiohttp's server, `aiohttp.web`, which the daemon needs), and NVML's own load +
+   init (`nvmlInitWithFlags` on the library the daemon would load), with the RSS of each;
 2. the daemon, restarted --runs times on a volumes directory where the driver's volume is
    built (as on a host's every boot but the first after a driver change), each round
    interleaved with a round of the floors: until its plugin socket answers Activate, and until
@@ -65,6 +66,9 @@ FLOOR_IMPORTS = "import aiohttp, pynvml"
 # bundle (cli/lean_import.py). Shown beside the floor, so the saving is not taken for ours.
 LEAN_IMPORTS = ("from nvplugin.cli.lean_import import ca_directory_only\n"
                 "with ca_directory_only():\n    import aiohttp\nimport pynvml")
+# The same with aiohttp's server, which `import aiohttp` does not load and the daemon needs: what
+# is left above it is the daemon's own code.
+SERVER_IMPORTS = LEAN_IMPORTS.replace("import aiohttp\n", "import aiohttp.web\n")
 # The E2E tests' host-wide lock: the daemon writes /etc/docker/plugins/nvidia-docker.spec for a
 # socket outside Docker's directory, which those tests check.
 E2E_LOCK = Path("/run/lock/nvplugin-docker-e2e.lock")
@@ -127,6 +131,7 @@ class FloorRuns:
         self.bare: list[float] = []
         self.imports: list[float] = []
         self.lean_cpu: list[float] = []  # the lean floor's CPU seconds at the end
+        self.server: list[float] = []
         self.lean: list[float] = []
         self.nvml: list[float] = []
 
@@ -140,6 +145,7 @@ class FloorRuns:
                              check=True, capture_output=True, text=True).stdout
         self.lean_cpu.append(float(out.split()[-1]))
         self.lean.append(timed([sys.executable, "-c", LEAN_IMPORTS], env))
+        self.server.append(timed([sys.executable, "-c", SERVER_IMPORTS], env))
         out = subprocess.run([sys.executable, "-c", NVML_FLOOR, self.nvml_library or ""],
                              env=env, check=True, capture_output=True, text=True).stdout.split()
         self.nvml.append(float(out[1]))
@@ -642,6 +648,8 @@ def main() -> int:
             s.ready - imports for s, imports in zip(starts, floor_runs.imports, strict=True))
         over_lean = statistics.median(
             start.ready - lean for start, lean in zip(starts, floor_runs.lean, strict=True))
+        over_server = statistics.median(
+            s.ready - server for s, server in zip(starts, floor_runs.server, strict=True))
         socket_ms = statistics.median(s.socket for s in starts)
         ready = statistics.median(s.ready for s in starts)
         fresh_ready = statistics.median(s.ready for s in fresh)
@@ -663,7 +671,10 @@ def main() -> int:
         print(f"  ready - import floor, each start against its round's  {ms(over_floor)}  "
               f"(medians' ratio {ready / floor.imports:.2f}x)")
         print(f"  ready - that floor without the CA bundle  {ms(over_lean)}  "
-              f"(medians' ratio {ready / floor.lean_imports:.2f}x: what is the daemon's own)")
+              f"(medians' ratio {ready / floor.lean_imports:.2f}x)")
+        print(f"  ready - the same with aiohttp's server (aiohttp.web)  {ms(over_server)}  "
+              f"(median {ms(statistics.median(floor_runs.server)).strip()}: what is left is the "
+              f"daemon's own)")
         cpus = [s.cpu for s in starts if s.cpu is not None]
         ready_cpu = statistics.median(cpus) if cpus else None
         floor_cpu = statistics.median(floor_runs.lean_cpu)
@@ -688,6 +699,7 @@ def main() -> int:
         summary = {"ready_ms": ready * 1000, "socket_ms": socket_ms * 1000,
                    "ready_over_floor_ms": over_floor * 1000,
                    "floor_lean_cpu_ms": floor_cpu * 1000,
+                   "ready_over_server_floor_ms": over_server * 1000,
                    **({"ready_cpu_ms": ready_cpu * 1000} if ready_cpu is not None else {}),
                    "first_start_ready_ms": fresh_ready * 1000,
                    "floor_bare_ms": floor.bare * 1000, "floor_imports_ms": floor.imports * 1000,
