@@ -48,7 +48,7 @@ class GpuSource(Protocol):
     @property
     def reason(self) -> str | None: ...
 
-    async def inventory(self) -> GpuInventory: ...
+    async def inventory(self, *, cuda_sizes: bool = True) -> GpuInventory: ...
     async def status(self) -> tuple[GpuStatus, ...]: ...
     def select(self, spec: str | None) -> Selection: ...
     async def control_nodes(self) -> tuple[launch_args.DeviceNodeLike, ...]: ...
@@ -126,15 +126,17 @@ async def _manifest(request: web.Request) -> Manifest:
     return request.app[MANIFEST]()  # the daemon's current manifest, already in memory
 
 
-async def _inventory(request: web.Request) -> GpuInventory:
-    return await (await _gpus(request)).inventory()  # GpuService keeps it; no cache here
+async def _inventory(request: web.Request, *, cuda_sizes: bool = True) -> GpuInventory:
+    # GpuService keeps it; no cache here. Only gpu/info shows CUDA's sizes and waits for them.
+    return await (await _gpus(request)).inventory(cuda_sizes=cuda_sizes)
 
 
 # ---------------------------------------------------------------- handlers
 
 
-async def _page(request: web.Request, renderer: Callable[[GpuInventory], str]) -> str:
-    return request.app[PAGES].render(renderer, await _inventory(request))
+async def _page(request: web.Request, renderer: Callable[[GpuInventory], str], *,
+                cuda_sizes: bool = True) -> str:
+    return request.app[PAGES].render(renderer, await _inventory(request, cuda_sizes=cuda_sizes))
 
 
 async def gpu_info(request: web.Request) -> web.Response:
@@ -148,7 +150,8 @@ async def gpu_info_json(request: web.Request) -> web.Response:
 async def gpu_status(request: web.Request) -> web.Response:
     # The page prints "used / total": the totals come from the static inventory.
     statuses = await (await _gpus(request)).status()
-    return _text(text_pages.gpu_status_text(await _inventory(request), statuses))
+    return _text(text_pages.gpu_status_text(await _inventory(request, cuda_sizes=False),
+                                            statuses))
 
 
 async def gpu_status_json(request: web.Request) -> web.Response:
@@ -224,7 +227,7 @@ async def docker_cli_json(request: web.Request) -> web.Response:
 
 
 async def mesos_cli(request: web.Request) -> web.Response:
-    return _text(await _page(request, launch_args.mesos_cli_text))
+    return _text(await _page(request, launch_args.mesos_cli_text, cuda_sizes=False))
 
 
 async def cdi_spec(request: web.Request) -> web.Response:

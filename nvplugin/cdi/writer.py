@@ -81,7 +81,7 @@ async def current_spec(gpus: GpuService, manifest: Manifest, *, kind: str, host_
     valid spec cannot be made."""
     if not gpus.available:
         raise DriverGone(f"NVML is unavailable: {gpus.reason}")
-    inventory = await gpus.inventory()
+    inventory = await gpus.inventory(cuda_sizes=False)  # the spec needs no memory sizes
     if not inventory.gpus:
         raise DriverGone("NVML sees no GPU")
     nodes = await gpus.control_nodes()

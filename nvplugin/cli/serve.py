@@ -2,14 +2,14 @@
 process.
 
 Start-up answers on both sockets as soon as they are bound. NVML (started before this module is
-imported: cli/main.py), the first driver discovery and GPU health (`ObserveService`) finish in
-the background, and a request that needs their results waits for them (`Daemon.ready`) instead
-of answering from half a start: Docker's Activate, List and the Get of an existing volume answer
-at once, a docker/cli request when the GPUs, their health and the driver's files are known.
-What only some requests use loads after the sockets answer (the CDI spec's keeper, and in
-`_load_extras` the metrics registry and the GPU page); those requests wait for it (`Later`).
-Then the running driver's volume is built in the background (`VolumeStore.prebuild`), so the
-first container does not wait.
+imported: cli/main.py) and the first driver discovery finish in the background, and a request
+that needs their results waits for them (`Daemon.ready`) instead of answering from half a
+start: Docker's Activate, List and the Get of an existing volume answer at once, a docker/cli
+request when the GPUs and the driver's files are known. What only some requests use loads after
+that (CUDA's sizes, GPU health, the CDI spec's keeper, and in `_load_extras` the metrics
+registry and the GPU page); those requests wait for it (`Later`). Then the running driver's
+volume is built in the background (`VolumeStore.prebuild`), so the first container does not
+wait.
 tests/e2e/test_startup.py keeps the imports before the sockets answer to the serving path.
 """
 
@@ -137,9 +137,12 @@ class Daemon:
         await self._listen()
         # The rest after the sockets answer: what it imports and reads waits its turn. It starts
         # before the spec file is written (a socket outside Docker's directory), whose write and
-        # fsync then overlap the first discovery instead of delaying docker/cli's first answer.
-        self._spawn(self._settle(self._settled))
+        # fsync then overlap the first discovery; docker/cli still answers only once the file is
+        # there, so Docker finds the plugin that answer names.
+        published = asyncio.Event()
+        self._spawn(self._settle(self._settled, published))
         await self.plugin_site.publish_spec(cfg)  # last: see its docstring
+        published.set()
 
     async def _listen(self) -> None:
         cfg = self.config
@@ -183,10 +186,11 @@ class Daemon:
         self._cleanups.append(self.plugin_site.close)
         log.info("Serving plugin API at %s", self.config.socket_dir)
 
-    async def _settle(self, settled: asyncio.Future[None]) -> None:
-        """Start-up's background half: NVML's result and the first discovery (then `settled`:
-        docker/cli answers); then GPU health, what only some requests use, the watcher and the
-        prebuild. A bug here stops the daemon with exit status 1, as one in `_start` does."""
+    async def _settle(self, settled: asyncio.Future[None], published: asyncio.Event) -> None:
+        """Start-up's background half: NVML's result and the first discovery, then (with the
+        spec file `published`) `settled`: docker/cli answers. Then CUDA's sizes, GPU health,
+        what only some requests use, the watcher and the prebuild. A bug anywhere here stops
+        the daemon with exit status 1, as one in `_start` does."""
         try:
             await self.gpus.ready()
             if self.gpus.available:
@@ -200,6 +204,7 @@ class Daemon:
             if self.driver.error is not None and self.gpus.available:
                 # Without a driver at all, the line above already said so.
                 log.warning("Driver volume unavailable: %s", self.driver.error)
+            await published.wait()  # a start that fails there cancels this task
         except Exception as err:
             self._start_failed(err)
             return
@@ -212,19 +217,27 @@ class Daemon:
             # cli/main turned collection off for start-up; its garbage (~2,000 objects of the
             # imports) goes with the first full collection.
             gc.enable()
+        try:
+            await self._after_ready()
+        except Exception as err:
+            self._start_failed(err)
+            return
+        # The last line of start-up: everything it does is done (the prebuild aside).
+        log.debug("Start-up took %.0f ms (ms after the program started: %s; main thread CPU "
+                  "%.0f ms until ready)", self.phases.since_origin() * 1000,
+                  self.phases.summary(), ready_cpu * 1000)
+
+    async def _after_ready(self) -> None:
+        """What start-up does once docker/cli answers, in this order."""
         if self.gpus.available:
-            # gpu/info waits for CUDA's sizes; docker/cli and status do not. Its child process
-            # would have shared the host with start-up's imports.
+            # Only gpu/info waits for CUDA's sizes. The child process would have shared the
+            # host with start-up's imports (~0.3 s of a CPU and the kernel's time on the H200).
             self.gpus.read_cuda_sizes(self.phases)
             self._spawn(self._merge_cuda_sizes())
         # GPU health is not on docker/cli's path: until it watches, no GPU is known unhealthy,
         # which is also all it knows once it starts (it learns from NVML's events and reads).
-        try:
-            with self.phases.span("GPU health"):
-                observe = await self._watch_health()
-        except Exception as err:
-            self._start_failed(err)
-            return
+        with self.phases.span("GPU health"):
+            observe = await self._watch_health()
         await self._collect_old_volumes()  # a driver upgraded while the daemon was down
         with self.phases.span("CDI spec"):
             await self._keep_cdi_spec(observe)
@@ -234,10 +247,6 @@ class Daemon:
             await self._load_extras(observe)
         # What NVML's init and start-up freed goes back to the kernel (core/heap.py).
         await asyncio.to_thread(_release_free_heap)
-        # The last line of start-up: everything it does is done (the prebuild aside).
-        log.debug("Start-up took %.0f ms (ms after the program started: %s; main thread CPU "
-                  "%.0f ms until ready)", self.phases.since_origin() * 1000,
-                  self.phases.summary(), ready_cpu * 1000)
 
     async def _watch_health(self) -> ObserveService:
         """GPU health (and the Engine client behind container names), imported off the loop;

@@ -12,9 +12,10 @@ is created). 1.0 linked the CUDA runtime into the daemon; we ask in a short-live
   the old one. A new child reads the new driver.
 - A crash or a hang in libcuda costs the child, never the daemon (killed after `TIMEOUT_S`).
 
-The price is one Python start-up per driver change, run while NVML opens: 42 ms against 0.4 ms
-in-process with the fake libcuda on our 2-core CI machine (`bench/bench_cuda.py`, which on the
-GPU host also prints what the in-process way keeps in the daemon's memory).
+The price is one Python start-up per driver change (at start-up, once docker/cli answers; after
+a driver change, while NVML opens again): 42 ms against 0.4 ms in-process with the fake libcuda
+on our 2-core CI machine (`bench/bench_cuda.py`, which on the GPU host also prints what the
+in-process way keeps in the daemon's memory).
 CUDA devices are matched to NVML's GPUs by PCI bus id, never by index: CUDA orders devices fastest
 first, NVML by bus id; CUDA_VISIBLE_DEVICES would hide some, so the child does not inherit it.
 """

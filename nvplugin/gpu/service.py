@@ -1,19 +1,20 @@
 """The GPU service the daemon and the REST API use: NVML off the event loop.
 
 All NVML calls run on one dedicated thread (NVML handles belong to the process; one thread keeps
-the calls ordered), except the slow ones, which have a side thread so that they never delay a
-status request: PCIe throughput sampling (~20 ms per GPU) and CUDA's memory sizes (a child
-process, cuda.py). The inventory's driver/CUDA versions and the control nodes change only when a
-driver (un)loads, yet reading them takes a thread hop (NVML, stat calls) that would be most of a
-docker/cli or gpu/info request's cost: they are served up to `RECENT_MAX_AGE_S` old, and a
-refresh forgets them.
+the calls ordered), except the slow ones, which have threads of their own so that they never
+delay a status request: PCIe throughput sampling (~20 ms per GPU, the side thread) and CUDA's
+memory sizes (a child process, cuda.py, waited for on a thread that ends with it). The
+inventory's driver/CUDA versions and the control nodes change only when a driver (un)loads, yet
+reading them takes a thread hop (NVML, stat calls) that would be most of a docker/cli or gpu/info
+request's cost: they are served up to `RECENT_MAX_AGE_S` old, and a refresh forgets them.
 
 The daemon starts the first load with `begin` before its event loop (and its web stack) exists:
 NVML's init is C code that runs while Python imports, and on a big host it is the slowest step
 of start-up. `ready()` takes its result. CUDA's sizes come later than the GPUs: the daemon asks
 for them (`read_cuda_sizes`) once docker/cli can answer, since the child process is ~0.3 s of
-a CPU and the kernel's time on an H200 that start-up's imports were sharing; only the inventory
-(gpu/info) waits for them, never a docker/cli or a status request.
+a CPU and the kernel's time on an H200 that start-up's imports were sharing. The child is waited
+for on a thread of its own, and only `inventory()` waits for its answer (gpu/info);
+`inventory(cuda_sizes=False)`, status, docker/cli and the CDI spec never do.
 
 `nvml_library=None` (the daemon's case) finds libnvidia-ml under the driver root on every
 (re)load, so a refresh after a driver upgrade shuts the old NVML down, unloads it and loads the
@@ -79,6 +80,7 @@ class GpuService:
         self._control_nodes = Recent(self._read_control_nodes, RECENT_MAX_AGE_S, clock)
         self._opening: Future[tuple[NvmlSession, tuple[Gpu, ...]]] | None = None
         self._sizes: Future[CudaReport] | None = None  # CUDA's answer, not yet in `_gpus`
+        self._sizes_asked = False  # for this load (reset when NVML is stopped)
         self._listeners: list[EventListener] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: tuple[threading.Thread, threading.Event] | None = None
@@ -110,22 +112,32 @@ class GpuService:
         return self._open(phases)
 
     def read_cuda_sizes(self, phases: Phases) -> None:
-        """Start CUDA's child process on the side thread (idle until the first status request
-        starts the PCIe sampler); the inventory waits for its answer."""
-        if self._cuda is not None:
-            cuda = self._cuda
+        """Start CUDA's child process for this load, once (a second call before the next load
+        does nothing); the inventory waits for its answer. It is waited for on a thread of its
+        own that ends with it, not on the side thread, where the PCIe sampler would queue
+        behind it (seconds on a big host)."""
+        if self._cuda is None or self._sizes_asked:
+            return
+        self._sizes_asked = True
+        cuda = self._cuda
 
-            def read() -> CudaReport:
-                with phases.span("CUDA sizes (child process)"):
-                    return cuda.read()
+        def read() -> CudaReport:
+            with phases.span("CUDA sizes (child process)"):
+                return cuda.read()
 
-            self._sizes = self._side_thread.submit(read)
+        waiter = ThreadPoolExecutor(1, thread_name_prefix="cuda-sizes")
+        self._sizes = waiter.submit(read)
+        waiter.shutdown(wait=False)  # its one thread ends once the child has answered
 
     async def ready(self) -> None:
-        """Wait for the load `begin` started; at once when there is none (any more)."""
-        opening = self._opening
-        if opening is None:
+        """Wait for the load `begin` started; at once when there is none (any more). A caller
+        cancelled meanwhile (a start-up that fails) does not drop the session the NVML thread
+        opened: it is still adopted, and `close()` shuts it down."""
+        if self._opening is None:
             return
+        await asyncio.shield(self._adopt_under_lock())
+
+    async def _adopt_under_lock(self) -> None:
         async with self._lock:
             await self._adopt_opening()
 
@@ -215,6 +227,7 @@ class GpuService:
         whose close waits for a reading still running on the sampler's thread (cancelling the
         task does not stop the thread) and refuses readings queued behind it."""
         self._inventory.forget()
+        self._sizes_asked = False  # the next load asks CUDA again (a new driver, maybe)
         await self._stop_events()  # before nvmlShutdown, which the wait must not outlive
         cache, self._cache = self._cache, None
         session, self._session = self._session, None
@@ -235,11 +248,14 @@ class GpuService:
 
     # -- queries
 
-    async def inventory(self) -> GpuInventory:
-        """The GPUs read at the last refresh, with CUDA's memory sizes (waits for them) and
-        driver and CUDA versions at most 1 s old."""
+    async def inventory(self, *, cuda_sizes: bool = True) -> GpuInventory:
+        """The GPUs read at the last refresh and driver and CUDA versions at most 1 s old, with
+        CUDA's memory sizes: waited for, or with `cuda_sizes=False` as far as they are known
+        (Constant, Shared and L2 Cache are None until CUDA's child has answered)."""
         self._require()
-        await self._sizes_merged()
+        pending = self._sizes
+        if cuda_sizes or (pending is not None and pending.done()):
+            await self._sizes_merged()
         return await self._inventory.get()
 
 

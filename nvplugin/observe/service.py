@@ -202,7 +202,7 @@ class ObserveService:
             await asyncio.sleep(max(0.0, self.interval - (self._clock() - started)))
 
     async def _take(self) -> Observation:
-        inventory = await self.gpus.inventory()
+        inventory = await self.gpus.inventory(cuda_sizes=False)  # observations need none
         statuses = await self.gpus.status(with_pcie=False)
         telemetry = await self.gpus.telemetry()
         self._late = False

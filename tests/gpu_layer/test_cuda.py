@@ -6,17 +6,21 @@ same GPUs; the real child script (nvplugin/gpu/cuda_child.py) loads it, as the d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from nvplugin.core.phases import Phases
 from nvplugin.gpu import cuda
 from nvplugin.gpu.cuda import CudaMemory, CudaProperties, parse_answer
+from nvplugin.gpu.service import GpuService
 from tests.fakenvml.build import gpu
 from tests.fakenvml.cuda import install_fake_cuda
 
@@ -197,3 +201,37 @@ def test_a_child_that_dies_is_an_error_with_its_last_words(host_root, tmp_path, 
     (tmp_path / "child.py").write_text("import sys; sys.exit('Segmentation fault')\n")
     report = CudaProperties(host_root, finder=lambda _root: str(fake)).read()
     assert report.error == f"the query of {fake} failed: Segmentation fault"
+
+
+async def test_after_begin_the_sizes_are_asked_once_and_only_gpu_info_waits(
+        fake_nvml, fake_cuda_lib, host_root, caplog):
+    """The daemon's way: `begin` loads NVML without asking CUDA; `read_cuda_sizes` (once ready)
+    starts the child on a thread of its own. While the child is slow, status (its PCIe sampler)
+    and the inventory without sizes answer at once; the inventory with them waits; a second ask
+    for the same load starts no second child."""
+    fake_nvml.write(fake_nvml.make_config(1, cuda={"init_delay_ms": 1500}))
+    install_fake_cuda(host_root, fake_cuda_lib)
+    nvml = host_root / "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.1"
+    shutil.copyfile(fake_nvml.library, nvml)
+    phases = Phases()
+    with caplog.at_level(logging.INFO, logger="nvplugin"):
+        service = GpuService.begin(driver_root=host_root, dev_root=host_root, phases=phases,
+                                   cuda=CudaProperties(host_root))
+        try:
+            await service.ready()
+            assert service.available, service.reason
+            assert "CUDA sizes (child process)" not in phases.spans  # not asked by begin
+            service.read_cuda_sizes(phases)
+            service.read_cuda_sizes(phases)  # the same load: nothing more
+            started = time.monotonic()
+            statuses = await asyncio.wait_for(service.status(), 1.0)
+            early = await asyncio.wait_for(service.inventory(cuda_sizes=False), 1.0)
+            assert time.monotonic() - started < 1.0 and len(statuses) == 1
+            assert early.gpus[0].memory_l2_kib is None
+            full = await asyncio.wait_for(service.inventory(), 30)
+            assert full.gpus[0].memory_l2_kib == 61440
+            assert (await service.inventory(cuda_sizes=False)).gpus[0].memory_l2_kib == 61440
+        finally:
+            await service.close()
+    read = [r for r in caplog.records if "Read CUDA memory sizes" in r.getMessage()]
+    assert len(read) == 1

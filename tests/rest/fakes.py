@@ -42,7 +42,7 @@ class RecordGpus:
         if not self.available:
             raise NvmlError(self.reason or "unavailable")
 
-    async def inventory(self) -> GpuInventory:
+    async def inventory(self, *, cuda_sizes: bool = True) -> GpuInventory:
         self._check("inventory")
         return self.inventory_
 
