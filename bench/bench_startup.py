@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from bench_rest import build_host, rss_mib  # noqa: E402
-from bench_wrapper import timed  # noqa: E402
+from bench_wrapper import keep_bytecode, timed  # noqa: E402
 
 from tests.unixhttp import unix_post  # noqa: E402
 
@@ -531,16 +531,12 @@ async def _burst(count: int, request: Callable[[], object], width: int = 8) -> N
 
 def bench_env(pycache: Path | None = None) -> dict[str, str]:
     """This checkout first on the path, and whatever the caller had after it (the GPU host
-    brings its wheels that way). With `pycache`, bytecode is kept there for every module, ours
-    and the dependencies', as an installed package has it (pip compiles at install): a host
-    with PYTHONDONTWRITEBYTECODE=1 (the GPU host sets it) and packages installed without
-    bytecode would otherwise compile them at every start, floors and daemon alike (pynvml
-    alone, ~45 ms there)."""
+    brings its wheels that way); with `pycache`, bytecode kept there as installed
+    (`bench_wrapper.keep_bytecode`), floors and daemon alike."""
     path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     if pycache is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(pycache)
+        keep_bytecode(env, pycache)
     return env
 
 
@@ -652,7 +648,7 @@ def main() -> int:
         over_floor = statistics.median(
             s.ready - imports for s, imports in zip(starts, floor_runs.imports, strict=True))
         over_lean = statistics.median(
-            start.ready - lean for start, lean in zip(starts, floor_runs.lean, strict=True))
+            s.ready - lean for s, lean in zip(starts, floor_runs.lean, strict=True))
         over_server = statistics.median(
             s.ready - server for s, server in zip(starts, floor_runs.server, strict=True))
         socket_ms = statistics.median(s.socket for s in starts)

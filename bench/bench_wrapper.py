@@ -114,6 +114,15 @@ def final_argv(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return seen[0]
 
 
+def keep_bytecode(env: dict[str, str], pycache: Path) -> None:
+    """Make `env` keep bytecode in `pycache` for every module, ours and the dependencies', as an
+    installed package has it (pip compiles at install): on a host with PYTHONDONTWRITEBYTECODE=1
+    (the GPU host sets it) and packages installed without bytecode, every interpreter would
+    compile them at every start (pynvml alone, ~45 ms there)."""
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+
+
 def timed(cmd: Sequence[str], env: Mapping[str, str]) -> float:
     started = time.perf_counter()
     done = subprocess.run(cmd, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -170,11 +179,8 @@ def main() -> int:
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("NV_GPU", None)
-    # Bytecode kept as an installed package has it (pip compiles at install), written by the
-    # warm-up run: with PYTHONDONTWRITEBYTECODE=1 (the GPU host sets it) the wrapper would
-    # compile its modules at every run, which no installed wrapper does.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="nvplugin-bench-wrapper-")
+    # Written by the warm-up run: no installed wrapper compiles its modules at every run.
+    keep_bytecode(env, Path(tempfile.mkdtemp(prefix="nvplugin-bench-wrapper-")))
     url = args.nv_host
     if args.stub or not reachable(url):
         if not args.stub:
