@@ -91,10 +91,7 @@ class Daemon:
         try:
             await self._start()
         except Exception as err:  # one line, every resource released, exit 1
-            if isinstance(err, NvpluginError):
-                log.error("Error: %s", err)
-            else:  # a bug: the traceback says where
-                log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+            _log_start_failure(err)
             await self._shutdown()
             return 1
         loop = asyncio.get_running_loop()
@@ -262,7 +259,7 @@ class Daemon:
         return observe
 
     def _start_failed(self, err: Exception) -> None:
-        log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
+        _log_start_failure(err)
         self.failed = True
         self.stopping.set()
 
@@ -461,6 +458,14 @@ def _extras() -> tuple[type[Metrics], Callable[[Mapping[str, str]], str], type[L
     from nvplugin.web.panels import Panels
 
     return Metrics, node_name, LiveFeed, Panels
+
+
+def _log_start_failure(err: Exception) -> None:
+    """One line for an error the daemon names (NvpluginError); a bug gets its traceback."""
+    if isinstance(err, NvpluginError):
+        log.error("Error: %s", err)
+    else:  # a bug: the traceback says where
+        log.exception("Error: start-up failed: %s: %s", type(err).__name__, err)
 
 
 def _release_free_heap() -> None:
