@@ -45,6 +45,7 @@ def serve_page(port: int, root: Path, volumes: Path) -> None:
     from nvplugin.volumes.store import VolumeStore
     from nvplugin.web import routes
     from nvplugin.web.feed import LiveFeed
+    from nvplugin.web.page import load_page
     from nvplugin.web.panels import Panels
 
     async def make() -> web.Application:
@@ -56,7 +57,7 @@ def serve_page(port: int, root: Path, volumes: Path) -> None:
         await store.start()
         app = rest_app.make_app(gpus, lambda: manifest, Config(driver_root=root, dev_root=root))
         feed = LiveFeed(gpus, Panels(store, lambda: manifest.version, None))
-        routes.mount(app, Later(routes.Page(feed, await asyncio.to_thread(routes.load_assets))))
+        routes.mount(app, Later(await asyncio.to_thread(load_page, feed)))
         return app
 
     web.run_app(make(), host="127.0.0.1", port=port, access_log=None, print=None)

@@ -11,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus, P2PLink
+from nvplugin.gpu.records import Gpu, GpuInventory, P2PLink
 
 if TYPE_CHECKING:  # only their fields are read: their module loads after the sockets answer
+    from nvplugin.gpu.readings import GpuStatus
     from nvplugin.observe.records import ContainerRef, GpuHealth
 
 

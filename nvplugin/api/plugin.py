@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -23,7 +23,10 @@ from aiohttp.typedefs import Middleware
 from nvplugin.core.errors import NvpluginError
 from nvplugin.core.text import parse_json, quote_untrusted
 from nvplugin.volumes.names import MAX_MOUNT_ID, VolumeInfo, shown
-from nvplugin.volumes.store import OldVolume, VolumeStore
+from nvplugin.volumes.store import VolumeStore
+
+if TYPE_CHECKING:  # collections come after the daemon answers: volumes/reports.py
+    from nvplugin.volumes.reports import OldVolume
 
 log = logging.getLogger(__name__)
 

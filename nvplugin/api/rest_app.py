@@ -23,11 +23,12 @@ from nvplugin.core.later import Later
 from nvplugin.core.text import escape_controls, quote_untrusted
 from nvplugin.driver.manifest import Manifest
 from nvplugin.gpu import devnodes
-from nvplugin.gpu.records import GpuInventory, GpuStatus
+from nvplugin.gpu.records import GpuInventory
 from nvplugin.gpu.selection import Selection, means_all
 
 if TYPE_CHECKING:  # the records behind these sources load after the sockets answer
     from nvplugin.cdi.spec import Spec
+    from nvplugin.gpu.readings import GpuStatus
     from nvplugin.observe.records import ContainerRef, GpuHealth
 
 log = logging.getLogger(__name__)

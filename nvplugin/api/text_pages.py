@@ -9,10 +9,14 @@ or lines.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from nvplugin.api.tabwriter import align
 from nvplugin.core.text import escape_controls
-from nvplugin.gpu.records import P2P_LINK_NAMES, Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.records import P2P_LINK_NAMES, Gpu, GpuInventory
+
+if TYPE_CHECKING:  # only their fields are read: their module loads with the first reading
+    from nvplugin.gpu.readings import GpuStatus
 
 NA = "N/A"
 

@@ -41,7 +41,7 @@ from nvplugin.driver.state import DriverState
 from nvplugin.gpu import devnodes
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.timing import timed
-from nvplugin.volumes.store import BuildReport, VolumeStore
+from nvplugin.volumes.store import VolumeStore
 from nvplugin.web import routes as page_routes
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ if TYPE_CHECKING:
     from nvplugin.observe.exposition import Metrics
     from nvplugin.observe.records import HealthChange
     from nvplugin.observe.service import ContainerLister, ObserveService
+    from nvplugin.volumes.reports import BuildReport
     from nvplugin.web.feed import LiveFeed
+    from nvplugin.web.page import Page
     from nvplugin.web.panels import Panels
 
 log = logging.getLogger("nvplugin")
@@ -82,7 +84,7 @@ class Daemon:
         self.cdi: Later[CdiSource] = Later()  # what the REST API reads of the CDI spec
         self._cdi: SpecKeeper | None = None  # the same object, to refresh
         self.metrics: Later[Metrics] = Later()
-        self.page: Later[page_routes.Page] = Later()
+        self.page: Later[Page] = Later()
         self._early: list[Callable[[Metrics], None]] = []  # replayed once the registry loads
 
     async def run(self) -> int:
@@ -298,8 +300,7 @@ class Daemon:
             panels = panels_class(self.store, lambda: self.driver.version, self._findings,
                                   keeper)
             feed = feed_class(self.gpus, panels, observe, host_root=self.config.host_root)
-            assets = await asyncio.to_thread(page_routes.load_assets)
-            self.page.set(page_routes.Page(feed, assets))
+            self.page.set(await asyncio.to_thread(_page, feed))
 
     def _record(self, record: Callable[[Metrics], None]) -> None:
         """Into the metrics registry; before it has loaded, kept (bounded) and replayed."""
@@ -458,6 +459,13 @@ def _extras() -> tuple[type[Metrics], Callable[[Mapping[str, str]], str], type[L
     from nvplugin.web.panels import Panels
 
     return Metrics, node_name, LiveFeed, Panels
+
+
+def _page(feed: LiveFeed) -> Page:
+    """The GPU page with its files read, imported and read off the event loop."""
+    from nvplugin.web.page import load_page
+
+    return load_page(feed)
 
 
 def _log_start_failure(err: Exception) -> None:

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pynvml
 
@@ -37,20 +37,10 @@ from nvplugin.gpu.facts import (
     pcie_bandwidth,
     sysfs_bus_id,
 )
-from nvplugin.gpu.records import (
-    EVENT_DOUBLE_BIT_ECC,
-    EVENT_LOST,
-    EVENT_XID,
-    DriverVersions,
-    Gpu,
-    GpuEvent,
-    GpuStatus,
-    GpuTelemetry,
-    MigDevice,
-    P2PLink,
-    Process,
-    RemappedRows,
-)
+from nvplugin.gpu.records import DriverVersions, Gpu, MigDevice, P2PLink
+
+if TYPE_CHECKING:  # built by the readings, which load with the first one (gpu/readings.py)
+    from nvplugin.gpu.readings import GpuEvent, GpuStatus, GpuTelemetry, Process
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +79,6 @@ NVML_VALUE_MEMBERS = {0: "dVal", 1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal
 # Event types (nvmlEventType*): the critical ones the health tracker watches.
 NVML_EVENT_DOUBLE_BIT_ECC = 0x2
 NVML_EVENT_XID = 0x8
-CRITICAL_EVENTS = {NVML_EVENT_XID: EVENT_XID, NVML_EVENT_DOUBLE_BIT_ECC: EVENT_DOUBLE_BIT_ECC}
 NVML_MEMORY_LOCATION_L1_CACHE = 0
 NVML_MEMORY_LOCATION_L2_CACHE = 1
 NVML_MEMORY_LOCATION_DEVICE_MEMORY = 2
@@ -562,6 +551,8 @@ class NvmlSession:
         return None if value is None else value // 1000
 
     def _status(self, index: int, h: Any, sampled_at: float) -> GpuStatus:
+        from nvplugin.gpu.readings import GpuStatus
+
         f = self._field
         power = f("power usage", _w("nvmlDeviceGetPowerUsage"), h)
         util = f("utilization", _w("nvmlDeviceGetUtilizationRates"), h)
@@ -601,6 +592,8 @@ class NvmlSession:
     def _processes(self, h: Any, kind: str) -> tuple[Process, ...]:
         """NVML's `kind` ("compute" or "graphics") processes on the GPU. Drivers before r510
         lack the _v3 calls. (Each wrapper is named whole, for tests/gpu_layer's scan.)"""
+        from nvplugin.gpu.readings import Process
+
         f = self._field
         if kind == "graphics":
             procs = f("graphics processes", _w("nvmlDeviceGetGraphicsRunningProcesses_v3"), h)
@@ -624,6 +617,8 @@ class NvmlSession:
             return tuple(self._telemetry(i, h, now()) for i, h in enumerate(self._handles))
 
     def _telemetry(self, index: int, h: Any, sampled_at: float) -> GpuTelemetry:
+        from nvplugin.gpu.readings import GpuTelemetry, RemappedRows
+
         f = self._field
         self._fault = None
         power = f("power usage", _w("nvmlDeviceGetPowerUsage"), h)
@@ -757,6 +752,8 @@ class NvmlEvents:
     def wait(self, timeout_ms: int, now: Callable[[], float]) -> list[GpuEvent]:
         """The next event (empty on a timeout). A lost GPU wakes the wait with GPU_IS_LOST and
         no device, so every GPU is probed: those NVML no longer reads are the lost ones."""
+        from nvplugin.gpu.readings import EVENT_DOUBLE_BIT_ECC, EVENT_LOST, EVENT_XID, GpuEvent
+
         try:
             data = _w("nvmlEventSetWait_v2")(self._set, timeout_ms)
         except MissingWrapper as err:
@@ -773,7 +770,8 @@ class NvmlEvents:
             lost = [i for i, fault in faults.items() if fault] or list(faults)
             return [GpuEvent(index=i, uuid=self._uuid(i), kind=EVENT_LOST, at=at) for i in lost]
         index = self._addresses.get(ctypes.cast(data.device, ctypes.c_void_p).value)
-        kind = CRITICAL_EVENTS.get(data.eventType)
+        kind = {NVML_EVENT_XID: EVENT_XID,
+                NVML_EVENT_DOUBLE_BIT_ECC: EVENT_DOUBLE_BIT_ECC}.get(data.eventType)
         if index is None or kind is None:
             return []
         return [GpuEvent(index=index, uuid=self._uuid(index), kind=kind,

@@ -31,25 +31,21 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from nvplugin.core.errors import NvmlError
 from nvplugin.core.phases import Phases
 from nvplugin.core.single_flight import Recent
 from nvplugin.driver import discovery
 from nvplugin.gpu import devnodes, selection
-from nvplugin.gpu.cuda import CudaProperties, CudaReport, with_memory
+from nvplugin.gpu.cuda import CudaProperties
 from nvplugin.gpu.nvml import EventsUnavailable, NvmlSession
-from nvplugin.gpu.records import (
-    EVENT_LOST,
-    DeviceNode,
-    Gpu,
-    GpuEvent,
-    GpuInventory,
-    GpuStatus,
-    GpuTelemetry,
-)
-from nvplugin.gpu.status_cache import StatusCache
+from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory
+
+if TYPE_CHECKING:  # readings (and their cache) load with the first one: gpu/readings.py
+    from nvplugin.gpu.cuda_report import CudaReport
+    from nvplugin.gpu.readings import GpuEvent, GpuStatus, GpuTelemetry
+    from nvplugin.gpu.status_cache import StatusCache
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,7 +54,7 @@ RECENT_MAX_AGE_S = 1.0  # how stale control nodes and driver/CUDA versions may b
 # How long one event wait blocks: the most a refresh or shutdown waits for the event thread.
 EVENT_WAIT_MS = 500
 
-EventListener = Callable[[GpuEvent], None]
+EventListener = Callable[["GpuEvent"], None]
 
 
 class GpuService:
@@ -184,10 +180,6 @@ class GpuService:
             self.reason = err.message
             return
         self._session, self._gpus, self.reason = session, gpus, None
-        self._cache = StatusCache(
-            functools.partial(self._call, session.read_status, time.time),
-            functools.partial(self._call, session.read_pcie, executor=self._side_thread),
-        )
         if self._listeners:
             self._start_events(session)
 
@@ -271,10 +263,7 @@ class GpuService:
 
     async def status(self, *, with_pcie: bool = True) -> tuple[GpuStatus, ...]:
         """Live readings; `with_pcie=False` never waits for the slow PCIe sampler (/metrics)."""
-        self._require()
-        if self._cache is None:
-            raise NvmlError(self.reason or "NVML is not available")
-        return await self._cache.get(with_pcie=with_pcie)
+        return await self._status_cache().get(with_pcie=with_pcie)
 
     async def telemetry(self) -> tuple[GpuTelemetry, ...]:
         """The readings /metrics adds to status's, and whether NVML still reads each GPU."""
@@ -318,6 +307,8 @@ class GpuService:
 
     def _watch_events(self, session: NvmlSession, gpus: tuple[Gpu, ...],
                       stop: threading.Event) -> None:
+        from nvplugin.gpu.readings import EVENT_LOST
+
         try:
             events = session.open_events([gpu.uuid for gpu in gpus])
         except NvmlError as err:
@@ -377,11 +368,28 @@ class GpuService:
 
     @property
     def status_cache(self) -> StatusCache | None:
+        """This load's status cache (made here if no reading made it yet), or None without
+        NVML."""
+        return self._status_cache() if self._session is not None else None
+
+    def _status_cache(self) -> StatusCache:
+        """The status cache of this load, made at its first reading: nothing reads a GPU before
+        the daemon answers, and its records are a part of start-up's imports."""
+        session = self._require()
+        if self._cache is None:
+            from nvplugin.gpu.status_cache import StatusCache
+
+            self._cache = StatusCache(
+                functools.partial(self._call, session.read_status, time.time),
+                functools.partial(self._call, session.read_pcie, executor=self._side_thread),
+            )
         return self._cache
 
 
 def _with_cuda(gpus: tuple[Gpu, ...], report: CudaReport) -> tuple[Gpu, ...]:
     """CUDA's sizes filled in, with one line for what was read and one for what was not."""
+    from nvplugin.gpu.cuda_report import with_memory
+
     gpus, missing = with_memory(gpus, report)
     if report.error is not None:
         log.warning("CUDA memory sizes unavailable: %s; Constant, Shared and L2 Cache read N/A",

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nvplugin.core.single_flight import SingleFlight
-from nvplugin.gpu.records import GpuStatus
+from nvplugin.gpu.readings import GpuStatus
 
 log = logging.getLogger(__name__)
 

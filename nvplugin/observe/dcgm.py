@@ -25,7 +25,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nvplugin.gpu.records import Gpu, GpuStatus, GpuTelemetry
+from nvplugin.gpu.readings import GpuStatus, GpuTelemetry
+from nvplugin.gpu.records import Gpu
 from nvplugin.observe.records import GpuHealth, Observation
 from nvplugin.observe.xids import xid_text
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from nvplugin.gpu.records import EVENT_DOUBLE_BIT_ECC, EVENT_LOST, EVENT_XID, GpuEvent
+from nvplugin.gpu.readings import EVENT_DOUBLE_BIT_ECC, EVENT_LOST, EVENT_XID, GpuEvent
 from nvplugin.observe.records import GpuHealth, HealthChange
 from nvplugin.observe.xids import xid_text
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nvplugin.gpu.records import Gpu, GpuStatus, GpuTelemetry
+from nvplugin.gpu.readings import GpuStatus, GpuTelemetry
+from nvplugin.gpu.records import Gpu
 
 HEALTHY = "healthy"
 UNHEALTHY = "unhealthy"

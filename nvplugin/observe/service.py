@@ -41,7 +41,7 @@ from nvplugin.core.single_flight import SingleFlight
 from nvplugin.driver.hostroot import HostRoot
 from nvplugin.engine.client import Engine
 from nvplugin.engine.endpoint import DEFAULT_HOST, NoOptions, resolve_endpoint
-from nvplugin.gpu.records import GpuEvent, GpuStatus, GpuTelemetry, Process
+from nvplugin.gpu.readings import GpuEvent, GpuStatus, GpuTelemetry, Process
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.cgroups import container_of
 from nvplugin.observe.health import HealthTracker

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nvplugin.core.atomicfile import fsync_dir
 from nvplugin.core.errors import (
@@ -47,7 +47,9 @@ from nvplugin.volumes.build import build_volume
 from nvplugin.volumes.clone import Cloner
 from nvplugin.volumes.mount_table import STATE_FILE, MountTable
 from nvplugin.volumes.names import KIND, VERSION_RE, VolumeInfo, parse_name
-from nvplugin.volumes.usage import DiskUsage, disk_usage
+
+if TYPE_CHECKING:  # builds and collections come after the daemon answers: volumes/reports.py
+    from nvplugin.volumes.reports import BuildReport, OldVolume
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,17 +65,7 @@ async def _no_wait() -> None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class BuildReport:
-    """One build attempt, for /metrics: how long it took and the bytes of files it placed."""
-
-    name: str
-    seconds: float
-    size: int  # bytes of the driver files in the volume (0 when the build failed)
-    ok: bool
-
-
-BuildListener = Callable[[BuildReport], None]
+BuildListener = Callable[["BuildReport"], None]
 
 
 @dataclass(slots=True)
@@ -82,16 +74,6 @@ class _VersionLock:
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0  # the holder and the waiters
-
-
-@dataclass(frozen=True, slots=True)
-class OldVolume:
-    """A volume of another driver version, as `collect_old` left it."""
-
-    name: str
-    removed: bool
-    mounts: int = 0  # containers mounting it (why it was kept)
-    usage: DiskUsage | None = None  # what it held, when removed
 
 
 class VolumeStore:
@@ -252,6 +234,9 @@ class VolumeStore:
             log.warning("Cannot remove old volume: %s", err)
 
     async def _collect(self, version: str, current: str) -> OldVolume | None:
+        from nvplugin.volumes.reports import OldVolume
+        from nvplugin.volumes.usage import disk_usage
+
         name = f"{KIND}_{version}"
         async with self._lock(version):
             if not await self._exists(version):
@@ -365,6 +350,8 @@ class VolumeStore:
 
     def _report(self, name: str, seconds: float, size: int, *, ok: bool) -> None:
         if self._on_build is not None:
+            from nvplugin.volumes.reports import BuildReport
+
             self._on_build(BuildReport(name=name, seconds=seconds, size=size, ok=ok))
 
     async def _current_manifest(self) -> Manifest:

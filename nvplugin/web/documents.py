@@ -13,10 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from nvplugin.core.text import escape_controls
-from nvplugin.gpu.records import Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.records import Gpu, GpuInventory
 from nvplugin.web.history import SERIES, row_of
 
 if TYPE_CHECKING:  # only their fields are read: their module loads after the sockets answer
+    from nvplugin.gpu.readings import GpuStatus
     from nvplugin.observe.records import ContainerRef, GpuHealth
 
 Containers = Mapping[int, "ContainerRef | None"]  # PID -> its container, from attribution

@@ -26,7 +26,7 @@ from typing import Any
 
 from nvplugin import __version__
 from nvplugin.core.errors import NvpluginError
-from nvplugin.gpu.records import GpuStatus
+from nvplugin.gpu.readings import GpuStatus
 from nvplugin.gpu.service import GpuService
 from nvplugin.observe.records import GpuHealth
 from nvplugin.observe.service import ObserveService

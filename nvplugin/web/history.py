@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
-from nvplugin.gpu.records import GpuStatus
+if TYPE_CHECKING:  # only their fields are read: their module loads with the first reading
+    from nvplugin.gpu.readings import GpuStatus
 
 INTERVAL_S = 1.0
 LENGTH = 900  # 15 minutes at one sample a second

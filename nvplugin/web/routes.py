@@ -2,8 +2,8 @@
 (its script, styles and the vendored chart library), `/page/state.json` (what a page is first
 sent, for scripts and the GPU proof) and `/page/events` (the shared event stream).
 
-Assets are the package's own files, read once at start-up into memory (about 75 KB) and looked
-up by exact name, so no part of a URL ever reaches a file path. Every answer forbids other
+Assets are the package's own files, read once at start-up into memory (page.py) and looked up by
+exact name, so no part of a URL ever reaches a file path. Every answer forbids other
 origins, inline script and framing (Content-Security-Policy): the page loads nothing from
 anywhere but this daemon.
 
@@ -14,24 +14,19 @@ imports nothing heavy meanwhile.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from nvplugin.core.later import Later
-from nvplugin.web import documents
 
-if TYPE_CHECKING:
-    from nvplugin.web.feed import LiveFeed
+if TYPE_CHECKING:  # the page, its records and its documents load after the sockets answer
+    from nvplugin.web.page import Asset, Page
 
 PAGE_FILE = "index.html"
-CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css",
-                 ".txt": "text/plain", ".LICENSE": "text/plain"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self' data:; connect-src 'self'; base-uri 'none'; "
@@ -47,44 +42,7 @@ RETRY_MS = 2000  # how soon a page's EventSource reconnects after losing the str
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass(frozen=True, slots=True)
-class Asset:
-    """One static file of the page, in memory."""
-
-    body: bytes
-    content_type: str
-    etag: str
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    """What the routes serve: the shared feed and the assets."""
-
-    feed: LiveFeed
-    assets: dict[str, Asset]
-
-
 PAGE: web.AppKey[Later[Page]] = web.AppKey("gpu_page")
-
-
-def load_assets() -> dict[str, Asset]:
-    """The page and every file under `static/`, by file name. Blocking (start-up, in a thread)."""
-    from importlib import resources
-
-    found: dict[str, Asset] = {}
-    pending = [resources.files("nvplugin.web") / "static"]
-    while pending:
-        for entry in pending.pop().iterdir():
-            if entry.is_dir():
-                pending.append(entry)
-                continue
-            suffix = "." + entry.name.rsplit(".", 1)[-1]
-            if suffix not in CONTENT_TYPES:
-                continue
-            body = entry.read_bytes()
-            found[entry.name] = Asset(body, CONTENT_TYPES[suffix],
-                                      '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-    return found
 
 
 def _file(request: web.Request, page: Page, name: str) -> web.Response:
@@ -127,8 +85,10 @@ async def events(request: web.Request) -> web.StreamResponse:
             **SECURITY_HEADERS, "Content-Type": "text/event-stream; charset=utf-8",
             "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
         await response.prepare(request)
+        from nvplugin.web.documents import event
+
         hello: dict[str, Any] = await feed.hello()
-        await response.write(f"retry: {RETRY_MS}\n".encode() + documents.event("hello", hello))
+        await response.write(f"retry: {RETRY_MS}\n".encode() + event("hello", hello))
         while (message := await client.queue.get()) is not None:
             await response.write(message)
         return response

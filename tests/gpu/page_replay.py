@@ -20,7 +20,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from nvplugin.web.routes import SECURITY_HEADERS, load_assets
+from nvplugin.web.page import load_assets
+from nvplugin.web.routes import SECURITY_HEADERS
 from tests.web.browser import CHROMIUM_FLAGS, LOCAL_HOSTS, chromium_path
 
 

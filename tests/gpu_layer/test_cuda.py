@@ -19,7 +19,8 @@ import pytest
 
 from nvplugin.core.phases import Phases
 from nvplugin.gpu import cuda
-from nvplugin.gpu.cuda import CudaMemory, CudaProperties, parse_answer
+from nvplugin.gpu.cuda import CudaProperties
+from nvplugin.gpu.cuda_report import CudaMemory, parse_answer
 from nvplugin.gpu.service import GpuService
 from tests.fakenvml.build import gpu
 from tests.fakenvml.cuda import install_fake_cuda

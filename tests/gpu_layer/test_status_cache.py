@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from nvplugin.gpu.records import GpuStatus
+from nvplugin.gpu.readings import GpuStatus
 from nvplugin.gpu.status_cache import StatusCache
 
 

@@ -7,7 +7,8 @@ import dataclasses
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from nvplugin.gpu.records import Gpu, GpuStatus, GpuTelemetry, RemappedRows
+from nvplugin.gpu.readings import GpuStatus, GpuTelemetry, RemappedRows
+from nvplugin.gpu.records import Gpu
 from nvplugin.observe import dcgm
 from nvplugin.observe.records import GpuHealth, Observation
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from nvplugin.gpu.records import EVENT_DOUBLE_BIT_ECC, EVENT_LOST, EVENT_XID, GpuEvent
+from nvplugin.gpu.readings import EVENT_DOUBLE_BIT_ECC, EVENT_LOST, EVENT_XID, GpuEvent
 from nvplugin.observe.health import HealthTracker
 
 A, B = "GPU-aaaa", "GPU-bbbb"

@@ -12,7 +12,8 @@ from nvplugin.cdi.spec import Spec
 from nvplugin.cdi.writer import DriverGone
 from nvplugin.core.errors import NvmlError
 from nvplugin.gpu import selection
-from nvplugin.gpu.records import GpuInventory, GpuStatus
+from nvplugin.gpu.readings import GpuStatus
+from nvplugin.gpu.records import GpuInventory
 
 
 @dataclass(frozen=True, slots=True)

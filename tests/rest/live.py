@@ -31,6 +31,7 @@ from nvplugin.observe.timing import timed
 from nvplugin.volumes.store import VolumeStore
 from nvplugin.web import routes as page_routes
 from nvplugin.web.feed import LiveFeed
+from nvplugin.web.page import load_page
 from nvplugin.web.panels import Panels
 
 T = TypeVar("T")
@@ -106,8 +107,7 @@ class LiveRest:
         await self._store.start()
         self._page = LiveFeed(self.gpus, Panels(self._store, lambda: None, None), self.observe,
                               host_root=self.host_root)
-        page_routes.mount(app, Later(page_routes.Page(
-            self._page, await asyncio.to_thread(page_routes.load_assets))))
+        page_routes.mount(app, Later(await asyncio.to_thread(load_page, self._page)))
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)

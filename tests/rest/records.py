@@ -5,15 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from nvplugin.gpu.records import (
-    DriverVersions,
-    Gpu,
-    GpuInventory,
-    GpuStatus,
-    MigDevice,
-    P2PLink,
-    Process,
-)
+from nvplugin.gpu.readings import GpuStatus, Process
+from nvplugin.gpu.records import DriverVersions, Gpu, GpuInventory, MigDevice, P2PLink
 
 # 2026-11-29T07:16:44.250Z and 2026-11-29T07:16:43.000Z
 SAMPLED_AT = 1795936604.25

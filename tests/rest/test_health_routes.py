@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from nvplugin.api import rest_app
 from nvplugin.core.config import Config
 from nvplugin.core.later import Later
-from nvplugin.gpu.records import EVENT_XID, GpuEvent
+from nvplugin.gpu.readings import EVENT_XID, GpuEvent
 from nvplugin.observe.health import HealthTracker
 from nvplugin.observe.records import ContainerRef, GpuHealth
 from tests.rest import records

@@ -15,7 +15,8 @@ from nvplugin.api import json_docs, launch_args, text_pages
 from nvplugin.core.errors import SelectionError
 from nvplugin.gpu import selection
 from nvplugin.gpu.devnodes import selection_nodes
-from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory, GpuStatus
+from nvplugin.gpu.readings import GpuStatus
+from nvplugin.gpu.records import DeviceNode, Gpu, GpuInventory
 from tests.rest import records
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -22,7 +22,8 @@ from nvplugin.core.errors import (
 )
 from nvplugin.driver.manifest import Entry
 from nvplugin.volumes.build import build_volume
-from nvplugin.volumes.store import BuildReport, VolumeStore
+from nvplugin.volumes.reports import BuildReport
+from nvplugin.volumes.store import VolumeStore
 from tests.volumes.conftest import VERSION, Driver, make_manifest, tree
 
 NAME = f"nvidia_driver_{VERSION}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from nvplugin.gpu.records import GpuStatus
+from nvplugin.gpu.readings import GpuStatus
 from nvplugin.web.history import LENGTH, SERIES, History, Ring, row_of
 
 

@@ -20,6 +20,7 @@ from nvplugin.api.rest_app import error_middleware
 from nvplugin.core.later import Later
 from nvplugin.web import routes
 from nvplugin.web.feed import LiveFeed
+from nvplugin.web.page import load_page
 
 MakeFeed = Callable[..., Awaitable[LiveFeed]]
 PAGE_BUDGET = 200 * 1024  # the page and everything it loads
@@ -29,7 +30,7 @@ PAGE_BUDGET = 200 * 1024  # the page and everything it loads
 async def page_client(aiohttp_client: Any, make_feed: MakeFeed) -> TestClient:
     feed = await make_feed(2, max_clients=3)
     app = web.Application(middlewares=[error_middleware])
-    routes.mount(app, Later(routes.Page(feed, routes.load_assets())))
+    routes.mount(app, Later(load_page(feed)))
     return await aiohttp_client(app)
 
 
