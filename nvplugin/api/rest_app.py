@@ -75,6 +75,8 @@ class CdiSource(Protocol):
 ManifestProvider = Callable[[], Manifest]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Ready = Callable[[], Awaitable[None]]
+# The driver version whose volume is built already, once NVML has loaded; None: wait for `Ready`.
+BuiltVersion = Callable[[], Awaitable[str | None]]
 
 
 class LastPages:
@@ -103,6 +105,7 @@ CONFIG = web.AppKey("config", Config)
 OBSERVE: web.AppKey[Later[ObserveSource] | None] = web.AppKey("observe")
 CDI: web.AppKey[Later[CdiSource]] = web.AppKey("cdi")
 READY: web.AppKey[Ready] = web.AppKey("ready")
+BUILT_VERSION: web.AppKey[BuiltVersion] = web.AppKey("built_version")
 
 
 def _text(body: str, status: int = 200) -> web.Response:
@@ -116,6 +119,11 @@ def _json(body: str) -> web.Response:
 
 async def _gpus(request: web.Request) -> GpuSource:
     await request.app[READY]()
+    return _loaded_gpus(request)
+
+
+def _loaded_gpus(request: web.Request) -> GpuSource:
+    """The GPUs, once NVML has loaded (or is known to be missing)."""
     gpus = request.app[GPUS]
     if not gpus.available:
         raise NvmlError(gpus.reason or "NVML is unavailable on this host")
@@ -199,14 +207,17 @@ def _healthy_only(observe: ObserveSource | None, spec: str | None,
 
 async def _docker_args(request: web.Request) -> launch_args.DockerArgs:
     kinds = launch_args.volume_kinds(request.query.get("vol"))
-    gpus = await _gpus(request)
+    # The volume is named after the driver files the daemon discovered (and can build), which
+    # also saves an NVML call per request; no files means no volume to offer: 503. Until the
+    # first discovery is done, a volume built already for NVML's version is named without
+    # waiting for it: the plugin serves a built volume as it is (a restart's common case).
+    built = await request.app[BUILT_VERSION]()
+    gpus = _loaded_gpus(request) if built is not None else await _gpus(request)
     # absent, "", "*": every GPU; MIG devices get their parent's node and their access nodes
     spec = request.query.get("dev")
     selected = devnodes.selection_nodes(_healthy_only(_health_now(request), spec,
                                                       gpus.select(spec)))
-    # The volume is named after the driver files the daemon discovered (and can build), which
-    # also saves an NVML call per request; no files means no volume to offer: 503.
-    version = (await _manifest(request)).version
+    version = built if built is not None else (await _manifest(request)).version
     nodes = await gpus.control_nodes()
     host_root = str(request.app[CONFIG].host_root)
     try:
@@ -339,18 +350,24 @@ async def _no_wait() -> None:
     return None
 
 
+async def _no_version() -> str | None:
+    return None
+
+
 def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Config,
              cdi: CdiSource | Later[CdiSource],
              observe: ObserveSource | Later[ObserveSource] | None = None,
              metrics: Handler | None = None, middlewares: Sequence[Middleware] = (),
-             ready: Ready = _no_wait) -> web.Application:
+             ready: Ready = _no_wait,
+             built_version: BuiltVersion = _no_version) -> web.Application:
     """The REST application; the daemon serves it on `config.listen`, with `cdi` the spec it
     keeps. With `observe`, GPU health and containers join gpu/status/json and the choice of
     every GPU (docker/cli, cdi/cli); with `metrics`, `GET /metrics` (unversioned: Prometheus'
     default path). `middlewares` run outermost. Every route that reads GPUs or driver files
     first awaits `ready()`, and the CDI and health routes await their source when it comes
     `Later`: the daemon answers before its start-up work is done, and such a request waits for
-    it rather than answering from half a start."""
+    it rather than answering from half a start; only docker/cli may answer before `ready()`,
+    with the volume `built_version()` names."""
     app = web.Application(middlewares=(*middlewares, error_middleware))
     app[GPUS] = gpus
     app[PAGES] = LastPages()
@@ -359,6 +376,7 @@ def make_app(gpus: GpuSource, manifest_provider: ManifestProvider, config: Confi
     app[OBSERVE] = None if observe is None else _later(observe)
     app[CDI] = _later(cdi)
     app[READY] = ready
+    app[BUILT_VERSION] = built_version
     for prefix in (f"/{API_VERSION}", ""):
         for path, handler in ROUTES:
             app.router.add_get(prefix + path, handler)

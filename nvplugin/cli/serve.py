@@ -79,6 +79,8 @@ class Daemon:
         self._cleanups: list[Callable[[], Awaitable[None]]] = [gpus.close]
         self._tasks: set[asyncio.Task[None]] = set()  # held so they are not collected
         self._settled: asyncio.Future[None] | None = None
+        # The spec file that points Docker at the plugin socket is written (or not needed).
+        self._published = asyncio.Event()
         self.observe: Later[ObserveSource] = Later()  # what the REST API reads of health
         self._health: ObserveService | None = None  # the same object, to close
         self.cdi: Later[CdiSource] = Later()  # what the REST API reads of the CDI spec
@@ -113,6 +115,20 @@ class Daemon:
         if self._settled is not None:
             await asyncio.shield(self._settled)
 
+    async def _built_version(self) -> str | None:
+        """For docker/cli while the first discovery runs: NVML's driver version when its volume
+        is built already (the plugin serves a built volume as it is, so naming it needs no
+        discovery), once the spec file is written; None when docker/cli should wait for
+        `ready()`: the discovery is done, NVML is missing, or the volume is yet to be built."""
+        if self._settled is None or self._settled.done():
+            return None
+        await self.gpus.ready()
+        if not self.gpus.available:
+            return None
+        await self._published.wait()
+        version = (await self.gpus.inventory(cuda_sizes=False)).versions.driver
+        return version if await self.store.built(version) else None
+
     async def _start(self) -> None:
         cfg = self.config
         self._settled = asyncio.get_running_loop().create_future()
@@ -138,10 +154,9 @@ class Daemon:
         # before the spec file is written (a socket outside Docker's directory), whose write and
         # fsync then overlap the first discovery; docker/cli still answers only once the file is
         # there, so Docker finds the plugin that answer names.
-        published = asyncio.Event()
-        self._spawn(self._settle(self._settled, published))
+        self._spawn(self._settle(self._settled, self._published))
         await self.plugin_site.publish_spec(cfg)  # last: see its docstring
-        published.set()
+        self._published.set()
 
     async def _listen(self) -> None:
         cfg = self.config
@@ -161,7 +176,7 @@ class Daemon:
             rest_app = make_rest_app(
                 self.gpus, self.driver.manifest, cfg, self.cdi, observe=self.observe,
                 metrics=self._metrics_page, middlewares=[self._timed("rest")],
-                ready=self.ready)
+                ready=self.ready, built_version=self._built_version)
             # The GPU page lives on the REST listener; its feed loads after the sockets answer.
             page_routes.mount(rest_app, self.page)
             rest_runner = await self._serve_tcp(

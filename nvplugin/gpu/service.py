@@ -138,10 +138,15 @@ class GpuService:
             await self._adopt_opening()
 
     async def _adopt_opening(self) -> None:
-        """Under the lock: take the result of `begin`'s load, if no caller has yet."""
-        opening, self._opening = self._opening, None
+        """Under the lock: take the result of `begin`'s load, if no caller has yet. It is
+        forgotten only once adopted: a `ready()` meanwhile waits for the lock, instead of
+        returning before the session is there."""
+        opening = self._opening
         if opening is not None:
-            await self._adopt(asyncio.wrap_future(opening))
+            try:
+                await self._adopt(asyncio.wrap_future(opening))
+            finally:
+                self._opening = None
 
     @property
     def available(self) -> bool:

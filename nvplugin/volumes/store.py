@@ -293,6 +293,11 @@ class VolumeStore:
             if entry.users == 0:
                 del self._locks[version]
 
+    async def built(self, version: str) -> bool:
+        """Whether `version`'s volume is built: served as it is, whatever the driver's files
+        are now (builds are atomic, so a volume that exists is whole)."""
+        return await self._exists(version)
+
     async def _exists(self, version: str) -> bool:
         return await asyncio.to_thread(self.path_of(version).is_dir)
 

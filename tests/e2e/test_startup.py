@@ -162,6 +162,27 @@ def test_requests_during_a_slow_nvml_init_wait_and_answer_right(running_plugin: 
     assert log.index("Serving remote API at") < log.index("Found 1 GPU(s)")
 
 
+def test_a_restart_names_the_volume_it_built_while_nvml_loads(running_plugin: StartPlugin):
+    """A restart finds the last run's volume: docker/cli names it once NVML has loaded, without
+    waiting for the first discovery (the plugin serves a built volume as it is), and the
+    container's Mount is served from it."""
+    first = running_plugin()
+    version = first.host.version
+    built = first.volumes_dir / "nvidia_driver" / version
+    assert wait_for(lambda: built.is_dir() and "in the background" in first.log())
+    first.stop()
+    again = running_plugin(volumes_dir=first.volumes_dir, nvml={"init_delay_ms": 2000},
+                           settled=False)
+    assert again.host.version == version
+    status, body = http_get(again.url + "/v1.0/docker/cli")
+    assert status == 200
+    assert f"--volume=nvidia_driver_{version}:/usr/local/nvidia:ro" in body
+    name = f"nvidia_driver_{version}"
+    mounted = _post(again.socket_path, "/VolumeDriver.Mount", {"Name": name, "ID": "a" * 64})
+    assert f'"Mountpoint":"{built}"'.encode() in mounted
+    assert "Built volume" not in again.log()
+
+
 def test_the_running_drivers_volume_is_built_in_the_background(running_plugin: StartPlugin):
     daemon = running_plugin()
     version = daemon.host.version

@@ -236,3 +236,25 @@ async def test_after_begin_the_sizes_are_asked_once_and_only_gpu_info_waits(
             await service.close()
     read = [r for r in caplog.records if "Read CUDA memory sizes" in r.getMessage()]
     assert len(read) == 1
+
+
+async def test_every_caller_of_ready_waits_for_the_load_begin_started(fake_nvml, host_root):
+    """The daemon's start-up and an early docker/cli both wait for NVML: the second caller does
+    not return while the first one is still taking the session."""
+    fake_nvml.write(fake_nvml.make_config(1, init_delay_ms=500))
+    libraries = host_root / "usr/lib/x86_64-linux-gnu"
+    libraries.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(fake_nvml.library, libraries / "libnvidia-ml.so.1")
+    service = GpuService.begin(driver_root=host_root, dev_root=host_root, phases=Phases())
+    try:
+        async def available_once_ready() -> bool:
+            await service.ready()
+            return service.available
+
+        first = asyncio.ensure_future(available_once_ready())
+        await asyncio.sleep(0.1)  # the first caller is taking the session, NVML still loading
+        assert not first.done()
+        assert await available_once_ready()
+        assert await first
+    finally:
+        await service.close()
