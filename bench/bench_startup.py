@@ -13,9 +13,11 @@ the real NVML. Prints, each as figures and ratios:
 2. the daemon, restarted --runs times on a volumes directory where the driver's volume is
    built (as on a host's every boot but the first after a driver change), each round
    interleaved with a round of the floors: until its plugin socket answers Activate, and until
-   the first `docker/cli` answers 200 (it waits for NVML and discovery); the same for a first
+   the first `docker/cli` answers 200 (on a restart it waits for NVML, since the volume it
+   names is built; a first start waits for the first discovery too); the same for a first
    start (an empty volumes directory: it builds the volume after it is ready, and that build
-   is waited for and flushed before the next figure); the phases it logs (ms after the program
+   is waited for and flushed before the next figure); the main thread's CPU time until the
+   first discovery is done (the "ready" phase); the phases it logs (ms after the program
    started, overlapping: NVML loads on its own thread during the imports); then an
    `-X importtime` summary by package, next to the floor's;
 3. memory: where the daemon's RSS goes (/proc/<pid>/smaps: Python heap and arenas, glibc's main
@@ -682,7 +684,7 @@ def main() -> int:
         if ready_cpu is not None:
             # CPU time moves less with the host's load than the times above: the steadier
             # figure for comparing two builds of the daemon on a busy host.
-            print(f"  main thread CPU until ready         {ms(ready_cpu)}  (the floor without "
+            print(f"  main thread CPU until discovered    {ms(ready_cpu)}  (the floor without "
                   f"the CA bundle: {ms(floor_cpu).strip()}, "
                   f"{(ready_cpu - floor_cpu) * 1000:+.1f} ms)")
         serial = floor.imports + floor.nvml_init

@@ -5,7 +5,9 @@ Start-up answers on both sockets as soon as they are bound. NVML (started before
 imported: cli/main.py) and the first driver discovery finish in the background, and a request
 that needs their results waits for them (`Daemon.ready`) instead of answering from half a
 start: Docker's Activate, List and the Get of an existing volume answer at once, a docker/cli
-request when the GPUs and the driver's files are known. What only some requests use loads after
+request when the GPUs and the driver's files are known, or as soon as the GPUs are when their
+driver's volume is built already (a restart: the plugin serves a built volume as it is,
+`_built_version`). What only some requests use loads after
 that (CUDA's sizes, GPU health, the CDI spec's keeper, and in `_load_extras` the metrics
 registry and the GPU page); those requests wait for it (`Later`). Then the running driver's
 volume is built in the background (`VolumeStore.prebuild`), so the first container does not

@@ -1036,7 +1036,7 @@ class Proof:
                            "--driver-root", "/", "--runs", "3", "--drop-caches", "--parts",
                            timeout=1800)
             start_up = sh(sys.executable, str(REPO / "bench/bench_startup.py"), "--driver-root",
-                          "/", "--runs", "7", "--requests", "10000", timeout=1800)
+                          "/", "--runs", "15", "--requests", "10000", timeout=1800)
         finally:
             self.start_daemon("daemon start to ready (after the issue 18 benches)")
         for name, result, problems_of in (
