@@ -146,7 +146,7 @@ class VolumeStore:
     # -- protocol operations -----------------------------------------------------------------
     async def create(self, name: str) -> None:
         version = parse_name(name)
-        if await self._exists(version):
+        if await self.built(version):
             return
         await self._ensure(name, version, explicit=True)
 
@@ -239,7 +239,7 @@ class VolumeStore:
 
         name = f"{KIND}_{version}"
         async with self._lock(version):
-            if not await self._exists(version):
+            if not await self.built(version):
                 return None  # removed since it was listed
             held = self.mounts.count(name)
             if held:
@@ -296,16 +296,13 @@ class VolumeStore:
     async def built(self, version: str) -> bool:
         """Whether `version`'s volume is built: served as it is, whatever the driver's files
         are now (builds are atomic, so a volume that exists is whole)."""
-        return await self._exists(version)
-
-    async def _exists(self, version: str) -> bool:
         return await asyncio.to_thread(self.path_of(version).is_dir)
 
     async def _ensure(self, name: str, version: str, explicit: bool = False,
                       background: IdleIo | None = None) -> None:
         """Build the volume if it is absent and is the current driver's; else say why not.
         With `background`, the build runs at idle I/O priority until a request hurries it."""
-        if await self._exists(version):
+        if await self.built(version):
             return
         if background is None:
             self._hurry(version)
@@ -315,7 +312,7 @@ class VolumeStore:
     async def _ensure_locked(self, name: str, version: str, explicit: bool = False,
                              background: IdleIo | None = None) -> None:
         """`_ensure`, with `version`'s lock held."""
-        if await self._exists(version):
+        if await self.built(version):
             return  # built by the request we waited for
         manifest = await self._current_manifest()
         if manifest.version != version:
